@@ -1,0 +1,125 @@
+//! `InMemoryChannelLayer`: one process, no dependencies; the default backend.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rand::Rng;
+use rand::distr::Alphabetic;
+
+use crate::error::LayerError;
+use crate::layer::{ChannelLayer, LayerConfig, LayerStats};
+use crate::message::Message;
+use crate::name::{ChannelName, GroupName};
+use crate::registry::{Inbox, Registry};
+
+/// A channel layer inside one process, like Channels' `InMemoryChannelLayer`: for development
+/// and for a single replica. Replicas do not see each other's groups; use a Redis layer for that.
+///
+/// Differences from upstream, on purpose:
+/// * `channel_capacity` works (upstream never compiles it, and every `send` then fails);
+/// * new channel names are `specific.inmemory!<12 letters>` (upstream has a double dot);
+/// * a channel whose message expired stays in its groups: membership ends when its inbox is
+///   dropped, which proves the reader is gone better than a slow read does.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use channels_layer::{ChannelLayer, GroupName, InMemoryChannelLayer, Message};
+/// let layer = InMemoryChannelLayer::default();
+/// let mut inbox = layer.new_channel().await?;
+/// let room = GroupName::new("room")?;
+/// layer.group_add(&room, inbox.name()).await?;
+/// layer.group_send(&room, Message::new("chat.message")).await?;
+/// assert_eq!(inbox.recv().await.unwrap().message_type(), Some("chat.message"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct InMemoryChannelLayer {
+    registry: Arc<Registry>,
+}
+
+impl Default for InMemoryChannelLayer {
+    fn default() -> Self {
+        Self::new(LayerConfig::default())
+    }
+}
+
+impl InMemoryChannelLayer {
+    /// A layer with the given capacities and expiry.
+    pub fn new(config: LayerConfig) -> Self {
+        Self {
+            registry: Registry::new(config),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LayerConfig {
+        self.registry.config()
+    }
+}
+
+/// A process-local channel name `{prefix}!{12 random ASCII letters}`.
+pub(crate) fn random_channel_name(prefix: &str) -> Result<ChannelName, LayerError> {
+    let local: String = rand::rng()
+        .sample_iter(Alphabetic)
+        .take(12)
+        .map(char::from)
+        .collect();
+    Ok(ChannelName::new(&format!("{prefix}!{local}"))?)
+}
+
+#[async_trait]
+impl ChannelLayer for InMemoryChannelLayer {
+    async fn new_channel(&self) -> Result<Inbox, LayerError> {
+        // 52^12 names: a collision is as good as impossible, but retrying costs nothing.
+        loop {
+            match self.registry.open(random_channel_name("specific.inmemory")?) {
+                Err(LayerError::ChannelInUse(_)) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_channel(&self, name: &ChannelName) -> Result<Inbox, LayerError> {
+        self.registry.open(name.clone())
+    }
+
+    async fn send(&self, channel: &ChannelName, msg: Message) -> Result<(), LayerError> {
+        self.registry.send(channel, msg).map(drop)
+    }
+
+    async fn group_add(&self, group: &GroupName, channel: &ChannelName) -> Result<(), LayerError> {
+        self.registry.group_add(group, channel).map(drop)
+    }
+
+    async fn group_discard(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+    ) -> Result<(), LayerError> {
+        self.registry.group_discard(group, channel);
+        Ok(())
+    }
+
+    async fn group_send(&self, group: &GroupName, msg: Message) -> Result<(), LayerError> {
+        if self.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        self.registry.deliver_group(group, &msg);
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), LayerError> {
+        self.registry.flush();
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), LayerError> {
+        self.registry.close();
+        Ok(())
+    }
+
+    fn stats(&self) -> LayerStats {
+        self.registry.stats()
+    }
+}

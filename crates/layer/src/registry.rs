@@ -1,0 +1,478 @@
+//! The local registry: this process's channels, their bounded queues, and group membership.
+//!
+//! Every backend keeps its local state here and differs only in how messages travel between
+//! processes: the in-memory layer delivers straight into the registry, and the Redis layers
+//! deliver what arrives from Redis. The registry is the source of truth for which groups have
+//! local members (a Redis backend subscribes to exactly those).
+//!
+//! Locking: one `std::sync::Mutex` for the maps and one per queue. No lock is held across an
+//! `.await`, and no queue lock is taken while the map lock is held, so the two never nest.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::capacity::capacity_for;
+use crate::error::LayerError;
+use crate::layer::{LayerConfig, LayerStats};
+use crate::message::Message;
+use crate::name::{ChannelName, GroupName};
+
+/// Lock a mutex, recovering the data if a panicking thread poisoned it: the registry's maps stay
+/// consistent between statements, so a panic elsewhere never leaves them half-updated.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    delivered: AtomicU64,
+    dropped_full: AtomicU64,
+    dropped_no_receiver: AtomicU64,
+    expired: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What a single-channel delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Queued for the channel's inbox.
+    Queued,
+    /// No inbox in this process has that name; the message is gone (at-most-once).
+    NoReceiver,
+}
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    state: Mutex<State>,
+    config: LayerConfig,
+    counters: Counters,
+    /// Woken whenever the set of groups with local members changes.
+    membership_changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    closed: bool,
+    channels: HashMap<ChannelName, Slot>,
+    /// group -> member -> time of its latest `group_add`.
+    groups: HashMap<GroupName, HashMap<ChannelName, Instant>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    queue: Arc<Queue>,
+    groups: HashSet<GroupName>,
+}
+
+impl Registry {
+    pub(crate) fn new(config: LayerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            config,
+            counters: Counters::default(),
+            membership_changed: Notify::new(),
+        })
+    }
+
+    pub(crate) fn config(&self) -> &LayerConfig {
+        &self.config
+    }
+
+    /// Creates the inbox of `name`.
+    pub(crate) fn open(self: &Arc<Self>, name: ChannelName) -> Result<Inbox, LayerError> {
+        let capacity = capacity_for(
+            &self.config.channel_capacity,
+            self.config.capacity,
+            name.as_str(),
+        );
+        let queue = Arc::new(Queue::new(capacity));
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err(LayerError::Closed);
+        }
+        match state.channels.entry(name.clone()) {
+            Entry::Occupied(_) => return Err(LayerError::ChannelInUse(name)),
+            Entry::Vacant(v) => {
+                v.insert(Slot {
+                    queue: Arc::clone(&queue),
+                    groups: HashSet::new(),
+                });
+            }
+        }
+        drop(state);
+        Ok(Inbox {
+            name,
+            queue,
+            registry: Arc::clone(self),
+        })
+    }
+
+    /// Queues `msg` for the local channel `name`.
+    pub(crate) fn send(&self, name: &ChannelName, msg: Message) -> Result<Delivery, LayerError> {
+        let queue = {
+            let state = lock(&self.state);
+            if state.closed {
+                return Err(LayerError::Closed);
+            }
+            state.channels.get(name).map(|s| Arc::clone(&s.queue))
+        };
+        let Some(queue) = queue else {
+            Counters::add(&self.counters.dropped_no_receiver, 1);
+            tracing::debug!(channel = %name, "send to a channel with no local inbox dropped");
+            return Ok(Delivery::NoReceiver);
+        };
+        match queue.push(msg, Instant::now() + self.config.expiry, &self.counters) {
+            Push::Queued => {
+                Counters::add(&self.counters.delivered, 1);
+                Ok(Delivery::Queued)
+            }
+            Push::Full => {
+                Counters::add(&self.counters.dropped_full, 1);
+                Err(LayerError::ChannelFull(name.clone()))
+            }
+            Push::Closed => {
+                Counters::add(&self.counters.dropped_no_receiver, 1);
+                Ok(Delivery::NoReceiver)
+            }
+        }
+    }
+
+    /// Adds the local channel `channel` to `group`; returns true if the group had no local
+    /// member before.
+    pub(crate) fn group_add(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+    ) -> Result<bool, LayerError> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err(LayerError::Closed);
+        }
+        let Some(slot) = state.channels.get_mut(channel) else {
+            return Err(LayerError::NotLocal(channel.clone()));
+        };
+        slot.groups.insert(group.clone());
+        let members = state.groups.entry(group.clone()).or_default();
+        let first = members.is_empty();
+        members.insert(channel.clone(), Instant::now());
+        drop(state);
+        if first {
+            self.membership_changed.notify_one();
+        }
+        Ok(first)
+    }
+
+    /// Removes `channel` from `group`; returns true if that left the group with no local member.
+    /// Discarding a channel that is not a member does nothing, as in Channels.
+    pub(crate) fn group_discard(&self, group: &GroupName, channel: &ChannelName) -> bool {
+        let mut state = lock(&self.state);
+        if let Some(slot) = state.channels.get_mut(channel) {
+            slot.groups.remove(group);
+        }
+        let emptied = remove_member(&mut state.groups, group, channel);
+        drop(state);
+        if emptied {
+            self.membership_changed.notify_one();
+        }
+        emptied
+    }
+
+    /// Delivers `msg` to every local member of `group`. Full queues drop the message (Channels:
+    /// group sends never raise `ChannelFull`); drops are counted and logged.
+    pub(crate) fn deliver_group(&self, group: &GroupName, msg: &Message) -> GroupDelivery {
+        let now = Instant::now();
+        let (queues, expired_members) = {
+            let mut state = lock(&self.state);
+            let Some(members) = state.groups.get_mut(group) else {
+                return GroupDelivery::default();
+            };
+            let group_expiry = self.config.group_expiry;
+            let mut expired = Vec::new();
+            members.retain(|ch, joined| {
+                let keep = now.saturating_duration_since(*joined) < group_expiry;
+                if !keep {
+                    expired.push(ch.clone());
+                }
+                keep
+            });
+            let member_names: Vec<ChannelName> = members.keys().cloned().collect();
+            if members.is_empty() {
+                state.groups.remove(group);
+            }
+            for ch in &expired {
+                if let Some(slot) = state.channels.get_mut(ch) {
+                    slot.groups.remove(group);
+                }
+            }
+            let queues: Vec<Arc<Queue>> = member_names
+                .iter()
+                .filter_map(|ch| state.channels.get(ch).map(|s| Arc::clone(&s.queue)))
+                .collect();
+            (queues, expired.len())
+        };
+        if expired_members > 0 {
+            tracing::debug!(%group, count = expired_members, "group memberships expired");
+            self.membership_changed.notify_one();
+        }
+        let deadline = now + self.config.expiry;
+        let mut result = GroupDelivery {
+            members: queues.len(),
+            ..GroupDelivery::default()
+        };
+        for queue in &queues {
+            match queue.push(msg.clone(), deadline, &self.counters) {
+                Push::Queued => result.delivered += 1,
+                Push::Full | Push::Closed => result.dropped += 1,
+            }
+        }
+        Counters::add(&self.counters.delivered, result.delivered as u64);
+        if result.dropped > 0 {
+            Counters::add(&self.counters.dropped_full, result.dropped as u64);
+            // Channels logs the same fact at INFO: "%s of %s channels over capacity in group %s".
+            tracing::warn!(
+                %group,
+                dropped = result.dropped,
+                members = result.members,
+                "channels over capacity in group: message dropped for them"
+            );
+        }
+        result
+    }
+
+    /// Whether `close()` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
+    /// Drops every channel and group; open inboxes see the end of their stream.
+    pub(crate) fn flush(&self) {
+        let channels = {
+            let mut state = lock(&self.state);
+            state.groups.clear();
+            std::mem::take(&mut state.channels)
+        };
+        for slot in channels.values() {
+            slot.queue.close();
+        }
+        self.membership_changed.notify_one();
+    }
+
+    /// Refuses all further calls, then flushes.
+    pub(crate) fn close(&self) {
+        lock(&self.state).closed = true;
+        self.flush();
+    }
+
+    pub(crate) fn stats(&self) -> LayerStats {
+        let state = lock(&self.state);
+        let c = &self.counters;
+        LayerStats {
+            channels: state.channels.len(),
+            groups: state.groups.len(),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            dropped_full: c.dropped_full.load(Ordering::Relaxed),
+            dropped_no_receiver: c.dropped_no_receiver.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Removes `name` and its memberships, if `queue` is still the one registered under it.
+    fn remove_channel(&self, name: &ChannelName, queue: &Arc<Queue>) {
+        let mut state = lock(&self.state);
+        let owned = state
+            .channels
+            .get(name)
+            .is_some_and(|s| Arc::ptr_eq(&s.queue, queue));
+        if !owned {
+            return;
+        }
+        let Some(slot) = state.channels.remove(name) else {
+            return;
+        };
+        let mut emptied = false;
+        for group in &slot.groups {
+            emptied |= remove_member(&mut state.groups, group, name);
+        }
+        drop(state);
+        if emptied {
+            self.membership_changed.notify_one();
+        }
+    }
+}
+
+fn remove_member(
+    groups: &mut HashMap<GroupName, HashMap<ChannelName, Instant>>,
+    group: &GroupName,
+    channel: &ChannelName,
+) -> bool {
+    let Some(members) = groups.get_mut(group) else {
+        return false;
+    };
+    if members.remove(channel).is_none() {
+        return false;
+    }
+    if members.is_empty() {
+        groups.remove(group);
+        return true;
+    }
+    false
+}
+
+/// What a group delivery did in this process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GroupDelivery {
+    pub(crate) members: usize,
+    pub(crate) delivered: usize,
+    pub(crate) dropped: usize,
+}
+
+enum Push {
+    Queued,
+    Full,
+    Closed,
+}
+
+/// A bounded FIFO of messages with deadlines, read by one inbox.
+#[derive(Debug)]
+struct Queue {
+    state: Mutex<QueueState>,
+    notify: Notify,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: VecDeque<(Instant, Message)>,
+    closed: bool,
+}
+
+impl QueueState {
+    /// Drops expired messages from the front. Deadlines are `send time + expiry` with one expiry
+    /// per layer, so they are in order and the expired ones are at the front.
+    fn purge(&mut self, now: Instant, counters: &Counters) {
+        let mut n = 0;
+        while self.items.front().is_some_and(|(deadline, _)| *deadline <= now) {
+            self.items.pop_front();
+            n += 1;
+        }
+        if n > 0 {
+            Counters::add(&counters.expired, n);
+        }
+    }
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::default(),
+            notify: Notify::new(),
+            capacity,
+        }
+    }
+
+    fn push(&self, msg: Message, deadline: Instant, counters: &Counters) -> Push {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Push::Closed;
+        }
+        state.purge(Instant::now(), counters);
+        if state.items.len() >= self.capacity {
+            return Push::Full;
+        }
+        state.items.push_back((deadline, msg));
+        drop(state);
+        // One reader: a stored permit wakes it even if it is not waiting yet.
+        self.notify.notify_one();
+        Push::Queued
+    }
+
+    fn try_pop(&self, counters: &Counters) -> Option<Option<Message>> {
+        let mut state = lock(&self.state);
+        state.purge(Instant::now(), counters);
+        if let Some((_, msg)) = state.items.pop_front() {
+            return Some(Some(msg));
+        }
+        state.closed.then_some(None)
+    }
+
+    /// Ends the queue: queued messages are dropped (flush forgets everything, as in Channels).
+    fn close(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        state.items.clear();
+        drop(state);
+        self.notify.notify_one();
+    }
+}
+
+/// The receiving end of a channel: the only reader of its queue.
+///
+/// Dropping the inbox removes the channel from this process and from every group it joined, so
+/// a consumer that ends never leaves membership behind (Channels has no `delete_channel()` and
+/// cleans up by cancelling `receive`).
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use channels_layer::{ChannelLayer, InMemoryChannelLayer, Message};
+/// let layer = InMemoryChannelLayer::default();
+/// let mut inbox = layer.new_channel().await?;
+/// layer.send(inbox.name(), Message::new("hello")).await?;
+/// assert_eq!(inbox.recv().await.unwrap().message_type(), Some("hello"));
+/// # Ok::<(), channels_layer::LayerError>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Inbox {
+    name: ChannelName,
+    queue: Arc<Queue>,
+    registry: Arc<Registry>,
+}
+
+impl Inbox {
+    /// The channel's name, to give to `send` or `group_add`.
+    pub fn name(&self) -> &ChannelName {
+        &self.name
+    }
+
+    /// The next message, or `None` once the layer was flushed or closed. Expired messages are
+    /// skipped and counted.
+    ///
+    /// Cancel safe: dropping the future loses no message.
+    pub async fn recv(&mut self) -> Option<Message> {
+        loop {
+            if let Some(item) = self.queue.try_pop(&self.registry.counters) {
+                return item;
+            }
+            self.queue.notify.notified().await;
+        }
+    }
+
+    /// The next message if one is queued now.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.queue.try_pop(&self.registry.counters).flatten()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.registry.remove_channel(&self.name, &self.queue);
+    }
+}
+
+/// Default expiry values, the same as Channels'.
+pub(crate) const DEFAULT_EXPIRY: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_GROUP_EXPIRY: Duration = Duration::from_secs(86_400);
