@@ -238,7 +238,10 @@ mod tests {
             [
                 ("a", Value::Bool(true)),
                 ("b", Value::Nil),
-                ("c", Value::Map([("d", Value::List(vec![]))].into_iter().collect())),
+                (
+                    "c",
+                    Value::Map([("d", Value::List(vec![]))].into_iter().collect()),
+                ),
             ]
             .into_iter()
             .collect(),
@@ -268,7 +271,10 @@ mod tests {
             (Value::Int(-1), &[0xff]),
             (Value::Int(-33), &[0xd0, 0xdf]),
             (Value::Int(1 << 31), &[0xce, 0x80, 0, 0, 0]),
-            (Value::UInt(u64::MAX), &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            (
+                Value::UInt(u64::MAX),
+                &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            ),
             (Value::Int(i64::MIN), &[0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0]),
             (Value::Float(1.5), &[0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0]),
         ];
@@ -297,12 +303,27 @@ mod tests {
 
     #[test]
     fn rejects_what_python_rejects_or_we_refuse() {
-        assert_eq!(decode_exact(&[0x81, 0x01, 0x02]), Err(MessageError::NonStrKey));
-        assert_eq!(decode_exact(&[0x81, 0xc4, 0x01, b'k', 0x02]), Err(MessageError::NonStrKey));
+        assert_eq!(
+            decode_exact(&[0x81, 0x01, 0x02]),
+            Err(MessageError::NonStrKey)
+        );
+        assert_eq!(
+            decode_exact(&[0x81, 0xc4, 0x01, b'k', 0x02]),
+            Err(MessageError::NonStrKey)
+        );
         assert_eq!(decode_exact(&[0xa1, 0xff]), Err(MessageError::InvalidUtf8));
-        assert_eq!(decode_exact(&[0xd4, 0x01, 0x02]), Err(MessageError::Extension));
-        assert!(matches!(decode_exact(&[0xc1]), Err(MessageError::Malformed(_))));
-        assert_eq!(decode_exact(&[0xc0, 0xc0]), Err(MessageError::TrailingBytes(1)));
+        assert_eq!(
+            decode_exact(&[0xd4, 0x01, 0x02]),
+            Err(MessageError::Extension)
+        );
+        assert!(matches!(
+            decode_exact(&[0xc1]),
+            Err(MessageError::Malformed(_))
+        ));
+        assert_eq!(
+            decode_exact(&[0xc0, 0xc0]),
+            Err(MessageError::TrailingBytes(1))
+        );
         assert!(decode_exact(&[]).is_err());
         assert_eq!(Message::from_msgpack(&[0x90]), Err(MessageError::NotAMap));
     }

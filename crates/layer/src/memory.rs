@@ -73,7 +73,10 @@ impl ChannelLayer for InMemoryChannelLayer {
     async fn new_channel(&self) -> Result<Inbox, LayerError> {
         // 52^12 names: a collision is as good as impossible, but retrying costs nothing.
         loop {
-            match self.registry.open(random_channel_name("specific.inmemory")?) {
+            match self
+                .registry
+                .open(random_channel_name("specific.inmemory")?)
+            {
                 Err(LayerError::ChannelInUse(_)) => continue,
                 other => return other,
             }

@@ -211,7 +211,9 @@ impl Map {
 
 impl fmt::Debug for Map {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.0.iter().map(|(k, v)| (k, v))).finish()
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, v)))
+            .finish()
     }
 }
 
@@ -383,8 +385,14 @@ mod tests {
         assert_eq!(name("chat.message").unwrap(), "chat_message");
         assert_eq!(name("a..b").unwrap(), "a__b");
         assert_eq!(name("x._y").unwrap(), "x__y");
-        assert_eq!(name("_my_private_handler"), Err(HandlerNameError::LeadingUnderscore));
-        assert_eq!(name(".my_private_handler"), Err(HandlerNameError::LeadingUnderscore));
+        assert_eq!(
+            name("_my_private_handler"),
+            Err(HandlerNameError::LeadingUnderscore)
+        );
+        assert_eq!(
+            name(".my_private_handler"),
+            Err(HandlerNameError::LeadingUnderscore)
+        );
         let untyped = Message::from_map(Map::new());
         assert_eq!(untyped.handler_name(), Err(HandlerNameError::NoType));
         assert_eq!(
@@ -441,6 +449,9 @@ mod tests {
 
     #[test]
     fn a_non_map_is_not_a_message() {
-        assert_eq!(Message::from_serialize(&5).unwrap_err(), MessageError::NotAMap);
+        assert_eq!(
+            Message::from_serialize(&5).unwrap_err(),
+            MessageError::NotAMap
+        );
     }
 }

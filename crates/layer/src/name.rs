@@ -74,7 +74,9 @@ fn valid_channel(s: &str) -> bool {
         None => s.bytes().all(is_name_char),
         // Python's local part is `[\d\w\-_.]*`: the same ASCII set, and it may be empty.
         Some((remote, local)) => {
-            !remote.is_empty() && remote.bytes().all(is_name_char) && local.bytes().all(is_name_char)
+            !remote.is_empty()
+                && remote.bytes().all(is_name_char)
+                && local.bytes().all(is_name_char)
         }
     }
 }
@@ -221,7 +223,10 @@ mod tests {
         assert!(GroupName::new(&"a".repeat(100)).is_err());
         assert!(ChannelName::new(&"a".repeat(100)).is_err());
         // channels tests/test_layers.py: "a" * 101 gets the exact message.
-        assert_eq!(ChannelName::new(&"a".repeat(101)).unwrap_err().to_string(), CHANNEL_ERROR);
+        assert_eq!(
+            ChannelName::new(&"a".repeat(101)).unwrap_err().to_string(),
+            CHANNEL_ERROR
+        );
         // "chat" * 100 is rejected.
         assert!(GroupName::new(&"chat".repeat(100)).is_err());
     }
@@ -238,7 +243,9 @@ mod tests {
             assert!(GroupName::new(ok).is_ok(), "{ok}");
             assert!(ChannelName::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["a b", "a:b", "a*", "a?", "a[b]", "{a}", "a/b", "a\tb", "a\u{0}b"] {
+        for bad in [
+            "a b", "a:b", "a*", "a?", "a[b]", "{a}", "a/b", "a\tb", "a\u{0}b",
+        ] {
             assert!(GroupName::new(bad).is_err(), "{bad:?}");
             assert!(ChannelName::new(bad).is_err(), "{bad:?}");
         }
@@ -271,7 +278,10 @@ mod tests {
         assert!(ChannelName::new("specific.abc!def_0-.").is_ok());
         assert!(ChannelName::new("!abc").is_err(), "cannot start with !");
         assert!(ChannelName::new("a!b!c").is_err(), "at most one !");
-        assert!(ChannelName::new("=+135!").is_err(), "channels_redis reject_bad_channel");
+        assert!(
+            ChannelName::new("=+135!").is_err(),
+            "channels_redis reject_bad_channel"
+        );
     }
 
     #[test]
@@ -295,6 +305,9 @@ mod tests {
         assert!(ChannelName::new_receive("specific.x!").is_ok());
         assert!(ChannelName::new_receive("worker").is_ok());
         let err = ChannelName::new_receive("specific.x!y").unwrap_err();
-        assert_eq!(err.to_string(), "Specific channel names in receive() must end at the !");
+        assert_eq!(
+            err.to_string(),
+            "Specific channel names in receive() must end at the !"
+        );
     }
 }

@@ -362,7 +362,11 @@ impl QueueState {
     /// per layer, so they are in order and the expired ones are at the front.
     fn purge(&mut self, now: Instant, counters: &Counters) {
         let mut n = 0;
-        while self.items.front().is_some_and(|(deadline, _)| *deadline <= now) {
+        while self
+            .items
+            .front()
+            .is_some_and(|(deadline, _)| *deadline <= now)
+        {
             self.items.pop_front();
             n += 1;
         }

@@ -179,7 +179,10 @@ pub async fn send_specific_capacity(make: Make) {
     let err = layer.send(&channel("one"), msg(1)).await;
     assert!(matches!(err, Err(LayerError::ChannelFull(_))), "{err:?}");
     for n in 0..3 {
-        layer.send(&channel("two"), msg(n)).await.expect("two has capacity 3");
+        layer
+            .send(&channel("two"), msg(n))
+            .await
+            .expect("two has capacity 3");
     }
 }
 
@@ -214,7 +217,10 @@ pub async fn groups_channel_full_never_errors(make: Make) {
     let mut inbox = new_channel(&layer).await;
     layer.group_add(&g, inbox.name()).await.expect("group_add");
     for n in 0..5 {
-        layer.group_send(&g, msg(n)).await.expect("group_send never fails");
+        layer
+            .group_send(&g, msg(n))
+            .await
+            .expect("group_send never fails");
     }
     for n in 0..3 {
         assert_eq!(n_of(&recv(&mut inbox).await), n);
@@ -339,7 +345,11 @@ pub async fn message_expiry(make: Make) {
     layer.send(inbox.name(), msg(1)).await.expect("send");
     tokio::time::sleep(Duration::from_millis(450)).await;
     layer.send(inbox.name(), msg(2)).await.expect("send");
-    assert_eq!(n_of(&recv(&mut inbox).await), 2, "the first message expired");
+    assert_eq!(
+        n_of(&recv(&mut inbox).await),
+        2,
+        "the first message expired"
+    );
     assert_empty(&mut inbox).await;
 }
 
@@ -369,7 +379,10 @@ pub async fn group_add_refreshes_membership(make: Make) {
     let mut inbox = new_channel(&layer).await;
     layer.group_add(&g, inbox.name()).await.expect("group_add");
     tokio::time::sleep(Duration::from_millis(250)).await;
-    layer.group_add(&g, inbox.name()).await.expect("group_add again");
+    layer
+        .group_add(&g, inbox.name())
+        .await
+        .expect("group_add again");
     tokio::time::sleep(Duration::from_millis(250)).await;
     layer.group_send(&g, msg(1)).await.expect("group_send");
     assert_eq!(n_of(&recv(&mut inbox).await), 1);
@@ -384,7 +397,10 @@ pub async fn flush_ends_inboxes_and_groups(make: Make) {
     layer.send(inbox.name(), msg(1)).await.expect("send");
     layer.flush().await.expect("flush");
     let next = tokio::time::timeout(RECEIVE_TIMEOUT, inbox.recv()).await;
-    assert!(matches!(next, Ok(None)), "inbox should end after flush: {next:?}");
+    assert!(
+        matches!(next, Ok(None)),
+        "inbox should end after flush: {next:?}"
+    );
     let stats = layer.stats();
     assert_eq!((stats.channels, stats.groups), (0, 0));
     // The layer stays usable.
@@ -404,10 +420,7 @@ pub async fn several_receivers(make: Make) {
         inboxes.push(inbox);
     }
     for (i, inbox) in inboxes.iter().enumerate() {
-        layer
-            .send(inbox.name(), msg(i as i64))
-            .await
-            .expect("send");
+        layer.send(inbox.name(), msg(i as i64)).await.expect("send");
     }
     layer.group_send(&g, msg(100)).await.expect("group_send");
     for (i, inbox) in inboxes.iter_mut().enumerate() {
@@ -459,7 +472,10 @@ pub async fn messages_keep_every_python_type(make: Make) {
     let layer = layer(make).await;
     let nested: Map = [
         ("none", Value::Nil),
-        ("list", Value::List(vec![Value::Int(-1), Value::Bool(false)])),
+        (
+            "list",
+            Value::List(vec![Value::Int(-1), Value::Bool(false)]),
+        ),
     ]
     .into_iter()
     .collect();
@@ -476,7 +492,10 @@ pub async fn messages_keep_every_python_type(make: Make) {
     assert_eq!(recv(&mut inbox).await, sent);
     let g = group("types");
     layer.group_add(&g, inbox.name()).await.expect("group_add");
-    layer.group_send(&g, sent.clone()).await.expect("group_send");
+    layer
+        .group_send(&g, sent.clone())
+        .await
+        .expect("group_send");
     assert_eq!(recv(&mut inbox).await, sent);
 }
 
