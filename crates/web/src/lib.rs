@@ -1,0 +1,96 @@
+//! The browser side of the Django Channels tutorial: its HTML pages and their scripts.
+//!
+//! [`router`] serves the tutorial's two chat pages and everything they load:
+//!
+//! - `GET /`: an index page linking to both chats;
+//! - `GET /chatone`: the single chat (`chatting.html`), which connects to `/room/123/`;
+//! - `GET /chatgroup?groupID=N`: the group chat (`groupchatting.html`), which connects to
+//!   `/group/N/`;
+//! - `GET /static/chat.css`, `/static/chat.js`, `/static/chatone.js`, `/static/chatgroup.js`;
+//! - `GET /favicon.ico`: `204 No Content`, so browsers log no 404 on every page.
+//!
+//! What it deliberately does **not** do: it has no WebSocket endpoint, no consumer and no channel
+//! layer. The pages connect to `/room/…/` and `/group/…/`, which `channels-server` routes on the
+//! same origin; this crate only renders HTML and serves assets, so it depends on neither
+//! `channels-server` nor `channels-layer`.
+//!
+//! # Differences from the tutorial's pages
+//!
+//! - The WebSocket URL is derived from the page's own location (`ws:` or `wss:` and
+//!   `location.host`) instead of the hard-coded `ws://127.0.0.1:8080`.
+//! - The scripts and the style sheet are static files, not inline code, so every page is sent with
+//!   a strict `Content-Security-Policy` ([`CONTENT_SECURITY_POLICY`]) that allows no inline script
+//!   or style, plus `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`.
+//! - The group id reaches the script as a JSON data block (`<script type="application/json"
+//!   id="group-id">`), never by splicing it into JavaScript, and the script percent-encodes it
+//!   with `encodeURIComponent` before putting it in the WebSocket path.
+//! - Without a `groupID` (or with an empty one) the group page is still rendered, with an empty
+//!   id and a visible note, and it does not connect: the server's route `group/(\w+)/` would
+//!   reject an empty id anyway.
+//! - The group page shows `[连接已断开!]` when the socket closes, whoever closed it; the
+//!   tutorial's group page printed it only from its close button.
+//! - For browser tests each page keeps `window.wsState` (`"idle"` before connecting, then
+//!   `"connecting"`, `"open"`, `"error"`, `"closed"`) and `window.wsCloseCode` (the close
+//!   event's code), like the `websocketConnected` flag of Channels' Selenium tests.
+//!
+//! # Layout
+//!
+//! - `pages`: the askama templates (`templates/*.html`) and their handlers.
+//! - `assets`: the scripts and style sheet (`src/static/*`), embedded with `include_str!`.
+
+mod assets;
+mod pages;
+
+#[cfg(test)]
+mod tests;
+
+use axum::Router;
+use axum::http::HeaderValue;
+use axum::http::header::X_CONTENT_TYPE_OPTIONS;
+use axum::http::header::{CONTENT_SECURITY_POLICY as CSP_HEADER, REFERRER_POLICY};
+use axum::middleware;
+use axum::response::Response;
+use axum::routing::get;
+
+/// The `Content-Security-Policy` sent with every response of [`router`].
+///
+/// Scripts, styles, images and WebSocket connections may come only from the page's own origin,
+/// and nothing may be inline. Chromium and Firefox treat `ws:`/`wss:` to the same host as
+/// `'self'` under `connect-src`.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+    form-action 'self'; frame-ancestors 'self'";
+
+/// Builds the router for the chat pages and their static assets.
+///
+/// It is generic over the state type so the server can merge it into its own router; it reads
+/// no state itself. Every response carries the headers described in the crate docs.
+///
+/// ```
+/// let app: axum::Router = channels_web::router();
+/// # let _ = app;
+/// ```
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/", get(pages::index))
+        .route("/chatone", get(pages::chat_one))
+        .route("/chatgroup", get(pages::chat_group))
+        .route("/static/chat.css", get(assets::chat_css))
+        .route("/static/chat.js", get(assets::chat_js))
+        .route("/static/chatone.js", get(assets::chat_one_js))
+        .route("/static/chatgroup.js", get(assets::chat_group_js))
+        .route("/favicon.ico", get(assets::favicon))
+        .layer(middleware::map_response(security_headers))
+}
+
+/// Adds the security headers to a response, replacing any the handler set.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        CSP_HEADER,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
