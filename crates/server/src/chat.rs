@@ -1,0 +1,143 @@
+//! The seed tutorial's two consumers and their routes, with its exact texts.
+//!
+//! * [`ChatConsumer`] (`app01`): echoes each text `X` as `服务端主动推送消息:X`; the text `exit`
+//!   makes the server close the socket (code 1000).
+//! * [`GroupChatConsumer`] (`app02`): joins the group named by the URL's `groupID`; each frame it
+//!   receives goes to the whole group as `{"type": "send_msg", "message": <websocket.receive>}`,
+//!   and every member answers that event with `组内主动推送消息:X`. A Django process running the
+//!   seed's own `GroupChatConsumer` on the same Redis can sit in the same group.
+//!
+//! Where the seed would crash, these consumers close with a documented code instead:
+//! a group ID that is not a valid Channels group name (non-ASCII, 100+ characters) closes with
+//! [`Close::INVALID_GROUP`] (4400) right after accepting, and a binary frame to the echo chat
+//! closes with [`Close::UNSUPPORTED`] (1003).
+
+use channels_layer::{GroupName, Map, Message, Value};
+
+use crate::consumer::{ClientMessage, Close, Consumer, Context};
+use crate::routing::WsRouter;
+
+/// The echo chat's reply prefix.
+pub const ECHO_PREFIX: &str = "服务端主动推送消息:";
+/// The group chat's reply prefix.
+pub const GROUP_PREFIX: &str = "组内主动推送消息:";
+
+/// The seed's `websocket_urlpatterns`: `room/` and `group/(?P<groupID>\w+)/$`.
+pub fn routes() -> WsRouter {
+    WsRouter::new()
+        .route("room/", ChatConsumer::default)
+        .and_then(|r| r.route(r"group/(?P<groupID>\w+)/$", GroupChatConsumer::default))
+        .expect("the seed's route patterns are valid regexes")
+}
+
+/// The single-user echo chat (`app01.consumers.ChatConsumer`).
+#[derive(Debug, Default)]
+pub struct ChatConsumer;
+
+impl Consumer for ChatConsumer {
+    async fn receive(&mut self, cx: &mut Context, msg: ClientMessage) -> Result<(), Close> {
+        match msg {
+            ClientMessage::Text(text) if text == "exit" => {
+                cx.close(Close::NORMAL);
+                Ok(())
+            }
+            ClientMessage::Text(text) => cx.send_text(format!("{ECHO_PREFIX}{text}")),
+            // The seed reads message["text"] and would fail on a binary frame.
+            ClientMessage::Bytes(_) => Err(Close::UNSUPPORTED),
+        }
+    }
+
+    async fn event(&mut self, _cx: &mut Context, event: Message) -> Result<(), Close> {
+        tracing::debug!(msg_type = ?event.message_type(), "echo chat ignores layer events");
+        Ok(())
+    }
+}
+
+/// The group chat (`app02.consumers.GroupChatConsumer`).
+#[derive(Debug, Default)]
+pub struct GroupChatConsumer {
+    group: Option<GroupName>,
+}
+
+impl GroupChatConsumer {
+    fn group(&self) -> Result<&GroupName, Close> {
+        // connect() sets the group or closes, so handlers only run with one.
+        self.group.as_ref().ok_or(Close::INTERNAL)
+    }
+}
+
+impl Consumer for GroupChatConsumer {
+    async fn connect(&mut self, cx: &mut Context) -> Result<(), Close> {
+        let raw = cx.scope().url_route().kwarg("groupID").unwrap_or_default();
+        let group = match GroupName::new(raw) {
+            Ok(group) => group,
+            Err(error) => {
+                // The seed accepts and then fails in group_add; we accept and close with a code.
+                tracing::info!(%error, group_len = raw.chars().count(), "invalid group id");
+                cx.close(Close::INVALID_GROUP);
+                return Ok(());
+            }
+        };
+        if let Err(error) = cx.group_add(&group).await {
+            tracing::error!(%error, %group, "group_add failed");
+            return Err(Close::INTERNAL);
+        }
+        self.group = Some(group);
+        Ok(())
+    }
+
+    async fn receive(&mut self, cx: &mut Context, msg: ClientMessage) -> Result<(), Close> {
+        // The ASGI `websocket.receive` event, as the seed forwards it.
+        let receive = match msg {
+            ClientMessage::Text(text) => Map::from_iter([
+                ("type", Value::from("websocket.receive")),
+                ("text", Value::Str(text)),
+            ]),
+            ClientMessage::Bytes(bytes) => Map::from_iter([
+                ("type", Value::from("websocket.receive")),
+                ("bytes", Value::Bytes(bytes)),
+            ]),
+        };
+        let group = self.group()?;
+        let event = Message::new("send_msg").with("message", receive);
+        if let Err(error) = cx.group_send(group, event).await {
+            tracing::error!(%error, %group, "group_send failed");
+            return Err(Close::INTERNAL);
+        }
+        Ok(())
+    }
+
+    async fn event(&mut self, cx: &mut Context, event: Message) -> Result<(), Close> {
+        match event.handler_name().as_deref() {
+            Ok("send_msg") => send_msg(cx, &event),
+            // Channels would raise "No handler for message type" and drop the connection; one bad
+            // message from another process should not disconnect every member.
+            Ok(other) => {
+                tracing::warn!(msg_type = other, "no handler for layer message: ignored");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, "malformed layer message: ignored");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The seed's `send_msg`: `组内主动推送消息:{event["message"]["text"]}`. A binary message
+/// (`bytes` instead of `text`) goes back as a binary frame, where the seed would print `None`.
+fn send_msg(cx: &mut Context, event: &Message) -> Result<(), Close> {
+    let message = event.get("message").and_then(Value::as_map);
+    let text = message.and_then(|m| m.get("text")).and_then(Value::as_str);
+    let bytes = message
+        .and_then(|m| m.get("bytes"))
+        .and_then(Value::as_bytes);
+    match (text, bytes) {
+        (Some(text), _) => cx.send_text(format!("{GROUP_PREFIX}{text}")),
+        (None, Some(bytes)) => cx.send_bytes(bytes),
+        (None, None) => {
+            tracing::warn!("send_msg without message text or bytes: ignored");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Configuration: every flag can also be set with an environment variable of the same meaning.
+//!
+//! Deployment files and outside tooling rely on these names; keep them stable.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use channels_layer::{ChannelLayer, InMemoryChannelLayer, LayerConfig};
+use clap::{Parser, ValueEnum};
+
+use crate::state::Limits;
+
+/// Which channel layer backend carries group messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[non_exhaustive]
+pub enum LayerKind {
+    /// In this process only (Channels' `InMemoryChannelLayer`): one replica, no dependencies.
+    Memory,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The server's settings, from flags or environment variables.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "channels-server",
+    version,
+    about = "Django Channels' WebSocket chat, in Rust"
+)]
+#[non_exhaustive]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "CHANNELS_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Channel layer backend.
+    #[arg(long, env = "CHANNELS_LAYER", value_enum, default_value_t = LayerKind::Memory)]
+    pub layer: LayerKind,
+
+    /// Log filter: a level (`info`, `debug`) or tracing directives (`info,channels_server=debug`).
+    #[arg(long = "log-level", env = "CHANNELS_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Log line format.
+    #[arg(long = "log-format", env = "CHANNELS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Largest WebSocket message a client may send, in bytes; larger ones close with 1009.
+    #[arg(long, env = "CHANNELS_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
+    pub max_message_size: usize,
+
+    /// Messages a connection's inbox holds while its client is slow (Channels' `capacity`);
+    /// group messages beyond it are dropped for that client and counted.
+    #[arg(long, env = "CHANNELS_CAPACITY", default_value_t = 100)]
+    pub capacity: usize,
+
+    /// Seconds a client may take to read what the server writes before it is closed as slow.
+    #[arg(long, env = "CHANNELS_WRITE_TIMEOUT", default_value_t = 10)]
+    pub write_timeout_secs: u64,
+
+    /// Seconds open connections get to close on SIGTERM/SIGINT before the process exits anyway.
+    #[arg(long, env = "CHANNELS_DRAIN_TIMEOUT", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for Config {
+    /// The defaults, without reading the environment.
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            layer: LayerKind::Memory,
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+            max_message_size: 64 * 1024,
+            capacity: 100,
+            write_timeout_secs: 10,
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configured channel layer.
+    pub fn build_layer(&self) -> Arc<dyn ChannelLayer> {
+        let config = LayerConfig {
+            capacity: self.capacity,
+            ..LayerConfig::default()
+        };
+        match self.layer {
+            LayerKind::Memory => Arc::new(InMemoryChannelLayer::new(config)),
+        }
+    }
+
+    /// How long shutdown waits for connections to close.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            max_message_size: self.max_message_size,
+            max_outgoing_frames: 1024,
+            write_timeout: Duration::from_secs(self.write_timeout_secs),
+            close_timeout: Duration::from_secs(3),
+            read_buffer_size: 4 * 1024,
+            // Room for a few maximum-size messages the client has not read yet.
+            max_write_buffer_size: 4 * self.max_message_size.max(16 * 1024),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_matches_parsing_no_arguments() {
+        let parsed = Config::try_parse_from(["channels-server"]).unwrap();
+        let default = Config::default();
+        assert_eq!(parsed.bind, default.bind);
+        assert_eq!(parsed.layer, default.layer);
+        assert_eq!(parsed.max_message_size, default.max_message_size);
+        assert_eq!(parsed.capacity, default.capacity);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::try_parse_from([
+            "channels-server",
+            "--bind",
+            "0.0.0.0:9000",
+            "--layer",
+            "memory",
+            "--log-level",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(c.bind.port(), 9000);
+        assert_eq!(c.log_level, "debug");
+    }
+}

@@ -1,0 +1,66 @@
+//! WebSocket close codes the server uses, with their meaning for a client.
+//!
+//! | code | name | when | should the client reconnect? |
+//! |---|---|---|---|
+//! | 1000 | [`Close::NORMAL`] | the consumer ended the conversation (the seed's `exit`) | no |
+//! | 1001 | [`Close::GOING_AWAY`] | the server is shutting down or draining | yes, at once (another replica) |
+//! | 1003 | [`Close::UNSUPPORTED`] | a frame type the consumer does not take (binary to the echo chat) | no |
+//! | 1008 | [`Close::POLICY`] | the client broke a rule | no |
+//! | 1009 | [`Close::TOO_BIG`] | a message over the size limit (64 KiB by default) | no |
+//! | 1011 | [`Close::INTERNAL`] | a server error; details are logged, never sent | yes, with backoff |
+//! | 4008 | [`Close::SLOW`] | the client did not read its messages fast enough | yes, with backoff |
+//! | 4400 | [`Close::INVALID_GROUP`] | the URL names a group that Channels would reject (non-ASCII, 100+ characters) | no |
+//!
+//! Codes 4000–4999 are the application range of RFC 6455. A consumer that returns an error from
+//! `connect` before accepting gets HTTP 403 instead of a close code, as in Channels.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// A close code and reason: the error type of consumer handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// The WebSocket close code.
+    pub code: u16,
+    /// A short reason; it must fit a close frame (123 bytes), so keep it to a few words.
+    pub reason: Cow<'static, str>,
+}
+
+impl Close {
+    /// 1000: normal closure.
+    pub const NORMAL: Close = Close::new(1000, "");
+    /// 1001: the server is going away (shutdown, drain).
+    pub const GOING_AWAY: Close = Close::new(1001, "server shutting down");
+    /// 1003: the consumer does not accept this kind of frame.
+    pub const UNSUPPORTED: Close = Close::new(1003, "unsupported data");
+    /// 1008: policy violation.
+    pub const POLICY: Close = Close::new(1008, "policy violation");
+    /// 1009: message too big.
+    pub const TOO_BIG: Close = Close::new(1009, "message too big");
+    /// 1011: internal error.
+    pub const INTERNAL: Close = Close::new(1011, "internal error");
+    /// 4008: the client cannot keep up with its messages.
+    pub const SLOW: Close = Close::new(4008, "slow consumer");
+    /// 4400: the group named in the URL is not a valid Channels group name.
+    pub const INVALID_GROUP: Close = Close::new(4400, "invalid group name");
+
+    /// A close with `code` and a static `reason`.
+    pub const fn new(code: u16, reason: &'static str) -> Self {
+        Self {
+            code,
+            reason: Cow::Borrowed(reason),
+        }
+    }
+}
+
+impl fmt::Display for Close {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "close {}", self.code)?;
+        if !self.reason.is_empty() {
+            write!(f, " ({})", self.reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Close {}

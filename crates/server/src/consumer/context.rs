@@ -1,0 +1,173 @@
+//! What a consumer sees of its connection: the scope, its channel, and the calls it can make.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use channels_layer::{ChannelLayer, ChannelName, GroupName, LayerError, Message};
+
+use super::close::Close;
+use crate::routing::UrlRoute;
+
+/// The connection's scope, as Channels' ASGI `scope` for a WebSocket.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub(crate) path: String,
+    pub(crate) query_string: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) client: Option<SocketAddr>,
+    pub(crate) url_route: UrlRoute,
+}
+
+impl Scope {
+    /// The percent-decoded path, e.g. `/group/1/` (ASGI `path`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The raw query string without the `?` (ASGI `query_string`).
+    pub fn query_string(&self) -> &str {
+        &self.query_string
+    }
+
+    /// The handshake's request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The peer address, as the server saw it (ASGI `client`).
+    pub fn client(&self) -> Option<SocketAddr> {
+        self.client
+    }
+
+    /// The route's captures (Channels' `scope["url_route"]`).
+    pub fn url_route(&self) -> &UrlRoute {
+        &self.url_route
+    }
+}
+
+/// A frame from the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// A text frame (ASGI `text`).
+    Text(String),
+    /// A binary frame (ASGI `bytes`).
+    Bytes(Vec<u8>),
+}
+
+/// A frame for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outgoing {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// The consumer's handle on its connection, passed to every handler.
+///
+/// Frames sent with [`send_text`](Self::send_text) are written when the handler returns, in
+/// order. Groups joined with [`group_add`](Self::group_add) are left by the runtime when the
+/// connection ends, as Channels does for a consumer's `groups`.
+#[derive(Debug)]
+pub struct Context {
+    scope: Arc<Scope>,
+    channel: ChannelName,
+    layer: Arc<dyn ChannelLayer>,
+    groups: Vec<GroupName>,
+    pub(crate) outgoing: VecDeque<Outgoing>,
+    max_outgoing: usize,
+    pub(crate) close: Option<Close>,
+}
+
+impl Context {
+    pub(crate) fn new(
+        scope: Arc<Scope>,
+        channel: ChannelName,
+        layer: Arc<dyn ChannelLayer>,
+        max_outgoing: usize,
+    ) -> Self {
+        Self {
+            scope,
+            channel,
+            layer,
+            groups: Vec::new(),
+            outgoing: VecDeque::new(),
+            max_outgoing,
+            close: None,
+        }
+    }
+
+    /// The connection's scope.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// This consumer's channel name (Channels' `self.channel_name`).
+    pub fn channel_name(&self) -> &ChannelName {
+        &self.channel
+    }
+
+    /// The channel layer, for calls beyond the helpers here (e.g. `send` to another channel).
+    pub fn layer(&self) -> &Arc<dyn ChannelLayer> {
+        &self.layer
+    }
+
+    /// The groups this connection joined.
+    pub fn groups(&self) -> &[GroupName] {
+        &self.groups
+    }
+
+    /// Queues a text frame. Fails with [`Close::SLOW`] when more frames are pending than the
+    /// per-connection bound allows.
+    pub fn send_text(&mut self, text: impl Into<String>) -> Result<(), Close> {
+        self.push(Outgoing::Text(text.into()))
+    }
+
+    /// Queues a binary frame, with the same bound as [`send_text`](Self::send_text).
+    pub fn send_bytes(&mut self, bytes: impl Into<Vec<u8>>) -> Result<(), Close> {
+        self.push(Outgoing::Bytes(bytes.into()))
+    }
+
+    fn push(&mut self, frame: Outgoing) -> Result<(), Close> {
+        if self.outgoing.len() >= self.max_outgoing {
+            return Err(Close::SLOW);
+        }
+        self.outgoing.push_back(frame);
+        Ok(())
+    }
+
+    /// Closes the connection with `close` once the handler returns (Channels' `self.close()`).
+    /// Called during `connect`, it accepts first and then closes.
+    pub fn close(&mut self, close: Close) {
+        self.close.get_or_insert(close);
+    }
+
+    /// Joins `group`; the runtime leaves it when the connection ends.
+    pub async fn group_add(&mut self, group: &GroupName) -> Result<(), LayerError> {
+        self.layer.group_add(group, &self.channel).await?;
+        if !self.groups.contains(group) {
+            self.groups.push(group.clone());
+        }
+        Ok(())
+    }
+
+    /// Leaves `group`.
+    pub async fn group_discard(&mut self, group: &GroupName) -> Result<(), LayerError> {
+        self.groups.retain(|g| g != group);
+        self.layer.group_discard(group, &self.channel).await
+    }
+
+    /// Sends `msg` to every member of `group` (this connection too, if it is a member).
+    pub async fn group_send(&self, group: &GroupName, msg: Message) -> Result<(), LayerError> {
+        self.layer.group_send(group, msg).await
+    }
+
+    /// Leaves every joined group; used by the runtime when the connection ends.
+    pub(crate) async fn discard_all_groups(&mut self) {
+        for group in std::mem::take(&mut self.groups) {
+            if let Err(error) = self.layer.group_discard(&group, &self.channel).await {
+                tracing::warn!(%error, %group, "group_discard at disconnect failed");
+            }
+        }
+    }
+}

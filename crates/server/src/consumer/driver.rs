@@ -1,0 +1,190 @@
+//! The per-connection loop: one task selects over shutdown, client frames and the inbox.
+//!
+//! This replaces Channels' `await_many_dispatch`. Each iteration waits for one event, hands it
+//! to the consumer, then writes the frames the handler queued. Writes have a deadline: a client
+//! that does not read is closed with [`Close::SLOW`], and while it is stuck its inbox fills and
+//! the layer drops (and counts) further group messages for it, so it never holds up anyone else.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket};
+use channels_layer::{Inbox, Message};
+use futures_util::SinkExt;
+use tokio_util::sync::CancellationToken;
+
+use super::context::{ClientMessage, Context, Outgoing};
+use super::{Close, Consumer};
+
+/// Limits the driver applies to one connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DriverLimits {
+    /// How long a write may wait for the client to read.
+    pub(crate) write_timeout: Duration,
+    /// How long to wait for the client's close frame after sending ours.
+    pub(crate) close_timeout: Duration,
+}
+
+enum Event {
+    Shutdown,
+    Frame(Option<Result<Frame, axum::Error>>),
+    Layer(Option<Message>),
+}
+
+/// How the loop ended.
+enum End {
+    /// The client closed (with its code, if any) or the connection dropped.
+    ByClient(Option<u16>),
+    /// The server closes with this code.
+    ByServer(Close),
+    /// The socket is unusable; nothing more can be sent.
+    Broken,
+}
+
+/// Runs the connection to its end. `cx` comes from `connect`, which already accepted.
+pub(crate) async fn run<C: Consumer>(
+    mut socket: WebSocket,
+    mut consumer: C,
+    mut cx: Context,
+    mut inbox: Inbox,
+    shutdown: CancellationToken,
+    limits: DriverLimits,
+) {
+    tracing::debug!(channel = %cx.channel_name(), "connected");
+    // Frames queued by `connect`, and a close it asked for.
+    let mut end = match flush(&mut socket, &mut cx, limits).await {
+        Err(end) => Some(end),
+        Ok(()) => cx.close.take().map(End::ByServer),
+    };
+    while end.is_none() {
+        let event = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Event::Shutdown,
+            frame = socket.recv() => Event::Frame(frame),
+            msg = inbox.recv() => Event::Layer(msg),
+        };
+        let handled = match event {
+            Event::Shutdown => Err(End::ByServer(Close::GOING_AWAY)),
+            Event::Frame(frame) => on_frame(&mut consumer, &mut cx, frame).await,
+            Event::Layer(Some(msg)) => consumer.event(&mut cx, msg).await.map_err(End::ByServer),
+            Event::Layer(None) => {
+                // The layer was flushed or closed under us: this connection cannot get group
+                // messages any more, so it should reconnect.
+                tracing::warn!(channel = %cx.channel_name(), "inbox ended: layer flushed or closed");
+                Err(End::ByServer(Close::INTERNAL))
+            }
+        };
+        end = match handled {
+            Err(e) => Some(e),
+            Ok(()) => match flush(&mut socket, &mut cx, limits).await {
+                Err(e) => Some(e),
+                Ok(()) => cx.close.take().map(End::ByServer),
+            },
+        };
+    }
+    let code = match end {
+        Some(End::ByClient(code)) => code,
+        Some(End::ByServer(close)) => {
+            close_socket(&mut socket, &close, limits).await;
+            None
+        }
+        Some(End::Broken) | None => None,
+    };
+    // Channels' websocket_disconnect: leave the groups, then tell the consumer.
+    cx.discard_all_groups().await;
+    consumer.disconnect(&mut cx, code).await;
+    drop(inbox);
+    tracing::debug!(close_code = ?code, "disconnected");
+}
+
+async fn on_frame<C: Consumer>(
+    consumer: &mut C,
+    cx: &mut Context,
+    frame: Option<Result<Frame, axum::Error>>,
+) -> Result<(), End> {
+    let msg = match frame {
+        None => return Err(End::ByClient(None)),
+        Some(Ok(Frame::Text(text))) => ClientMessage::Text(text.as_str().to_owned()),
+        Some(Ok(Frame::Binary(bytes))) => ClientMessage::Bytes(bytes.to_vec()),
+        // tungstenite answers pings itself and queues the pong for the next write.
+        Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => return Ok(()),
+        Some(Ok(Frame::Close(frame))) => return Err(End::ByClient(frame.map(|f| f.code))),
+        Some(Err(error)) => return Err(read_error(error)),
+    };
+    consumer.receive(cx, msg).await.map_err(End::ByServer)
+}
+
+/// Maps a read error: an oversized message gets 1009, a protocol violation 1002, and anything
+/// else means the connection is gone.
+fn read_error(error: axum::Error) -> End {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(reason)) => {
+            tracing::info!(%reason, "client message over the size limit");
+            End::ByServer(Close::TOO_BIG)
+        }
+        Some(tungstenite::Error::Protocol(reason)) => {
+            tracing::info!(%reason, "client broke the WebSocket protocol");
+            End::ByServer(Close::new(1002, "protocol error"))
+        }
+        Some(tungstenite::Error::Utf8(_)) => End::ByServer(Close::new(1007, "invalid utf-8")),
+        _ => {
+            tracing::debug!(error = %inner, "connection lost");
+            End::ByClient(None)
+        }
+    }
+}
+
+/// Writes every queued frame, then flushes once.
+async fn flush(socket: &mut WebSocket, cx: &mut Context, limits: DriverLimits) -> Result<(), End> {
+    if cx.outgoing.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        while let Some(frame) = cx.outgoing.pop_front() {
+            let frame = match frame {
+                Outgoing::Text(text) => Frame::Text(text.into()),
+                Outgoing::Bytes(bytes) => Frame::Binary(bytes.into()),
+            };
+            socket.feed(frame).await?;
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(limits.write_timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "write failed: connection lost");
+            Err(End::Broken)
+        }
+        Err(_) => {
+            tracing::info!(close_code = Close::SLOW.code, "client not reading: closing");
+            // The close frame waits behind the unread data; `close_socket` bounds that wait.
+            Err(End::ByServer(Close::SLOW))
+        }
+    }
+}
+
+/// Sends our close frame and waits (bounded) for the client's, so the close is clean.
+async fn close_socket(socket: &mut WebSocket, close: &Close, limits: DriverLimits) {
+    tracing::debug!(close_code = close.code, reason = %close.reason, "closing");
+    let frame = Frame::Close(Some(CloseFrame {
+        code: close.code,
+        reason: Utf8Bytes::from(close.reason.as_ref()),
+    }));
+    let handshake = async {
+        if socket.send(frame).await.is_err() {
+            return;
+        }
+        // Read until the client's close frame (or the end), discarding anything else.
+        while let Some(Ok(frame)) = socket.recv().await {
+            if matches!(frame, Frame::Close(_)) {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(limits.close_timeout, handshake)
+        .await
+        .is_err()
+    {
+        tracing::debug!("client did not answer the close frame in time");
+    }
+}

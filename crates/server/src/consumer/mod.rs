@@ -1,0 +1,89 @@
+//! Consumers: the Rust form of Channels' `WebsocketConsumer`.
+//!
+//! A [`Consumer`] handles one WebSocket connection. The runtime calls [`Consumer::connect`] when
+//! the handshake arrives, [`Consumer::receive`] for each frame from the client,
+//! [`Consumer::event`] for each message from the channel layer (group sends and direct sends to
+//! the connection's channel), and [`Consumer::disconnect`] when the connection ends, however it
+//! ends. The runtime owns the socket and the connection's inbox; a consumer talks to both
+//! through its [`Context`].
+//!
+//! Layer messages are dispatched as Channels does it: [`Message::handler_name`] turns the `type`
+//! into a handler name (`chat.message` → `chat_message`, a leading underscore is rejected), and
+//! the consumer matches on it. Typed consumers can use [`Message::deserialize`] into a
+//! `#[serde(tag = "type")]` enum instead.
+//!
+//! [`Message::handler_name`]: channels_layer::Message::handler_name
+//! [`Message::deserialize`]: channels_layer::Message::deserialize
+
+mod close;
+mod context;
+pub(crate) mod driver;
+
+use std::future::Future;
+
+use channels_layer::Message;
+
+pub use close::Close;
+pub use context::{ClientMessage, Context, Scope};
+
+/// One WebSocket connection's behaviour, as Channels' `WebsocketConsumer`.
+///
+/// Every handler returns `Result<(), Close>`: an error closes the connection with that code.
+/// Internal failures should be logged where they happen and returned as [`Close::INTERNAL`];
+/// the client never sees their text.
+///
+/// ```
+/// use channels_server::consumer::{ClientMessage, Close, Consumer, Context};
+/// use channels_layer::Message;
+///
+/// /// Echoes every text frame.
+/// struct Echo;
+///
+/// impl Consumer for Echo {
+///     async fn receive(&mut self, cx: &mut Context, msg: ClientMessage) -> Result<(), Close> {
+///         match msg {
+///             ClientMessage::Text(text) => cx.send_text(text),
+///             ClientMessage::Bytes(bytes) => cx.send_bytes(bytes),
+///         }
+///     }
+///
+///     async fn event(&mut self, _cx: &mut Context, _event: Message) -> Result<(), Close> {
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Consumer: Send + 'static {
+    /// The client asked to connect. `Ok` accepts (Channels' `self.accept()`); `Err` denies the
+    /// handshake with HTTP 403, as a close before accept does in Channels. To accept and then
+    /// close with a code, call [`Context::close`] and return `Ok`.
+    fn connect(&mut self, cx: &mut Context) -> impl Future<Output = Result<(), Close>> + Send {
+        let _ = cx;
+        async { Ok(()) }
+    }
+
+    /// A frame arrived from the client (Channels' `websocket_receive`).
+    fn receive(
+        &mut self,
+        cx: &mut Context,
+        msg: ClientMessage,
+    ) -> impl Future<Output = Result<(), Close>> + Send;
+
+    /// A message arrived from the channel layer; dispatch on [`Message::handler_name`].
+    fn event(
+        &mut self,
+        cx: &mut Context,
+        event: Message,
+    ) -> impl Future<Output = Result<(), Close>> + Send;
+
+    /// The connection ended: `code` is the client's close code, or `None` if there was none
+    /// (the TCP connection dropped, or the server closed). Called once, after the last handler
+    /// and after the runtime left the connection's groups (Channels' order).
+    fn disconnect(
+        &mut self,
+        cx: &mut Context,
+        code: Option<u16>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (cx, code);
+        async {}
+    }
+}

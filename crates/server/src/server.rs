@@ -1,0 +1,130 @@
+//! The server: HTTP routes, WebSocket routes, and the shutdown sequence.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use channels_layer::{ChannelLayer, LayerError};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::routing::WsRouter;
+use crate::state::AppState;
+use crate::upgrade::dispatch;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The listener failed.
+    #[error("serving HTTP failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// Closing the channel layer failed.
+    #[error("closing the channel layer failed: {0}")]
+    Layer(#[from] LayerError),
+}
+
+/// A configured server: pages, health, and WebSocket consumers over one channel layer.
+#[derive(Debug)]
+pub struct Server {
+    state: AppState,
+    drain_timeout: Duration,
+}
+
+impl Server {
+    /// A server for `routes` over `layer`, with the limits from `config`.
+    pub fn new(config: &Config, layer: Arc<dyn ChannelLayer>, routes: WsRouter) -> Self {
+        Self {
+            state: AppState::new(layer, routes, config.limits()),
+            drain_timeout: config.drain_timeout(),
+        }
+    }
+
+    /// The axum router: WebSocket handshakes go to the consumers, other requests to the pages
+    /// and `/healthz`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .merge(channels_web::router())
+            .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") })
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                dispatch,
+            ))
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains: stops accepting, closes
+    /// every WebSocket with 1001, waits up to the drain timeout for them to end, and closes the
+    /// channel layer.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let token = self.state.shutdown().clone();
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let stop_accepting = token.clone();
+        let mut http = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
+                .into_future(),
+        );
+        let early = tokio::select! {
+            () = shutdown => None,
+            result = &mut http => Some(result),
+        };
+        tracing::info!("shutting down: closing connections");
+        token.cancel();
+        let tracker = self.state.tracker();
+        tracker.close();
+        if tokio::time::timeout(self.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "drain timeout: exiting with connections still open"
+            );
+        }
+        let http_result = match early {
+            Some(result) => result,
+            // Idle keep-alive connections close at once; bound the wait for busy ones.
+            None => match tokio::time::timeout(Duration::from_secs(5), http).await {
+                Ok(result) => result,
+                Err(_) => Ok(Ok(())),
+            },
+        };
+        self.state.layer().close().await?;
+        tracing::info!("shutdown complete");
+        match http_result {
+            Ok(result) => Ok(result?),
+            Err(join) => Err(ServerError::Io(std::io::Error::other(join))),
+        }
+    }
+}
+
+/// Runs the seed's chat server with `config` on `listener` until `shutdown` resolves.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let config = channels_server::Config::default();
+/// channels_server::run(listener, config, channels_server::signal()).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let layer = config.build_layer();
+    Server::new(&config, layer, crate::chat::routes())
+        .serve(listener, shutdown)
+        .await
+}

@@ -1,0 +1,131 @@
+//! The WebSocket handshake: route, build the scope, run `connect`, then upgrade.
+//!
+//! Every request passes through [`dispatch`] first, the way Channels' `ProtocolTypeRouter`
+//! splits `websocket` from `http`: a WebSocket handshake is routed with the [`WsRouter`] (no
+//! route: HTTP 404, before any upgrade), everything else goes on to the HTTP routes.
+//!
+//! [`WsRouter`]: crate::routing::WsRouter
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use crate::consumer::driver::{self, DriverLimits};
+use crate::consumer::{Consumer, Context, Scope};
+use crate::state::AppState;
+
+/// A handshake on its way to a consumer.
+pub(crate) struct Connecting {
+    ws: WebSocketUpgrade,
+    scope: Scope,
+    state: AppState,
+}
+
+fn is_websocket_handshake(req: &Request) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Middleware in front of every route: WebSocket handshakes go to their consumer.
+pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !is_websocket_handshake(&req) {
+        return next.run(req).await;
+    }
+    if state.shutdown().is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n").into_response();
+    }
+    let (mut parts, _body) = req.into_parts();
+    let Ok(path) = percent_encoding::percent_decode_str(parts.uri.path()).decode_utf8() else {
+        return (StatusCode::BAD_REQUEST, "path is not valid UTF-8\n").into_response();
+    };
+    let path = path.into_owned();
+    let Some((endpoint, url_route)) = state.routes().resolve(&path) else {
+        tracing::debug!(%path, "no websocket route");
+        return (StatusCode::NOT_FOUND, "no WebSocket route for this path\n").into_response();
+    };
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let scope = Scope {
+        path,
+        query_string: parts.uri.query().unwrap_or_default().to_owned(),
+        client: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
+        headers: parts.headers,
+        url_route,
+    };
+    endpoint.start(Connecting { ws, scope, state }).await
+}
+
+/// Creates the connection's channel, runs `connect`, and upgrades if it accepted.
+pub(crate) async fn start<C: Consumer>(mut consumer: C, connecting: Connecting) -> Response {
+    let Connecting { ws, scope, state } = connecting;
+    let span = tracing::info_span!("ws", conn_id = state.next_conn_id(), path = %scope.path);
+    let limits = *state.limits();
+    let accepted = async {
+        let inbox = match state.layer().new_channel().await {
+            Ok(inbox) => inbox,
+            Err(error) => {
+                tracing::error!(%error, "new_channel failed: refusing the connection");
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "channel layer unavailable\n",
+                ));
+            }
+        };
+        let mut cx = Context::new(
+            Arc::new(scope),
+            inbox.name().clone(),
+            Arc::clone(state.layer()),
+            limits.max_outgoing_frames,
+        );
+        match consumer.connect(&mut cx).await {
+            Ok(()) => Ok((cx, inbox)),
+            Err(close) => {
+                tracing::debug!(close_code = close.code, "connection denied");
+                Err((StatusCode::FORBIDDEN, "connection denied\n"))
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let (cx, inbox) = match accepted {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refusal.into_response(),
+    };
+    // Tracked from here, so a shutdown waits for this connection even before the upgrade
+    // completes (axum's graceful shutdown does not cover upgraded sockets).
+    let token = state.tracker().token();
+    let shutdown = state.shutdown().clone();
+    let driver_limits = DriverLimits {
+        write_timeout: limits.write_timeout,
+        close_timeout: limits.close_timeout,
+    };
+    let failed_span = span.clone();
+    ws.read_buffer_size(limits.read_buffer_size)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.max_write_buffer_size)
+        .max_message_size(limits.max_message_size)
+        .max_frame_size(limits.max_message_size)
+        .on_failed_upgrade(move |error| {
+            failed_span.in_scope(|| tracing::debug!(%error, "upgrade failed"));
+        })
+        .on_upgrade(move |socket| {
+            async move {
+                let _tracked = token;
+                driver::run(socket, consumer, cx, inbox, shutdown, driver_limits).await;
+            }
+            .instrument(span)
+        })
+}

@@ -1,0 +1,166 @@
+//! Test support: a server on 127.0.0.1:0 and a WebSocket client with timeouts.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    reason = "test support: each test file uses part of it, and a failed unwrap is a failed test"
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use channels_layer::{ChannelLayer, InMemoryChannelLayer};
+use channels_server::routing::WsRouter;
+use channels_server::{Config, Server, ServerError};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single receive may take.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub layer: Arc<InMemoryChannelLayer>,
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), ServerError>>,
+}
+
+/// The seed's chat server with default settings.
+pub async fn spawn() -> TestServer {
+    spawn_with(Config::default(), channels_server::chat::routes()).await
+}
+
+pub async fn spawn_with(config: Config, routes: WsRouter) -> TestServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let layer = Arc::new(InMemoryChannelLayer::default());
+    let server = Server::new(&config, Arc::clone(&layer) as Arc<dyn ChannelLayer>, routes);
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    let handle = tokio::spawn(server.serve(listener, async move { signal.cancelled().await }));
+    TestServer {
+        addr,
+        layer,
+        shutdown,
+        handle,
+    }
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    pub async fn ws(&self, path: &str) -> Client {
+        let (stream, _) =
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(self.url(path)))
+                .await
+                .expect("handshake timed out")
+                .unwrap_or_else(|e| panic!("handshake to {path} failed: {e}"));
+        Client(stream)
+    }
+
+    /// The HTTP status of a handshake that the server refuses.
+    pub async fn refused_status(&self, path: &str) -> u16 {
+        match tokio_tungstenite::connect_async(self.url(path)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                response.status().as_u16()
+            }
+            Err(other) => panic!("expected an HTTP refusal for {path}, got {other}"),
+            Ok(_) => panic!("expected {path} to be refused, but it upgraded"),
+        }
+    }
+
+    /// Starts the shutdown and returns the server task's result.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .expect("server did not stop in time")
+            .expect("server task panicked")
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub struct Client(pub WebSocketStream<MaybeTlsStream<TcpStream>>);
+
+impl Client {
+    pub async fn send_text(&mut self, text: &str) {
+        self.0.send(Message::text(text)).await.unwrap();
+    }
+
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.0.send(Message::binary(bytes.to_vec())).await.unwrap();
+    }
+
+    /// The next data frame (pings and pongs skipped).
+    pub async fn recv(&mut self) -> Message {
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, self.0.next())
+                .await
+                .expect("no frame within the timeout")
+                .expect("stream ended")
+                .expect("read failed");
+            if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+                return msg;
+            }
+        }
+    }
+
+    pub async fn recv_text(&mut self) -> String {
+        match self.recv().await {
+            Message::Text(t) => t.as_str().to_owned(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    /// Waits for the server's close frame; returns its code and reason. Reads on to the end
+    /// of the stream, which sends our close reply and completes the handshake.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        let close = match self.recv().await {
+            Message::Close(Some(CloseFrame { code, reason })) => {
+                (u16::from(code), reason.as_str().to_owned())
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        };
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.0.next()).await {}
+        close
+    }
+
+    /// Asserts that no data frame arrives for a while.
+    pub async fn expect_silence(&mut self) {
+        if let Ok(Some(Ok(msg))) =
+            tokio::time::timeout(Duration::from_millis(300), self.0.next()).await
+        {
+            panic!("expected nothing, got {msg:?}");
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.0.close(None).await;
+        // Read to the end so the close handshake completes.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.0.next()).await {}
+    }
+}
+
+/// Polls `f` until it is true or the timeout passes.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
