@@ -33,4 +33,16 @@ pub enum LayerError {
     /// The layer was closed with `close()`.
     #[error("the channel layer is closed")]
     Closed,
+    /// The backend (Redis) did not answer in time or refused the call; nothing was sent. The
+    /// layer reconnects by itself: retry later.
+    #[error("the channel layer's Redis at {host} is unavailable ({reason}): retry once it is back")]
+    Unavailable {
+        /// The Redis host, without credentials.
+        host: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The configuration cannot work (bad URL, bad prefix, no hosts).
+    #[error("invalid channel layer configuration: {0}")]
+    Config(String),
 }

@@ -68,6 +68,12 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug + 'static {
 
     /// Counters and sizes, for metrics.
     fn stats(&self) -> LayerStats;
+
+    /// Whether the layer can carry messages now (a Redis backend: every shard's subscriber is
+    /// connected). Readiness probes report this.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 /// Local settings shared by every backend: capacities and expiry.
@@ -121,4 +127,11 @@ pub struct LayerStats {
     pub dropped_no_receiver: u64,
     /// Messages that expired unread.
     pub expired: u64,
+    /// Payloads from the backend that could not be decoded (not msgpack, non-str keys, a bad
+    /// encryption token) and were dropped.
+    pub undecodable: u64,
+    /// Publishes that failed (backend unavailable).
+    pub publish_errors: u64,
+    /// Times a backend connection was lost.
+    pub disconnects: u64,
 }

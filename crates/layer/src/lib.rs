@@ -42,6 +42,7 @@ mod layer;
 mod memory;
 pub mod message;
 pub mod name;
+pub mod redis;
 mod registry;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -52,4 +53,5 @@ pub use layer::{ChannelLayer, LayerConfig, LayerStats};
 pub use memory::InMemoryChannelLayer;
 pub use message::{HandlerNameError, Map, Message, MessageError, Value};
 pub use name::{ChannelName, GroupName, NameError, NameKind};
+pub use redis::{RedisPubSubChannelLayer, RedisPubSubConfig};
 pub use registry::Inbox;

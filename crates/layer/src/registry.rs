@@ -57,7 +57,7 @@ pub(crate) struct Registry {
     state: Mutex<State>,
     config: LayerConfig,
     counters: Counters,
-    /// Woken whenever the set of groups with local members changes.
+    /// Woken whenever the set of groups with local members, or of channels, changes.
     membership_changed: Notify,
 }
 
@@ -255,6 +255,25 @@ impl Registry {
         lock(&self.state).closed
     }
 
+    /// Whether `name` has an inbox in this process.
+    pub(crate) fn has_channel(&self, name: &ChannelName) -> bool {
+        lock(&self.state).channels.contains_key(name)
+    }
+
+    /// The groups with a local member, and the local channels, now.
+    pub(crate) fn snapshot(&self) -> (Vec<GroupName>, Vec<ChannelName>) {
+        let state = lock(&self.state);
+        (
+            state.groups.keys().cloned().collect(),
+            state.channels.keys().cloned().collect(),
+        )
+    }
+
+    /// Resolves after group membership or the set of channels changed (one waiter).
+    pub(crate) async fn changed(&self) {
+        self.membership_changed.notified().await;
+    }
+
     /// Drops every channel and group; open inboxes see the end of their stream.
     pub(crate) fn flush(&self) {
         let channels = {
@@ -284,6 +303,7 @@ impl Registry {
             dropped_full: c.dropped_full.load(Ordering::Relaxed),
             dropped_no_receiver: c.dropped_no_receiver.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
+            ..LayerStats::default()
         }
     }
 
@@ -300,14 +320,12 @@ impl Registry {
         let Some(slot) = state.channels.remove(name) else {
             return;
         };
-        let mut emptied = false;
         for group in &slot.groups {
-            emptied |= remove_member(&mut state.groups, group, name);
+            remove_member(&mut state.groups, group, name);
         }
         drop(state);
-        if emptied {
-            self.membership_changed.notify_one();
-        }
+        // A Redis backend unsubscribes from emptied groups and from the channel's own name.
+        self.membership_changed.notify_one();
     }
 }
 

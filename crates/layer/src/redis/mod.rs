@@ -1,0 +1,59 @@
+//! The Redis backends and what they share: connections, sharding, the payload format and its
+//! optional encryption.
+
+mod conn;
+pub mod fernet;
+mod pubsub;
+pub mod shard;
+
+use std::time::Duration;
+
+pub use pubsub::{RedisPubSubChannelLayer, RedisPubSubConfig};
+
+use crate::error::LayerError;
+use crate::message::{Message, MessageError};
+use fernet::Fernet;
+
+/// channels_redis' serializer: msgpack, then Fernet when keys are set. (The core layer also
+/// puts 12 random bytes in front; pub/sub does not.)
+#[derive(Debug)]
+pub(crate) struct Serializer {
+    fernet: Option<Fernet>,
+    /// Token age limit on decrypt: `None` for pub/sub, `expiry + 10 s` for core.
+    ttl: Option<Duration>,
+}
+
+/// Why a payload from Redis was rejected.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PayloadError {
+    #[error("not a valid encryption token for our keys: {0}")]
+    Token(#[from] fernet::FernetError),
+    #[error(transparent)]
+    Message(#[from] MessageError),
+}
+
+impl Serializer {
+    pub(crate) fn new(keys: &[String], ttl: Option<Duration>) -> Result<Self, LayerError> {
+        let fernet = if keys.is_empty() {
+            None
+        } else {
+            Some(Fernet::new(keys).map_err(|e| LayerError::Config(e.to_string()))?)
+        };
+        Ok(Self { fernet, ttl })
+    }
+
+    pub(crate) fn serialize(&self, msg: &Message) -> Vec<u8> {
+        let packed = msg.to_msgpack();
+        match &self.fernet {
+            Some(f) => f.encrypt(&packed),
+            None => packed,
+        }
+    }
+
+    pub(crate) fn deserialize(&self, payload: &[u8]) -> Result<Message, PayloadError> {
+        match &self.fernet {
+            Some(f) => Ok(Message::from_msgpack(&f.decrypt(payload, self.ttl)?)?),
+            None => Ok(Message::from_msgpack(payload)?),
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! `RedisPubSubChannelLayer`: channels_redis 4.3's pub/sub layer on the wire.
+//!
+//! Wire protocol (`channels-wire-spec.md` §2), shared with Python processes on the same Redis:
+//!
+//! * group `g` is the Redis channel `{prefix}__group__{g}`; `group_send` is one `PUBLISH` of the
+//!   msgpack payload (no prefix bytes), Fernet-encrypted when keys are configured;
+//! * `send` publishes to the channel name as given, so a consumer can also send to a Python
+//!   `asgispecific.<hex>` channel;
+//! * with several hosts, each Redis channel lives on `consistent_hash(channel, hosts)`.
+//!
+//! Subscription model: the local [registry](crate::registry) is the source of truth. A replica
+//! `SUBSCRIBE`s to a group when its first local member joins and `UNSUBSCRIBE`s when the last one
+//! leaves; its own channels are named `{prefix}specific.{replica}!{local}` and are all covered by
+//! one `PSUBSCRIBE {prefix}specific.{replica}!*` on every shard (a Python `send()` picks the
+//! shard by the full name). Messages published by this replica come back through Redis like
+//! everyone else's, so every member on every replica sees one order per group.
+//!
+//! Resilience: publishes have a deadline (1 s by default) and fail with
+//! [`LayerError::Unavailable`] instead of hanging; each shard's subscriber reconnects forever,
+//! is pinged every second to detect dead connections, and after any reconnect re-subscribes
+//! everything the registry holds. Anything undecodable that arrives is dropped, counted and
+//! logged. Messages published while a subscriber is disconnected are lost (at most once), as
+//! with channels_redis.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_redis::Pool;
+use redis::aio::ConnectionManager;
+use redis::{PushInfo, PushKind};
+use tokio::task::JoinHandle;
+
+use super::Serializer;
+use super::conn::{HostUrl, bounded};
+use super::shard::consistent_hash;
+use crate::error::LayerError;
+use crate::layer::{ChannelLayer, LayerConfig, LayerStats};
+use crate::memory::random_channel_name;
+use crate::message::Message;
+use crate::name::{ChannelName, GroupName};
+use crate::registry::{Inbox, Registry};
+
+/// Settings of a [`RedisPubSubChannelLayer`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RedisPubSubConfig {
+    /// Redis URLs (`redis://` or `rediss://`), in the same order as every other process's:
+    /// the order decides the shards.
+    pub hosts: Vec<String>,
+    /// Prefix of every Redis channel (channels_redis' `prefix`, `asgi` by default). ASCII
+    /// letters, digits, `-`, `_` and `.` only, so it can sit in a `PSUBSCRIBE` pattern.
+    pub prefix: String,
+    /// This replica's id inside its channel names; random when `None`.
+    pub replica_id: Option<String>,
+    /// channels_redis' `symmetric_encryption_keys`: the first encrypts, all decrypt.
+    pub encryption_keys: Vec<String>,
+    /// Local capacities and expiry.
+    pub local: LayerConfig,
+    /// Deadline of every Redis call.
+    pub timeout: Duration,
+    /// How often each subscriber connection is pinged.
+    pub ping_interval: Duration,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max_delay: Duration,
+    /// Publisher connections per host.
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for RedisPubSubConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPubSubConfig")
+            .field(
+                "hosts",
+                &self
+                    .hosts
+                    .iter()
+                    .map(|h| super::conn::redact(h))
+                    .collect::<Vec<_>>(),
+            )
+            .field("prefix", &self.prefix)
+            .field("replica_id", &self.replica_id)
+            .field("encryption_keys", &self.encryption_keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RedisPubSubConfig {
+    fn default() -> Self {
+        Self {
+            hosts: vec!["redis://127.0.0.1:6379".to_owned()],
+            prefix: "asgi".to_owned(),
+            replica_id: None,
+            encryption_keys: Vec::new(),
+            local: LayerConfig::default(),
+            timeout: Duration::from_secs(1),
+            ping_interval: Duration::from_secs(1),
+            reconnect_max_delay: Duration::from_millis(500),
+            pool_size: 16,
+        }
+    }
+}
+
+impl RedisPubSubConfig {
+    /// The default settings for these hosts.
+    pub fn new(hosts: Vec<String>) -> Self {
+        Self {
+            hosts,
+            ..Self::default()
+        }
+    }
+}
+
+/// The Redis channels of this replica.
+#[derive(Debug)]
+struct Names {
+    /// `{prefix}__group__`
+    group: String,
+    /// `{prefix}specific.{replica}`, the non-`!` part of this replica's channel names.
+    specific: String,
+    /// `{prefix}specific.{replica}!*`
+    pattern: String,
+}
+
+impl Names {
+    fn group_channel(&self, group: &GroupName) -> String {
+        format!("{}{group}", self.group)
+    }
+
+    fn is_own(&self, channel: &ChannelName) -> bool {
+        channel
+            .as_str()
+            .strip_prefix(&self.specific)
+            .is_some_and(|rest| rest.starts_with('!'))
+    }
+}
+
+/// Counters of the Redis side.
+#[derive(Debug, Default)]
+struct Counters {
+    undecodable: AtomicU64,
+    publish_errors: AtomicU64,
+    disconnects: AtomicU64,
+}
+
+/// What the push callbacks need: it holds no reference back to the layer.
+#[derive(Debug)]
+struct Router {
+    registry: Arc<Registry>,
+    names: Names,
+    serializer: Serializer,
+    counters: Counters,
+    /// Per shard: whether its subscriber answered the latest ping after a full resync.
+    connected: Vec<AtomicBool>,
+    /// Per shard: a disconnect was seen; resubscribe everything at the next good ping.
+    resync: Vec<AtomicBool>,
+}
+
+impl Router {
+    fn on_push(&self, shard: usize, push: PushInfo) {
+        match push.kind {
+            PushKind::Message => {
+                if let [
+                    redis::Value::BulkString(ch),
+                    redis::Value::BulkString(payload),
+                ] = &push.data[..]
+                {
+                    self.route(ch, payload);
+                }
+            }
+            PushKind::PMessage => {
+                if let [
+                    _,
+                    redis::Value::BulkString(ch),
+                    redis::Value::BulkString(payload),
+                ] = &push.data[..]
+                {
+                    self.route(ch, payload);
+                }
+            }
+            PushKind::Disconnection => {
+                self.resync[shard].store(true, Ordering::SeqCst);
+                if self.connected[shard].swap(false, Ordering::SeqCst) {
+                    self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(shard, "redis subscriber disconnected: reconnecting");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Delivers one published payload to the local inboxes it is for. Never blocks: full
+    /// inboxes drop (and count) the message.
+    fn route(&self, channel: &[u8], payload: &[u8]) {
+        let Ok(channel) = std::str::from_utf8(channel) else {
+            return self.undecodable("?", "channel name is not UTF-8");
+        };
+        let msg = match self.serializer.deserialize(payload) {
+            Ok(msg) => msg,
+            Err(error) => return self.undecodable(channel, error),
+        };
+        if let Some(group) = channel.strip_prefix(&self.names.group) {
+            match GroupName::new(group) {
+                Ok(group) => {
+                    self.registry.deliver_group(&group, &msg);
+                }
+                Err(error) => self.undecodable(channel, error),
+            }
+        } else if let Ok(name) = ChannelName::new(channel)
+            && let Err(error) = self.registry.send(&name, msg)
+        {
+            tracing::warn!(%error, channel = %name, "message for a local channel dropped");
+        }
+    }
+
+    fn undecodable(&self, channel: &str, error: impl std::fmt::Display) {
+        let n = self.counters.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
+        // Log the first few, then every thousandth: garbage must not flood the logs.
+        if n <= 10 || n.is_multiple_of(1000) {
+            tracing::warn!(
+                %channel,
+                %error,
+                total = n,
+                "undecodable message from redis dropped"
+            );
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shard {
+    host: HostUrl,
+    pool: Pool,
+    subscriber: ConnectionManager,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Arc<Registry>,
+    router: Arc<Router>,
+    shards: Vec<Shard>,
+    /// Per shard, the channels we are subscribed to. Every change of a subscription happens
+    /// under this lock, after reading the registry, so subscribe and unsubscribe never race.
+    subscribed: tokio::sync::Mutex<Vec<HashSet<String>>>,
+    timeout: Duration,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A channel layer shared through Redis pub/sub, wire-compatible with channels_redis'
+/// `RedisPubSubChannelLayer`. See the [module docs](self) for the protocol.
+#[derive(Debug, Clone)]
+pub struct RedisPubSubChannelLayer {
+    inner: Arc<Inner>,
+}
+
+impl RedisPubSubChannelLayer {
+    /// Connects to the hosts. If Redis is down the layer still starts, reports not ready, and
+    /// connects as soon as Redis is back.
+    pub async fn connect(config: RedisPubSubConfig) -> Result<Self, LayerError> {
+        let layer = Self::new(config)?;
+        let router = &layer.inner.router;
+        for shard in 0..layer.inner.shards.len() {
+            match layer.inner.resync(shard).await {
+                Ok(()) => {
+                    router.resync[shard].store(false, Ordering::SeqCst);
+                    router.connected[shard].store(true, Ordering::SeqCst);
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "redis is unreachable at startup: retrying in the background"
+                ),
+            }
+        }
+        Ok(layer)
+    }
+
+    fn new(config: RedisPubSubConfig) -> Result<Self, LayerError> {
+        if config.hosts.is_empty() {
+            return Err(LayerError::Config("no Redis host given".to_owned()));
+        }
+        let replica = match config.replica_id {
+            Some(id) => id,
+            None => random_replica_id(),
+        };
+        let specific = format!("{}specific.{replica}", config.prefix);
+        // The longest name we make must still be a valid channel name, and the prefix must be
+        // safe inside a PSUBSCRIBE pattern: the channel-name rule guarantees both.
+        ChannelName::new(&format!("{specific}!{}", "x".repeat(12))).map_err(|_| {
+            LayerError::Config(format!(
+                "prefix {:?} and replica id {replica:?} must be ASCII letters, digits, '-', '_' \
+                 or '.', and short enough for channel names under 100 characters",
+                config.prefix
+            ))
+        })?;
+        let names = Names {
+            group: format!("{}__group__", config.prefix),
+            pattern: format!("{specific}!*"),
+            specific,
+        };
+        let registry = Registry::new(config.local.clone());
+        let n = config.hosts.len();
+        let router = Arc::new(Router {
+            registry: Arc::clone(&registry),
+            names,
+            serializer: Serializer::new(&config.encryption_keys, None)?,
+            counters: Counters::default(),
+            connected: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            resync: (0..n).map(|_| AtomicBool::new(true)).collect(),
+        });
+        let mut shards = Vec::with_capacity(n);
+        for (i, url) in config.hosts.iter().enumerate() {
+            let host = HostUrl::parse(url)?;
+            let push_router = Arc::clone(&router);
+            let subscriber =
+                host.subscriber(config.timeout, config.reconnect_max_delay, move |push| {
+                    push_router.on_push(i, push);
+                    Ok(())
+                })?;
+            shards.push(Shard {
+                pool: host.pool(config.timeout, config.pool_size)?,
+                subscriber,
+                host,
+            });
+        }
+        tracing::info!(
+            replica = %replica,
+            hosts = ?shards.iter().map(|s| s.host.display()).collect::<Vec<_>>(),
+            "redis pub/sub channel layer"
+        );
+        let inner = Arc::new(Inner {
+            registry,
+            router,
+            subscribed: tokio::sync::Mutex::new(vec![HashSet::new(); n]),
+            shards,
+            timeout: config.timeout,
+            tasks: Mutex::default(),
+        });
+        let mut tasks = Vec::new();
+        for shard in 0..n {
+            tasks.push(tokio::spawn(ping_loop(
+                Arc::downgrade(&inner),
+                shard,
+                config.ping_interval,
+            )));
+        }
+        tasks.push(tokio::spawn(reconcile_loop(Arc::downgrade(&inner))));
+        *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        Ok(Self { inner })
+    }
+
+    /// The `{prefix}specific.{replica}` part of this replica's channel names.
+    pub fn channel_prefix(&self) -> &str {
+        &self.inner.router.names.specific
+    }
+}
+
+fn random_replica_id() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(12)
+        .map(|b| char::from(b).to_ascii_lowercase())
+        .collect()
+}
+
+impl Inner {
+    fn shard_of(&self, channel: &str) -> usize {
+        consistent_hash(channel, self.shards.len())
+    }
+
+    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<(), LayerError> {
+        let shard = &self.shards[self.shard_of(channel)];
+        let result = bounded(&shard.host, self.timeout, "PUBLISH", async {
+            let mut conn = shard.pool.get().await.map_err(|e| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    e.to_string(),
+                ))
+            })?;
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await;
+        match result {
+            Ok(_receivers) => Ok(()),
+            Err(error) => {
+                self.router
+                    .counters
+                    .publish_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, %channel, "publish failed");
+                Err(error)
+            }
+        }
+    }
+
+    /// Subscribes to `channel` unless already subscribed.
+    async fn ensure_subscribed(&self, channel: String) -> Result<(), LayerError> {
+        let i = self.shard_of(&channel);
+        let mut subscribed = self.subscribed.lock().await;
+        if subscribed[i].contains(&channel) {
+            return Ok(());
+        }
+        let shard = &self.shards[i];
+        let mut sub = shard.subscriber.clone();
+        bounded(
+            &shard.host,
+            self.timeout,
+            "SUBSCRIBE",
+            sub.subscribe(&channel),
+        )
+        .await?;
+        subscribed[i].insert(channel);
+        Ok(())
+    }
+
+    /// The channels the registry needs, per shard.
+    fn desired(&self) -> Vec<HashSet<String>> {
+        let (groups, channels) = self.registry.snapshot();
+        let mut desired = vec![HashSet::new(); self.shards.len()];
+        let names = &self.router.names;
+        let wanted = groups.iter().map(|g| names.group_channel(g)).chain(
+            channels
+                .iter()
+                .filter(|c| !names.is_own(c))
+                .map(|c| c.as_str().to_owned()),
+        );
+        for channel in wanted {
+            desired[self.shard_of(&channel)].insert(channel);
+        }
+        desired
+    }
+
+    /// Brings the subscriptions in line with the registry: unsubscribes what no local member
+    /// needs any more, subscribes what is missing.
+    async fn reconcile(&self) {
+        let mut subscribed = self.subscribed.lock().await;
+        let desired = self.desired();
+        for (i, shard) in self.shards.iter().enumerate() {
+            let stale: Vec<String> = subscribed[i].difference(&desired[i]).cloned().collect();
+            let missing: Vec<String> = desired[i].difference(&subscribed[i]).cloned().collect();
+            let mut sub = shard.subscriber.clone();
+            for batch in stale.chunks(512) {
+                match bounded(
+                    &shard.host,
+                    self.timeout,
+                    "UNSUBSCRIBE",
+                    sub.unsubscribe(batch),
+                )
+                .await
+                {
+                    Ok(()) => batch.iter().for_each(|c| {
+                        subscribed[i].remove(c);
+                    }),
+                    Err(error) => tracing::debug!(%error, "unsubscribe postponed"),
+                }
+            }
+            for batch in missing.chunks(512) {
+                match bounded(&shard.host, self.timeout, "SUBSCRIBE", sub.subscribe(batch)).await {
+                    Ok(()) => subscribed[i].extend(batch.iter().cloned()),
+                    Err(error) => tracing::debug!(%error, "subscribe postponed"),
+                }
+            }
+        }
+    }
+
+    /// After a (re)connect: the pattern, then every channel the registry needs, from scratch.
+    async fn resync(&self, i: usize) -> Result<(), LayerError> {
+        let shard = &self.shards[i];
+        let mut sub = shard.subscriber.clone();
+        let mut subscribed = self.subscribed.lock().await;
+        bounded(
+            &shard.host,
+            self.timeout,
+            "PSUBSCRIBE",
+            sub.psubscribe(&self.router.names.pattern),
+        )
+        .await?;
+        let desired = self.desired().swap_remove(i);
+        let all: Vec<String> = desired.iter().cloned().collect();
+        for batch in all.chunks(512) {
+            bounded(&shard.host, self.timeout, "SUBSCRIBE", sub.subscribe(batch)).await?;
+        }
+        let stale: Vec<String> = subscribed[i].difference(&desired).cloned().collect();
+        for batch in stale.chunks(512) {
+            bounded(
+                &shard.host,
+                self.timeout,
+                "UNSUBSCRIBE",
+                sub.unsubscribe(batch),
+            )
+            .await?;
+        }
+        subscribed[i] = desired;
+        Ok(())
+    }
+}
+
+/// Pings shard `i`'s subscriber; marks it disconnected on failure, and resubscribes everything
+/// when it answers again.
+async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let shard = &inner.shards[i];
+        let router = &inner.router;
+        let mut sub = shard.subscriber.clone();
+        let ping = bounded(
+            &shard.host,
+            inner.timeout,
+            "PING",
+            redis::cmd("PING").query_async::<redis::Value>(&mut sub),
+        )
+        .await;
+        match ping {
+            Ok(_) => {
+                if router.resync[i].swap(false, Ordering::SeqCst) {
+                    if let Err(error) = inner.resync(i).await {
+                        router.resync[i].store(true, Ordering::SeqCst);
+                        tracing::warn!(%error, "resubscribe failed: retrying");
+                        continue;
+                    }
+                    if !router.connected[i].swap(true, Ordering::SeqCst) {
+                        tracing::info!(host = shard.host.display(), "redis subscriber connected");
+                    }
+                }
+            }
+            Err(error) => {
+                router.resync[i].store(true, Ordering::SeqCst);
+                if router.connected[i].swap(false, Ordering::SeqCst) {
+                    router.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%error, "redis subscriber unreachable: reconnecting");
+                }
+            }
+        }
+    }
+}
+
+/// Follows registry changes with (un)subscriptions.
+async fn reconcile_loop(inner: Weak<Inner>) {
+    loop {
+        let registry = match inner.upgrade() {
+            Some(inner) => Arc::clone(&inner.registry),
+            None => return,
+        };
+        registry.changed().await;
+        drop(registry);
+        let Some(inner) = inner.upgrade() else { return };
+        inner.reconcile().await;
+    }
+}
+
+#[async_trait]
+impl ChannelLayer for RedisPubSubChannelLayer {
+    async fn new_channel(&self) -> Result<Inbox, LayerError> {
+        // Covered by the replica's pattern subscription: no Redis call.
+        loop {
+            match self
+                .inner
+                .registry
+                .open(random_channel_name(&self.inner.router.names.specific)?)
+            {
+                Err(LayerError::ChannelInUse(_)) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_channel(&self, name: &ChannelName) -> Result<Inbox, LayerError> {
+        let inbox = self.inner.registry.open(name.clone())?;
+        if !self.inner.router.names.is_own(name) {
+            self.inner
+                .ensure_subscribed(name.as_str().to_owned())
+                .await?;
+        }
+        Ok(inbox)
+    }
+
+    async fn send(&self, channel: &ChannelName, msg: Message) -> Result<(), LayerError> {
+        if self.inner.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        // A channel of this process gets the message directly, which keeps Channels'
+        // ChannelFull; anything else is published as named.
+        if self.inner.registry.has_channel(channel) {
+            return self.inner.registry.send(channel, msg).map(drop);
+        }
+        let payload = self.inner.router.serializer.serialize(&msg);
+        self.inner.publish(channel.as_str(), payload).await
+    }
+
+    async fn group_add(&self, group: &GroupName, channel: &ChannelName) -> Result<(), LayerError> {
+        self.inner.registry.group_add(group, channel)?;
+        self.inner
+            .ensure_subscribed(self.inner.router.names.group_channel(group))
+            .await
+    }
+
+    async fn group_discard(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+    ) -> Result<(), LayerError> {
+        // The reconciler unsubscribes when this emptied the group.
+        self.inner.registry.group_discard(group, channel);
+        Ok(())
+    }
+
+    async fn group_send(&self, group: &GroupName, msg: Message) -> Result<(), LayerError> {
+        if self.inner.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        let payload = self.inner.router.serializer.serialize(&msg);
+        self.inner
+            .publish(&self.inner.router.names.group_channel(group), payload)
+            .await
+    }
+
+    async fn flush(&self) -> Result<(), LayerError> {
+        // channels_redis deletes nothing in Redis either: there is nothing stored.
+        self.inner.registry.flush();
+        self.inner.reconcile().await;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), LayerError> {
+        if self.inner.registry.is_closed() {
+            return Ok(());
+        }
+        self.inner.registry.close();
+        self.inner.reconcile().await;
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            task.abort();
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> LayerStats {
+        let c = &self.inner.router.counters;
+        LayerStats {
+            undecodable: c.undecodable.load(Ordering::Relaxed),
+            publish_errors: c.publish_errors.load(Ordering::Relaxed),
+            disconnects: c.disconnects.load(Ordering::Relaxed),
+            ..self.inner.registry.stats()
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.inner.registry.is_closed()
+            && self
+                .inner
+                .router
+                .connected
+                .iter()
+                .all(|c| c.load(Ordering::SeqCst))
+    }
+}

@@ -1,0 +1,317 @@
+//! The conformance suite, and the pub/sub layer's own behaviour, against a real redis-server.
+
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use channels_layer::testing::LayerFuture;
+use channels_layer::{ChannelLayer, LayerConfig, RedisPubSubChannelLayer, RedisPubSubConfig};
+use redis_server::RedisServer;
+
+/// One server for the whole suite; every layer gets its own prefix, so tests cannot collide.
+fn server() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
+
+fn unique_prefix() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn config(local: LayerConfig) -> RedisPubSubConfig {
+    let mut config = RedisPubSubConfig::new(vec![server().url()]);
+    config.prefix = unique_prefix();
+    config.local = local;
+    config
+}
+
+fn make(local: LayerConfig) -> LayerFuture {
+    let config = config(local);
+    Box::pin(async move {
+        Arc::new(RedisPubSubChannelLayer::connect(config).await.unwrap()) as Arc<dyn ChannelLayer>
+    })
+}
+
+channels_layer::conformance_suite!(make);
+
+// ===== the pub/sub layer's own behaviour =====
+
+use std::time::{Duration, Instant};
+
+use channels_layer::testing::{assert_empty, recv};
+use channels_layer::{GroupName, LayerError, Message};
+
+async fn layer_with(config: RedisPubSubConfig) -> RedisPubSubChannelLayer {
+    RedisPubSubChannelLayer::connect(config).await.unwrap()
+}
+
+/// Two replicas of one deployment: same prefix, own replica ids.
+async fn two_replicas(server: &RedisServer) -> (RedisPubSubChannelLayer, RedisPubSubChannelLayer) {
+    let prefix = unique_prefix();
+    let mk = |replica: &str| {
+        let mut c = RedisPubSubConfig::new(vec![server.url()]);
+        c.prefix = prefix.clone();
+        c.replica_id = Some(replica.to_owned());
+        c
+    };
+    (layer_with(mk("a")).await, layer_with(mk("b")).await)
+}
+
+fn group(name: &str) -> GroupName {
+    GroupName::new(name).unwrap()
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn group_send_reaches_members_on_other_replicas() {
+    let (a, b) = two_replicas(server()).await;
+    let g = group("room");
+    let mut on_a = a.new_channel().await.unwrap();
+    let mut on_b = b.new_channel().await.unwrap();
+    a.group_add(&g, on_a.name()).await.unwrap();
+    b.group_add(&g, on_b.name()).await.unwrap();
+    b.group_send(&g, Message::new("chat.message").with("text", "hi"))
+        .await
+        .unwrap();
+    for inbox in [&mut on_a, &mut on_b] {
+        assert_eq!(recv(inbox).await.get("text").unwrap().as_str(), Some("hi"));
+    }
+}
+
+#[tokio::test]
+async fn send_reaches_a_channel_of_another_replica() {
+    let (a, b) = two_replicas(server()).await;
+    let mut on_b = b.new_channel().await.unwrap();
+    assert!(on_b.name().as_str().starts_with(b.channel_prefix()));
+    a.send(on_b.name(), Message::new("direct")).await.unwrap();
+    assert_eq!(recv(&mut on_b).await.message_type(), Some("direct"));
+}
+
+#[tokio::test]
+async fn one_subscription_per_replica_per_group_and_none_after_everyone_left() {
+    let redis = server();
+    let (a, b) = two_replicas(redis).await;
+    let g = group("counted");
+    let channel = format!(
+        "{}__group__counted",
+        a.channel_prefix().split("specific.").next().unwrap()
+    );
+    let mut inboxes = Vec::new();
+    for layer in [&a, &a, &a, &b, &b] {
+        let inbox = layer.new_channel().await.unwrap();
+        layer.group_add(&g, inbox.name()).await.unwrap();
+        inboxes.push(inbox);
+    }
+    assert_eq!(redis.numsub(&[&channel]), [2], "one subscriber per replica");
+    inboxes.truncate(2); // two of a's three members leave, and both of b's
+    eventually("b unsubscribed", || redis.numsub(&[&channel]) == [1]).await;
+    inboxes.clear();
+    eventually("a unsubscribed", || redis.numsub(&[&channel]) == [0]).await;
+}
+
+#[tokio::test]
+async fn undecodable_payloads_are_dropped_and_counted() {
+    let redis = server();
+    let (a, _b) = two_replicas(redis).await;
+    let g = group("garbage");
+    let mut inbox = a.new_channel().await.unwrap();
+    a.group_add(&g, inbox.name()).await.unwrap();
+    let channel = format!(
+        "{}__group__garbage",
+        a.channel_prefix().split("specific.").next().unwrap()
+    );
+    let garbage: [&[u8]; 4] = [
+        b"not msgpack at all \xc1",
+        &[0x81, 0x01, 0x02],       // an int map key
+        &[0x92, 0x01, 0x02],       // a list, not a map
+        &[0x81, 0xa1, b'a', 0xd4], // truncated ext
+    ];
+    for payload in garbage {
+        assert_eq!(redis.publish(&channel, payload), 1);
+    }
+    // What Python's msgpack.packb({"type": "chat.message", "text": "hi"}) publishes.
+    let python = b"\x82\xa4type\xacchat.message\xa4text\xa2hi";
+    redis.publish(&channel, python);
+    let msg = recv(&mut inbox).await;
+    assert_eq!(msg.get("text").unwrap().as_str(), Some("hi"));
+    assert_eq!(a.stats().undecodable, 4);
+    assert_empty(&mut inbox).await;
+}
+
+#[tokio::test]
+async fn groups_land_on_the_shard_the_hash_names() {
+    let one = RedisServer::start();
+    let two = RedisServer::start();
+    let hosts = vec![one.url(), two.url()];
+    let prefix = unique_prefix();
+    let mk = |replica: &str| {
+        let mut c = RedisPubSubConfig::new(hosts.clone());
+        c.prefix = prefix.clone();
+        c.replica_id = Some(replica.to_owned());
+        c
+    };
+    let a = layer_with(mk("a")).await;
+    let b = layer_with(mk("b")).await;
+    let servers = [&one, &two];
+    let mut seen = [0, 0];
+    // Names that differ only in a last digit share most CRC bits: use varied words.
+    let words = [
+        "lobby", "kitchen", "garden", "attic", "cellar", "porch", "study", "hall",
+    ];
+    for (i, word) in words.iter().enumerate() {
+        let g = group(word);
+        let channel = format!("{prefix}__group__{word}");
+        let shard = channels_layer::redis::shard::consistent_hash(&channel, 2);
+        seen[shard] += 1;
+        let mut on_a = a.new_channel().await.unwrap();
+        let mut on_b = b.new_channel().await.unwrap();
+        a.group_add(&g, on_a.name()).await.unwrap();
+        b.group_add(&g, on_b.name()).await.unwrap();
+        assert_eq!(
+            servers[shard].numsub(&[&channel]),
+            [2],
+            "{channel} on shard {shard}"
+        );
+        assert_eq!(servers[1 - shard].numsub(&[&channel]), [0]);
+        a.group_send(&g, Message::new("m").with("i", i as i64))
+            .await
+            .unwrap();
+        for inbox in [&mut on_a, &mut on_b] {
+            assert_eq!(recv(inbox).await.get("i").unwrap().as_i64(), Some(i as i64));
+            assert_empty(inbox).await;
+        }
+    }
+    assert!(seen[0] > 0 && seen[1] > 0, "both shards used: {seen:?}");
+    // Each replica's pattern is on every shard: a send to b reaches it whichever shard it hashes to.
+    for server in servers {
+        let numpat: i64 = server.query(redis::cmd("PUBSUB").arg("NUMPAT"));
+        assert_eq!(numpat, 2);
+    }
+    let mut on_b = b.new_channel().await.unwrap();
+    a.send(on_b.name(), Message::new("direct")).await.unwrap();
+    assert_eq!(recv(&mut on_b).await.message_type(), Some("direct"));
+}
+
+#[tokio::test]
+async fn encrypted_payloads_are_opaque_in_redis_and_keys_rotate() {
+    let redis = server();
+    let prefix = unique_prefix();
+    let mk = |keys: &[&str], replica: &str| {
+        let mut c = RedisPubSubConfig::new(vec![redis.url()]);
+        c.prefix = prefix.clone();
+        c.replica_id = Some(replica.to_owned());
+        c.encryption_keys = keys.iter().map(|k| (*k).to_owned()).collect();
+        c
+    };
+    let old = layer_with(mk(&["old-key"], "old")).await;
+    let rotated = layer_with(mk(&["new-key", "old-key"], "rot")).await;
+    let g = group("secret");
+    let mut inbox = rotated.new_channel().await.unwrap();
+    rotated.group_add(&g, inbox.name()).await.unwrap();
+    // Sniff the group channel as an admin would.
+    let client = redis::Client::open(format!("{}?protocol=resp3", redis.url())).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let cfg = redis::AsyncConnectionConfig::new().set_push_sender(move |push| tx.try_send(push));
+    let mut sniffer = client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .unwrap();
+    sniffer
+        .subscribe(format!("{prefix}__group__secret"))
+        .await
+        .unwrap();
+
+    old.group_send(
+        &g,
+        Message::new("chat.message").with("text", "plaintext-marker"),
+    )
+    .await
+    .unwrap();
+    let got = recv(&mut inbox).await;
+    assert_eq!(
+        got.get("text").unwrap().as_str(),
+        Some("plaintext-marker"),
+        "old key decrypts"
+    );
+    let raw = loop {
+        let push = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if push.kind == redis::PushKind::Message {
+            break push.data;
+        }
+    };
+    let redis::Value::BulkString(payload) = &raw[1] else {
+        panic!("{raw:?}")
+    };
+    assert!(payload.starts_with(b"gAAAAA"), "a Fernet token");
+    assert!(!payload.windows(16).any(|w| w == b"plaintext-marker"));
+    // An unauthenticated payload is dropped and counted, not delivered.
+    redis.publish(
+        &format!("{prefix}__group__secret"),
+        b"\x82\xa4type\xa1x\xa4text\xa1y",
+    );
+    assert_empty(&mut inbox).await;
+    assert_eq!(rotated.stats().undecodable, 1);
+}
+
+#[tokio::test]
+async fn an_outage_fails_fast_and_recovery_restores_every_subscription() {
+    let mut redis = RedisServer::start();
+    let (a, b) = two_replicas(&redis).await;
+    let g = group("survivor");
+    let mut on_a = a.new_channel().await.unwrap();
+    let mut on_b = b.new_channel().await.unwrap();
+    a.group_add(&g, on_a.name()).await.unwrap();
+    b.group_add(&g, on_b.name()).await.unwrap();
+    assert!(a.is_ready() && b.is_ready());
+
+    redis.stop();
+    let started = Instant::now();
+    let err = a.group_send(&g, Message::new("lost")).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, LayerError::Unavailable { .. }), "{err}");
+    eventually("a not ready", || !a.is_ready()).await;
+
+    redis.restart();
+    let back = Instant::now();
+    eventually("a ready", || a.is_ready()).await;
+    eventually("b ready", || b.is_ready()).await;
+    let recovered = back.elapsed();
+    println!("pub/sub layer recovered {recovered:?} after redis came back");
+    assert!(
+        recovered < Duration::from_secs(2),
+        "recovery took {recovered:?}"
+    );
+    let channel = format!(
+        "{}__group__survivor",
+        a.channel_prefix().split("specific.").next().unwrap()
+    );
+    assert_eq!(redis.numsub(&[&channel]), [2]);
+    a.group_send(&g, Message::new("after")).await.unwrap();
+    for inbox in [&mut on_a, &mut on_b] {
+        assert_eq!(recv(inbox).await.message_type(), Some("after"));
+    }
+    assert!(a.stats().disconnects >= 1 && a.stats().publish_errors >= 1);
+}

@@ -1,0 +1,184 @@
+//! A `redis-server` of the test's own on a free loopback port, stopped when dropped and also
+//! when the test process dies (a shell watchdog kills it once our end of its stdin closes).
+//!
+//! Shared by the layer's tests and the system tests
+//! (`#[path = ".../redis_server.rs"] mod redis_server;`).
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    reason = "test support: each test binary uses part of it; a failed unwrap is a failed test"
+)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `redis-server`.
+pub struct RedisServer {
+    port: u16,
+    process: Option<(Child, ChildStdin)>,
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// The redis-server program, or a failure that says how to install it.
+fn program() -> &'static str {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "redis-server not found on PATH: install the Debian package redis-server \
+         (apt-get install redis-server; scripts/test.sh does it)"
+    );
+    "redis-server"
+}
+
+impl RedisServer {
+    /// Starts a server on a free port.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts a server on `port` (e.g. the port of one that was stopped).
+    pub fn start_on(port: u16) -> Self {
+        let mut server = Self {
+            port,
+            process: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let program = program();
+        let port = self.port.to_string();
+        // The shell runs redis in the background and kills it when its stdin reaches EOF,
+        // which happens when we drop the pipe or when the test process dies, however it dies.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$0" "$@" & pid=$!; read -r _ || true; kill "$pid" 2>/dev/null; wait "$pid""#)
+            .arg(program)
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args([
+                "--protected-mode",
+                "no",
+                "--loglevel",
+                "warning",
+                "--dir",
+                "/tmp",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("cannot start sh for redis-server");
+        let stdin = child.stdin.take().expect("piped stdin");
+        self.process = Some((child, stdin));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if ready.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within 10 s",
+                self.port
+            );
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "test setup, before any async work"
+            )]
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>/0`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops the server (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some((mut child, mut stdin)) = self.process.take() {
+            let _ = stdin.write_all(b"stop\n");
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Runs one command on a fresh connection.
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let mut conn = redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .unwrap();
+        cmd.query(&mut conn).unwrap()
+    }
+
+    /// `PUBSUB NUMSUB` for each channel.
+    pub fn numsub(&self, channels: &[&str]) -> Vec<i64> {
+        let reply: Vec<redis::Value> = self.query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channels));
+        reply
+            .chunks(2)
+            .map(|pair| match &pair[1] {
+                redis::Value::Int(n) => *n,
+                other => panic!("unexpected NUMSUB reply {other:?}"),
+            })
+            .collect()
+    }
+
+    /// `PUBSUB CHANNELS <pattern>`
+    pub fn channels(&self, pattern: &str) -> Vec<String> {
+        self.query(redis::cmd("PUBSUB").arg("CHANNELS").arg(pattern))
+    }
+
+    /// Publishes raw bytes (to inject what another process, or garbage, would send).
+    pub fn publish(&self, channel: &str, payload: &[u8]) -> i64 {
+        self.query(redis::cmd("PUBLISH").arg(channel).arg(payload))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
