@@ -10,9 +10,11 @@
 //! Where the seed would crash, these consumers close with a documented code instead:
 //! a group ID that is not a valid Channels group name (non-ASCII, 100+ characters) closes with
 //! [`Close::INVALID_GROUP`] (4400) right after accepting, and a binary frame to the echo chat
-//! closes with [`Close::UNSUPPORTED`] (1003).
+//! closes with [`Close::UNSUPPORTED`] (1003). When the channel layer is unavailable (Redis down),
+//! joining the group or sending to it closes with [`Close::TRY_AGAIN_LATER`] (1013): nothing was
+//! delivered, and the client should reconnect with backoff.
 
-use channels_layer::{GroupName, Map, Message, Value};
+use channels_layer::{GroupName, LayerError, Map, Message, Value};
 
 use crate::consumer::{ClientMessage, Close, Consumer, Context};
 use crate::routing::WsRouter;
@@ -79,8 +81,10 @@ impl Consumer for GroupChatConsumer {
             }
         };
         if let Err(error) = cx.group_add(&group).await {
-            tracing::error!(%error, %group, "group_add failed");
-            return Err(Close::INTERNAL);
+            // Accept, then tell the client why: it should come back later.
+            tracing::warn!(%error, %group, "group_add failed");
+            cx.close(layer_failure(&error));
+            return Ok(());
         }
         self.group = Some(group);
         Ok(())
@@ -101,8 +105,8 @@ impl Consumer for GroupChatConsumer {
         let group = self.group()?;
         let event = Message::new("send_msg").with("message", receive);
         if let Err(error) = cx.group_send(group, event).await {
-            tracing::error!(%error, %group, "group_send failed");
-            return Err(Close::INTERNAL);
+            tracing::warn!(%error, %group, "group_send failed");
+            return Err(layer_failure(&error));
         }
         Ok(())
     }
@@ -121,6 +125,15 @@ impl Consumer for GroupChatConsumer {
                 Ok(())
             }
         }
+    }
+}
+
+/// The close code for a failed layer call: 1013 when the layer is unavailable (retry later),
+/// 1011 otherwise.
+fn layer_failure(error: &LayerError) -> Close {
+    match error {
+        LayerError::Unavailable { .. } => Close::TRY_AGAIN_LATER,
+        _ => Close::INTERNAL,
     }
 }
 

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use channels_layer::{ChannelLayer, InMemoryChannelLayer, LayerConfig};
+use channels_layer::{
+    ChannelLayer, InMemoryChannelLayer, LayerConfig, LayerError, RedisPubSubChannelLayer,
+    RedisPubSubConfig,
+};
 use clap::{Parser, ValueEnum};
 
 use crate::state::Limits;
@@ -17,6 +20,9 @@ use crate::state::Limits;
 pub enum LayerKind {
     /// In this process only (Channels' `InMemoryChannelLayer`): one replica, no dependencies.
     Memory,
+    /// Redis pub/sub, wire-compatible with channels_redis' `RedisPubSubChannelLayer`: replicas
+    /// and Django processes on the same Redis share groups.
+    RedisPubsub,
 }
 
 /// Log line format.
@@ -41,9 +47,34 @@ pub struct Config {
     #[arg(long, env = "CHANNELS_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
 
-    /// Channel layer backend.
-    #[arg(long, env = "CHANNELS_LAYER", value_enum, default_value_t = LayerKind::Memory)]
-    pub layer: LayerKind,
+    /// Channel layer backend [default: memory, or redis-pubsub when a Redis URL is given].
+    #[arg(long, env = "CHANNELS_LAYER", value_enum)]
+    pub layer: Option<LayerKind>,
+
+    /// Redis URL (`redis://[user:password@]host:port/db`, or `rediss://` for TLS with
+    /// certificate verification). Repeat it (or separate with commas) for several shards; every
+    /// process must list them in the same order. Giving one selects redis-pubsub.
+    #[arg(long = "redis-url", env = "CHANNELS_REDIS_URL", value_delimiter = ',')]
+    pub redis_urls: Vec<String>,
+
+    /// Prefix of every Redis channel: the same as channels_redis' `prefix` on the Django side.
+    #[arg(long, env = "CHANNELS_PREFIX", default_value = "asgi")]
+    pub prefix: String,
+
+    /// This replica's id in its channel names [default: random].
+    #[arg(long, env = "CHANNELS_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// channels_redis' `symmetric_encryption_keys`, comma-separated; the first encrypts, all
+    /// decrypt. Prefer the environment variable: flags show up in process listings.
+    #[arg(
+        long = "encryption-keys",
+        env = "CHANNELS_ENCRYPTION_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        hide = true
+    )]
+    pub encryption_keys: Vec<String>,
 
     /// Log filter: a level (`info`, `debug`) or tracing directives (`info,channels_server=debug`).
     #[arg(long = "log-level", env = "CHANNELS_LOG", default_value = "info")]
@@ -76,7 +107,11 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            layer: LayerKind::Memory,
+            layer: None,
+            redis_urls: Vec::new(),
+            prefix: "asgi".to_owned(),
+            replica_id: None,
+            encryption_keys: Vec::new(),
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
             max_message_size: 64 * 1024,
@@ -88,15 +123,39 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Builds the configured channel layer.
-    pub fn build_layer(&self) -> Arc<dyn ChannelLayer> {
-        let config = LayerConfig {
+    /// The backend in use: the one asked for, else redis-pubsub when Redis URLs are given, else
+    /// memory.
+    pub fn layer_kind(&self) -> LayerKind {
+        match (self.layer, self.redis_urls.is_empty()) {
+            (Some(kind), _) => kind,
+            (None, true) => LayerKind::Memory,
+            (None, false) => LayerKind::RedisPubsub,
+        }
+    }
+
+    /// Builds the configured channel layer. A Redis layer starts even while Redis is down; it
+    /// reports not ready until it connects.
+    pub async fn build_layer(&self) -> Result<Arc<dyn ChannelLayer>, LayerError> {
+        let local = LayerConfig {
             capacity: self.capacity,
             ..LayerConfig::default()
         };
-        match self.layer {
-            LayerKind::Memory => Arc::new(InMemoryChannelLayer::new(config)),
-        }
+        Ok(match self.layer_kind() {
+            LayerKind::Memory => Arc::new(InMemoryChannelLayer::new(local)),
+            LayerKind::RedisPubsub => {
+                if self.redis_urls.is_empty() {
+                    return Err(LayerError::Config(
+                        "--layer redis-pubsub needs --redis-url (or CHANNELS_REDIS_URL)".to_owned(),
+                    ));
+                }
+                let mut config = RedisPubSubConfig::new(self.redis_urls.clone());
+                config.prefix.clone_from(&self.prefix);
+                config.replica_id.clone_from(&self.replica_id);
+                config.encryption_keys.clone_from(&self.encryption_keys);
+                config.local = local;
+                Arc::new(RedisPubSubChannelLayer::connect(config).await?)
+            }
+        })
     }
 
     /// How long shutdown waits for connections to close.
@@ -122,11 +181,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_redis_url_selects_redis_pubsub() {
+        let c = Config::try_parse_from([
+            "channels-server",
+            "--redis-url",
+            "redis://a:6379/0",
+            "--redis-url",
+            "redis://b:6379/0",
+        ])
+        .unwrap();
+        assert_eq!(c.layer_kind(), LayerKind::RedisPubsub);
+        assert_eq!(c.redis_urls.len(), 2);
+        let c = Config::try_parse_from(["channels-server", "--layer", "redis-pubsub"]).unwrap();
+        assert_eq!(c.layer_kind(), LayerKind::RedisPubsub);
+    }
+
+    #[tokio::test]
+    async fn redis_pubsub_without_a_url_says_what_is_missing() {
+        let c = Config::try_parse_from(["channels-server", "--layer", "redis-pubsub"]).unwrap();
+        let err = c.build_layer().await.unwrap_err().to_string();
+        assert!(err.contains("--redis-url"), "{err}");
+    }
+
+    #[test]
     fn default_matches_parsing_no_arguments() {
         let parsed = Config::try_parse_from(["channels-server"]).unwrap();
         let default = Config::default();
         assert_eq!(parsed.bind, default.bind);
-        assert_eq!(parsed.layer, default.layer);
+        assert_eq!(parsed.layer_kind(), LayerKind::Memory);
+        assert_eq!(parsed.prefix, default.prefix);
         assert_eq!(parsed.max_message_size, default.max_message_size);
         assert_eq!(parsed.capacity, default.capacity);
     }
@@ -144,6 +227,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.bind.port(), 9000);
+        assert_eq!(c.layer_kind(), LayerKind::Memory);
         assert_eq!(c.log_level, "debug");
     }
 }

@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, layer = ?config.layer, "listening");
+    tracing::info!(%addr, layer = ?config.layer_kind(), "listening");
     channels_server::run(listener, config, channels_server::signal()).await?;
     Ok(())
 }

@@ -22,8 +22,8 @@ pub enum ServerError {
     /// The listener failed.
     #[error("serving HTTP failed: {0}")]
     Io(#[from] std::io::Error),
-    /// Closing the channel layer failed.
-    #[error("closing the channel layer failed: {0}")]
+    /// Building or closing the channel layer failed.
+    #[error("channel layer: {0}")]
     Layer(#[from] LayerError),
 }
 
@@ -48,6 +48,7 @@ impl Server {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz).with_state(self.state.clone()))
             .merge(channels_web::router())
             .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") })
             .layer(axum::middleware::from_fn_with_state(
@@ -108,6 +109,24 @@ impl Server {
     }
 }
 
+/// Ready when the channel layer can carry messages and the server is not draining; a load
+/// balancer stops sending new connections otherwise.
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> (axum::http::StatusCode, &'static str) {
+    use axum::http::StatusCode;
+    if state.shutdown().is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !state.layer().is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "channel layer disconnected\n",
+        )
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}
+
 /// Runs the seed's chat server with `config` on `listener` until `shutdown` resolves.
 ///
 /// ```no_run
@@ -123,7 +142,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let layer = config.build_layer();
+    let layer = config.build_layer().await?;
     Server::new(&config, layer, crate::chat::routes())
         .serve(listener, shutdown)
         .await

@@ -8,6 +8,7 @@
 //! | 1008 | [`Close::POLICY`] | the client broke a rule | no |
 //! | 1009 | [`Close::TOO_BIG`] | a message over the size limit (64 KiB by default) | no |
 //! | 1011 | [`Close::INTERNAL`] | a server error; details are logged, never sent | yes, with backoff |
+//! | 1013 | [`Close::TRY_AGAIN_LATER`] | the channel layer (Redis) is unavailable: a group message could not be sent, or the group could not be joined | yes, with backoff |
 //! | 4008 | [`Close::SLOW`] | the client did not read its messages fast enough | yes, with backoff |
 //! | 4400 | [`Close::INVALID_GROUP`] | the URL names a group that Channels would reject (non-ASCII, 100+ characters) | no |
 //!
@@ -39,6 +40,8 @@ impl Close {
     pub const TOO_BIG: Close = Close::new(1009, "message too big");
     /// 1011: internal error.
     pub const INTERNAL: Close = Close::new(1011, "internal error");
+    /// 1013: the channel layer is unavailable; the client should retry later.
+    pub const TRY_AGAIN_LATER: Close = Close::new(1013, "channel layer unavailable");
     /// 4008: the client cannot keep up with its messages.
     pub const SLOW: Close = Close::new(4008, "slow consumer");
     /// 4400: the group named in the URL is not a valid Channels group name.
