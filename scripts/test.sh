@@ -49,6 +49,7 @@ if [[ -n $missing ]]; then
   fi
 fi
 
+scripts/python-venv.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
