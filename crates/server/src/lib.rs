@@ -14,6 +14,7 @@
 //! calls [`run`]; tests call the same function on `127.0.0.1:0`.
 
 pub mod chat;
+pub mod cli;
 mod config;
 pub mod consumer;
 pub mod routing;

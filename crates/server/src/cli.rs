@@ -1,0 +1,65 @@
+//! The command line: what the `channels-server` binary does, as a library function so that the
+//! system tests can build a binary that runs exactly this code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat};
+
+/// Parses flags and environment, sets up logging, binds, and serves until SIGTERM/SIGINT.
+/// Errors are printed to stderr with what to do about them.
+pub fn main() -> ExitCode {
+    let config = Config::parse();
+    let filter = match EnvFilter::try_new(&config.log_level) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!(
+                "channels-server: invalid --log-level/CHANNELS_LOG {:?} ({error}): use a level \
+                 such as info or debug",
+                config.log_level
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    match config.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("channels-server: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!(error = %message, "exiting");
+            eprintln!("channels-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {} ({e}): is another server using it? Choose another address \
+                 with --bind or CHANNELS_BIND",
+                config.bind
+            )
+        })?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, layer = ?config.layer_kind(), "listening");
+    crate::run(listener, config, crate::signal())
+        .await
+        .map_err(|e| e.to_string())
+}

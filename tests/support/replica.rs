@@ -1,0 +1,208 @@
+//! Server replicas as real processes: the `channels-server` binary, started on a free loopback
+//! port, killed when dropped; plus a small WebSocket client with timeouts.
+//!
+//! The binary runs `channels_server::cli::main`, exactly what the shipped `channels-server`
+//! binary runs; cargo builds it fresh for every test run.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    reason = "test support: each test binary uses part of it; a failed unwrap is a failed test"
+)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single receive may take.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server binary: `channels_server::cli::main`, built by this `cargo test` run.
+pub fn server_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_channels-server-under-test"))
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// One `channels-server` process.
+pub struct Replica {
+    pub port: u16,
+    pub name: String,
+    child: Option<Child>,
+}
+
+impl Replica {
+    /// Starts a replica with `args` (e.g. `--redis-url ...`) and waits until `/readyz` is 200.
+    pub async fn start(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Replica {
+        let port = free_port();
+        let child = Command::new(server_binary())
+            .args(["--bind", &format!("127.0.0.1:{port}"), "--replica-id", name])
+            .args(["--log-level", "warn"])
+            .args(args)
+            .envs(envs.iter().copied())
+            .env_remove("CHANNELS_LAYER")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cannot start channels-server");
+        let replica = Replica {
+            port,
+            name: name.to_owned(),
+            child: Some(child),
+        };
+        replica.wait_ready().await;
+        replica
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while http_status(self.port, "/readyz").await != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} never became ready",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn ws(&self, path: &str) -> Client {
+        Client::connect(&self.ws_url(path)).await
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("already stopped");
+        let pid = child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(Duration::from_secs(40), child.wait())
+            .await
+            .expect("replica did not exit after SIGTERM")
+            .unwrap()
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// The status code of `GET path`, or `None` if nothing answers.
+pub async fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path).await.map(|(status, _)| status)
+}
+
+/// `GET path` over a fresh connection: status and body.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let request = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(2), request)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A WebSocket client with timeouts on every receive.
+pub struct Client(pub WebSocketStream<MaybeTlsStream<TcpStream>>);
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (stream, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("handshake timed out")
+            .unwrap_or_else(|e| panic!("handshake to {url} failed: {e}"));
+        Client(stream)
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.0.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next data frame (pings and pongs skipped).
+    pub async fn recv(&mut self) -> Message {
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, self.0.next())
+                .await
+                .expect("no frame within the timeout")
+                .expect("stream ended")
+                .expect("read failed");
+            if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+                return msg;
+            }
+        }
+    }
+
+    pub async fn recv_text(&mut self) -> String {
+        match self.recv().await {
+            Message::Text(t) => t.as_str().to_owned(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    /// Waits for the server's close frame, then reads on to the end of the stream.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        let close = match self.recv().await {
+            Message::Close(Some(CloseFrame { code, reason })) => {
+                (u16::from(code), reason.as_str().to_owned())
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        };
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.0.next()).await {}
+        close
+    }
+
+    /// Asserts that no data frame arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(Some(Ok(msg))) = tokio::time::timeout(wait, self.0.next()).await {
+            panic!("expected nothing, got {msg:?}");
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.0.close(None).await;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.0.next()).await {}
+    }
+}
+
+/// Polls `check` until it is true, or fails after `within`.
+pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
