@@ -192,8 +192,13 @@ impl Client {
         }
     }
 
+    /// Closes with 1000, as a browser's `close()` does, and completes the handshake.
     pub async fn close(mut self) {
-        let _ = self.0.close(None).await;
+        let normal = CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = self.0.close(Some(normal)).await;
         while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.0.next()).await {}
     }
 }

@@ -12,6 +12,9 @@ use crate::config::{Config, LogFormat};
 /// Errors are printed to stderr with what to do about them.
 pub fn main() -> ExitCode {
     let config = Config::parse();
+    if config.healthcheck {
+        return healthcheck(&config);
+    }
     let filter = match EnvFilter::try_new(&config.log_level) {
         Ok(filter) => filter,
         Err(error) => {
@@ -42,6 +45,37 @@ pub fn main() -> ExitCode {
         Err(message) => {
             tracing::error!(error = %message, "exiting");
             eprintln!("channels-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `GET /healthz` on this machine's server: exit 0 on 200.
+fn healthcheck(config: &Config) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+    use std::time::Duration;
+    let mut addr = config.bind;
+    if addr.ip().is_unspecified() {
+        addr = SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()));
+    }
+    let check = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match check() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("channels-server: {addr}/healthz did not answer 200");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("channels-server: {addr}/healthz unreachable: {error}");
             ExitCode::FAILURE
         }
     }

@@ -97,9 +97,20 @@ pub struct Config {
     #[arg(long, env = "CHANNELS_WRITE_TIMEOUT", default_value_t = 10)]
     pub write_timeout_secs: u64,
 
-    /// Seconds open connections get to close on SIGTERM/SIGINT before the process exits anyway.
-    #[arg(long, env = "CHANNELS_DRAIN_TIMEOUT", default_value_t = 10)]
+    /// Seconds a SIGTERM/SIGINT drain may take: connections are closed with 1001 in batches
+    /// spread over the first half of it, and the process exits when they are gone or the time is
+    /// up.
+    #[arg(long, env = "CHANNELS_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout_secs: u64,
+
+    /// Connections closed per batch while draining (a batch every 200 ms).
+    #[arg(long, env = "CHANNELS_DRAIN_BATCH", default_value_t = 500)]
+    pub drain_batch: u64,
+
+    /// Check the health of the server configured by `--bind` on this machine (GET /healthz) and
+    /// exit 0 if it answers 200, 1 otherwise: for container HEALTHCHECKs without curl.
+    #[arg(long)]
+    pub healthcheck: bool,
 }
 
 impl Default for Config {
@@ -117,12 +128,28 @@ impl Default for Config {
             max_message_size: 64 * 1024,
             capacity: 100,
             write_timeout_secs: 10,
-            drain_timeout_secs: 10,
+            drain_timeout_secs: 30,
+            drain_batch: 500,
+            healthcheck: false,
         }
     }
 }
 
 impl Config {
+    /// The replica id: the configured one, or a random one (fixed for the life of this value).
+    pub fn replica_id(&mut self) -> String {
+        self.replica_id
+            .get_or_insert_with(|| {
+                use rand::Rng;
+                rand::rng()
+                    .sample_iter(rand::distr::Alphanumeric)
+                    .take(12)
+                    .map(|b| char::from(b).to_ascii_lowercase())
+                    .collect()
+            })
+            .clone()
+    }
+
     /// The backend in use: the one asked for, else redis-pubsub when Redis URLs are given, else
     /// memory.
     pub fn layer_kind(&self) -> LayerKind {
@@ -172,6 +199,9 @@ impl Config {
             read_buffer_size: 4 * 1024,
             // Room for a few maximum-size messages the client has not read yet.
             max_write_buffer_size: 4 * self.max_message_size.max(16 * 1024),
+            drain_batch: self.drain_batch,
+            drain_interval: Duration::from_millis(200),
+            drain_spread: self.drain_timeout() / 2,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod chat;
 pub mod cli;
 mod config;
 pub mod consumer;
+mod metrics;
 pub mod routing;
 mod server;
 mod shutdown;

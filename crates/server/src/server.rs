@@ -37,8 +37,9 @@ pub struct Server {
 impl Server {
     /// A server for `routes` over `layer`, with the limits from `config`.
     pub fn new(config: &Config, layer: Arc<dyn ChannelLayer>, routes: WsRouter) -> Self {
+        let replica = config.clone().replica_id();
         Self {
-            state: AppState::new(layer, routes, config.limits()),
+            state: AppState::new(layer, routes, config.limits(), replica),
             drain_timeout: config.drain_timeout(),
         }
     }
@@ -49,11 +50,16 @@ impl Server {
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz).with_state(self.state.clone()))
+            .route("/metrics", get(metrics).with_state(self.state.clone()))
             .merge(channels_web::router())
             .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") })
             .layer(axum::middleware::from_fn_with_state(
                 self.state.clone(),
                 dispatch,
+            ))
+            .layer(axum::middleware::map_response_with_state(
+                self.state.clone(),
+                replica_header,
             ))
     }
 
@@ -127,6 +133,34 @@ async fn readyz(
     }
 }
 
+/// The Prometheus text exposition.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> impl axum::response::IntoResponse {
+    let body = state
+        .metrics()
+        .render(state.layer().as_ref(), state.shutdown().is_cancelled());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+/// Adds `X-Channels-Replica` to every response (the WebSocket 101 too), so a client or a test
+/// can tell which replica served it.
+async fn replica_header(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if let Ok(value) = axum::http::HeaderValue::from_str(state.replica()) {
+        response.headers_mut().insert("x-channels-replica", value);
+    }
+    response
+}
+
 /// Runs the seed's chat server with `config` on `listener` until `shutdown` resolves.
 ///
 /// ```no_run
@@ -139,9 +173,11 @@ async fn readyz(
 /// ```
 pub async fn run(
     listener: TcpListener,
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // One id for the layer's channel names and the server's header.
+    config.replica_id();
     let layer = config.build_layer().await?;
     Server::new(&config, layer, crate::chat::routes())
         .serve(listener, shutdown)

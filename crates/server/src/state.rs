@@ -8,6 +8,7 @@ use channels_layer::ChannelLayer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::Metrics;
 use crate::routing::WsRouter;
 
 /// Per-connection limits.
@@ -25,6 +26,12 @@ pub(crate) struct Limits {
     pub(crate) read_buffer_size: usize,
     /// Bytes of unsent frames a connection may hold before writes fail.
     pub(crate) max_write_buffer_size: usize,
+    /// Connections closed per drain batch on shutdown.
+    pub(crate) drain_batch: u64,
+    /// Pause between drain batches.
+    pub(crate) drain_interval: Duration,
+    /// The last batch starts at most this long after the shutdown began.
+    pub(crate) drain_spread: Duration,
 }
 
 /// The server's shared state: cheap to clone.
@@ -39,10 +46,18 @@ struct Shared {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     conn_ids: AtomicU64,
+    drain_tickets: AtomicU64,
+    metrics: Metrics,
+    replica: String,
 }
 
 impl AppState {
-    pub(crate) fn new(layer: Arc<dyn ChannelLayer>, routes: WsRouter, limits: Limits) -> Self {
+    pub(crate) fn new(
+        layer: Arc<dyn ChannelLayer>,
+        routes: WsRouter,
+        limits: Limits,
+        replica: String,
+    ) -> Self {
         Self(Arc::new(Shared {
             layer,
             routes,
@@ -50,6 +65,9 @@ impl AppState {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             conn_ids: AtomicU64::new(1),
+            drain_tickets: AtomicU64::new(0),
+            metrics: Metrics::default(),
+            replica,
         }))
     }
 
@@ -73,6 +91,27 @@ impl AppState {
     /// Every WebSocket connection holds a token of this tracker until it ends.
     pub(crate) fn tracker(&self) -> &TaskTracker {
         &self.0.tracker
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// This replica's id, sent as `X-Channels-Replica`.
+    pub(crate) fn replica(&self) -> &str {
+        &self.0.replica
+    }
+
+    /// How long a connection waits after the shutdown began before it is closed: connections
+    /// close in batches so their clients do not all reconnect to the other replicas at once.
+    pub(crate) fn drain_delay(&self) -> Duration {
+        let limits = &self.0.limits;
+        let ticket = self.0.drain_tickets.fetch_add(1, Ordering::Relaxed);
+        let batches = u32::try_from(ticket / limits.drain_batch.max(1)).unwrap_or(u32::MAX);
+        limits
+            .drain_interval
+            .saturating_mul(batches)
+            .min(limits.drain_spread)
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {

@@ -16,8 +16,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use crate::consumer::driver::{self, DriverLimits};
+use crate::consumer::driver;
 use crate::consumer::{Consumer, Context, Scope};
+use crate::metrics::Refusal;
 use crate::state::AppState;
 
 /// A handshake on its way to a consumer.
@@ -40,6 +41,7 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
         return next.run(req).await;
     }
     if state.shutdown().is_cancelled() {
+        state.metrics().refused(Refusal::Draining);
         return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n").into_response();
     }
     let (mut parts, _body) = req.into_parts();
@@ -49,6 +51,7 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
     let path = path.into_owned();
     let Some((endpoint, url_route)) = state.routes().resolve(&path) else {
         tracing::debug!(%path, "no websocket route");
+        state.metrics().refused(Refusal::NotFound);
         return (StatusCode::NOT_FOUND, "no WebSocket route for this path\n").into_response();
     };
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
@@ -78,22 +81,19 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, connecting: Connecting) 
             Ok(inbox) => inbox,
             Err(error) => {
                 tracing::error!(%error, "new_channel failed: refusing the connection");
+                state.metrics().refused(Refusal::LayerUnavailable);
                 return Err((
                     StatusCode::SERVICE_UNAVAILABLE,
                     "channel layer unavailable\n",
                 ));
             }
         };
-        let mut cx = Context::new(
-            Arc::new(scope),
-            inbox.name().clone(),
-            Arc::clone(state.layer()),
-            limits.max_outgoing_frames,
-        );
+        let mut cx = Context::new(Arc::new(scope), inbox.name().clone(), state.clone());
         match consumer.connect(&mut cx).await {
             Ok(()) => Ok((cx, inbox)),
             Err(close) => {
                 tracing::debug!(close_code = close.code, "connection denied");
+                state.metrics().refused(Refusal::Denied);
                 Err((StatusCode::FORBIDDEN, "connection denied\n"))
             }
         }
@@ -107,11 +107,6 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, connecting: Connecting) 
     // Tracked from here, so a shutdown waits for this connection even before the upgrade
     // completes (axum's graceful shutdown does not cover upgraded sockets).
     let token = state.tracker().token();
-    let shutdown = state.shutdown().clone();
-    let driver_limits = DriverLimits {
-        write_timeout: limits.write_timeout,
-        close_timeout: limits.close_timeout,
-    };
     let failed_span = span.clone();
     ws.read_buffer_size(limits.read_buffer_size)
         .write_buffer_size(0)
@@ -124,7 +119,7 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, connecting: Connecting) 
         .on_upgrade(move |socket| {
             async move {
                 let _tracked = token;
-                driver::run(socket, consumer, cx, inbox, shutdown, driver_limits).await;
+                driver::run(socket, consumer, cx, inbox).await;
             }
             .instrument(span)
         })

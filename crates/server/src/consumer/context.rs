@@ -9,6 +9,7 @@ use channels_layer::{ChannelLayer, ChannelName, GroupName, LayerError, Message};
 
 use super::close::Close;
 use crate::routing::UrlRoute;
+use crate::state::AppState;
 
 /// The connection's scope, as Channels' ASGI `scope` for a WebSocket.
 #[derive(Debug, Clone)]
@@ -72,7 +73,7 @@ pub(crate) enum Outgoing {
 pub struct Context {
     scope: Arc<Scope>,
     channel: ChannelName,
-    layer: Arc<dyn ChannelLayer>,
+    state: AppState,
     groups: Vec<GroupName>,
     pub(crate) outgoing: VecDeque<Outgoing>,
     max_outgoing: usize,
@@ -80,21 +81,20 @@ pub struct Context {
 }
 
 impl Context {
-    pub(crate) fn new(
-        scope: Arc<Scope>,
-        channel: ChannelName,
-        layer: Arc<dyn ChannelLayer>,
-        max_outgoing: usize,
-    ) -> Self {
+    pub(crate) fn new(scope: Arc<Scope>, channel: ChannelName, state: AppState) -> Self {
         Self {
             scope,
             channel,
-            layer,
+            max_outgoing: state.limits().max_outgoing_frames,
+            state,
             groups: Vec::new(),
             outgoing: VecDeque::new(),
-            max_outgoing,
             close: None,
         }
+    }
+
+    pub(crate) fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// The connection's scope.
@@ -109,7 +109,7 @@ impl Context {
 
     /// The channel layer, for calls beyond the helpers here (e.g. `send` to another channel).
     pub fn layer(&self) -> &Arc<dyn ChannelLayer> {
-        &self.layer
+        self.state.layer()
     }
 
     /// The groups this connection joined.
@@ -144,7 +144,7 @@ impl Context {
 
     /// Joins `group`; the runtime leaves it when the connection ends.
     pub async fn group_add(&mut self, group: &GroupName) -> Result<(), LayerError> {
-        self.layer.group_add(group, &self.channel).await?;
+        self.layer().group_add(group, &self.channel).await?;
         if !self.groups.contains(group) {
             self.groups.push(group.clone());
         }
@@ -154,18 +154,20 @@ impl Context {
     /// Leaves `group`.
     pub async fn group_discard(&mut self, group: &GroupName) -> Result<(), LayerError> {
         self.groups.retain(|g| g != group);
-        self.layer.group_discard(group, &self.channel).await
+        self.layer().group_discard(group, &self.channel).await
     }
 
     /// Sends `msg` to every member of `group` (this connection too, if it is a member).
     pub async fn group_send(&self, group: &GroupName, msg: Message) -> Result<(), LayerError> {
-        self.layer.group_send(group, msg).await
+        let result = self.layer().group_send(group, msg).await;
+        self.state.metrics().group_send(result.is_ok());
+        result
     }
 
     /// Leaves every joined group; used by the runtime when the connection ends.
     pub(crate) async fn discard_all_groups(&mut self) {
         for group in std::mem::take(&mut self.groups) {
-            if let Err(error) = self.layer.group_discard(&group, &self.channel).await {
+            if let Err(error) = self.layer().group_discard(&group, &self.channel).await {
                 tracing::warn!(%error, %group, "group_discard at disconnect failed");
             }
         }

@@ -5,27 +5,20 @@
 //! that does not read is closed with [`Close::SLOW`], and while it is stuck its inbox fills and
 //! the layer drops (and counts) further group messages for it, so it never holds up anyone else.
 
-use std::time::Duration;
-
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket};
 use channels_layer::{Inbox, Message};
 use futures_util::SinkExt;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 
 use super::context::{ClientMessage, Context, Outgoing};
 use super::{Close, Consumer};
-
-/// Limits the driver applies to one connection.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DriverLimits {
-    /// How long a write may wait for the client to read.
-    pub(crate) write_timeout: Duration,
-    /// How long to wait for the client's close frame after sending ours.
-    pub(crate) close_timeout: Duration,
-}
+use crate::state::Limits;
 
 enum Event {
-    Shutdown,
+    /// The server began shutting down: pick this connection's drain time.
+    ShutdownBegan,
+    /// This connection's drain time came: close it.
+    Drain,
     Frame(Option<Result<Frame, axum::Error>>),
     Layer(Option<Message>),
 }
@@ -46,25 +39,50 @@ pub(crate) async fn run<C: Consumer>(
     mut consumer: C,
     mut cx: Context,
     mut inbox: Inbox,
-    shutdown: CancellationToken,
-    limits: DriverLimits,
 ) {
+    let state = cx.state().clone();
+    let limits = *state.limits();
+    let shutdown = state.shutdown().clone();
+    state.metrics().connection_opened();
     tracing::debug!(channel = %cx.channel_name(), "connected");
     // Frames queued by `connect`, and a close it asked for.
-    let mut end = match flush(&mut socket, &mut cx, limits).await {
+    let mut end = match flush(&mut socket, &mut cx, &limits).await {
         Err(end) => Some(end),
         Ok(()) => cx.close.take().map(End::ByServer),
     };
+    let mut drain_at: Option<Instant> = None;
     while end.is_none() {
+        let going_away = async {
+            match drain_at {
+                Some(at) => {
+                    tokio::time::sleep_until(at).await;
+                    Event::Drain
+                }
+                None => {
+                    shutdown.cancelled().await;
+                    Event::ShutdownBegan
+                }
+            }
+        };
         let event = tokio::select! {
             biased;
-            () = shutdown.cancelled() => Event::Shutdown,
+            event = going_away => event,
             frame = socket.recv() => Event::Frame(frame),
             msg = inbox.recv() => Event::Layer(msg),
         };
         let handled = match event {
-            Event::Shutdown => Err(End::ByServer(Close::GOING_AWAY)),
-            Event::Frame(frame) => on_frame(&mut consumer, &mut cx, frame).await,
+            Event::ShutdownBegan => {
+                // Keep serving until this connection's batch is due.
+                drain_at = Some(Instant::now() + state.drain_delay());
+                Ok(())
+            }
+            Event::Drain => Err(End::ByServer(Close::GOING_AWAY)),
+            Event::Frame(frame) => {
+                if matches!(frame, Some(Ok(Frame::Text(_) | Frame::Binary(_)))) {
+                    state.metrics().message_in();
+                }
+                on_frame(&mut consumer, &mut cx, frame).await
+            }
             Event::Layer(Some(msg)) => consumer.event(&mut cx, msg).await.map_err(End::ByServer),
             Event::Layer(None) => {
                 // The layer was flushed or closed under us: this connection cannot get group
@@ -75,24 +93,32 @@ pub(crate) async fn run<C: Consumer>(
         };
         end = match handled {
             Err(e) => Some(e),
-            Ok(()) => match flush(&mut socket, &mut cx, limits).await {
+            Ok(()) => match flush(&mut socket, &mut cx, &limits).await {
                 Err(e) => Some(e),
                 Ok(()) => cx.close.take().map(End::ByServer),
             },
         };
     }
     let code = match end {
-        Some(End::ByClient(code)) => code,
+        Some(End::ByClient(code)) => {
+            state.metrics().closed_by_client(code);
+            code
+        }
         Some(End::ByServer(close)) => {
-            close_socket(&mut socket, &close, limits).await;
+            state.metrics().closed_by_server(close.code);
+            close_socket(&mut socket, &close, &limits).await;
             None
         }
-        Some(End::Broken) | None => None,
+        Some(End::Broken) | None => {
+            state.metrics().closed_by_client(None);
+            None
+        }
     };
     // Channels' websocket_disconnect: leave the groups, then tell the consumer.
     cx.discard_all_groups().await;
     consumer.disconnect(&mut cx, code).await;
     drop(inbox);
+    state.metrics().connection_closed();
     tracing::debug!(close_code = ?code, "disconnected");
 }
 
@@ -135,10 +161,11 @@ fn read_error(error: axum::Error) -> End {
 }
 
 /// Writes every queued frame, then flushes once.
-async fn flush(socket: &mut WebSocket, cx: &mut Context, limits: DriverLimits) -> Result<(), End> {
+async fn flush(socket: &mut WebSocket, cx: &mut Context, limits: &Limits) -> Result<(), End> {
     if cx.outgoing.is_empty() {
         return Ok(());
     }
+    cx.state().metrics().messages_out(cx.outgoing.len());
     let write = async {
         while let Some(frame) = cx.outgoing.pop_front() {
             let frame = match frame {
@@ -164,7 +191,7 @@ async fn flush(socket: &mut WebSocket, cx: &mut Context, limits: DriverLimits) -
 }
 
 /// Sends our close frame and waits (bounded) for the client's, so the close is clean.
-async fn close_socket(socket: &mut WebSocket, close: &Close, limits: DriverLimits) {
+async fn close_socket(socket: &mut WebSocket, close: &Close, limits: &Limits) {
     tracing::debug!(close_code = close.code, reason = %close.reason, "closing");
     let frame = Frame::Close(Some(CloseFrame {
         code: close.code,
