@@ -167,6 +167,20 @@ impl Session {
         script: &str,
         args: Vec<Value>,
     ) -> anyhow::Result<()> {
+        self.wait_until_within(WAIT, what, script, args).await
+    }
+
+    /// Waits at most `limit` until `script` returns `true`; `what` describes the condition.
+    ///
+    /// For conditions that legitimately take longer than [`WAIT`], such as a reconnect whose
+    /// randomised backoff may add several seconds.
+    pub(crate) async fn wait_until_within(
+        &self,
+        limit: Duration,
+        what: &str,
+        script: &str,
+        args: Vec<Value>,
+    ) -> anyhow::Result<()> {
         let polling = async {
             loop {
                 if self.eval(script, args.clone()).await? == Value::Bool(true) {
@@ -175,9 +189,14 @@ impl Session {
                 tokio::time::sleep(POLL).await;
             }
         };
-        tokio::time::timeout(WAIT, polling)
+        tokio::time::timeout(limit, polling)
             .await
-            .with_context(|| format!("window {}: timed out waiting for {what}", self.name))?
+            .with_context(|| {
+                format!(
+                    "window {}: timed out after {limit:?} waiting for {what}",
+                    self.name
+                )
+            })?
     }
 
     /// Waits until the page's `window.wsState` equals `state`.
@@ -242,10 +261,24 @@ impl Session {
     /// Fails if the page logged an error (level `SEVERE`), such as a script error or a
     /// Content-Security-Policy violation, since the previous console read.
     pub(crate) async fn ensure_no_console_errors(&self) -> anyhow::Result<()> {
+        self.ensure_no_console_errors_except(&[]).await
+    }
+
+    /// Like [`Session::ensure_no_console_errors`], but ignores errors whose message contains
+    /// one of `expected`, such as Chromium's "WebSocket connection to ... failed" while a page
+    /// retries against a server that is down.
+    pub(crate) async fn ensure_no_console_errors_except(
+        &self,
+        expected: &[&str],
+    ) -> anyhow::Result<()> {
         let log = self.console_log().await?;
         let errors: Vec<String> = log
             .iter()
             .filter(|entry| entry["level"] == "SEVERE")
+            .filter(|entry| {
+                let message = entry["message"].as_str().unwrap_or_default();
+                !expected.iter().any(|allowed| message.contains(allowed))
+            })
             .map(Value::to_string)
             .collect();
         ensure!(

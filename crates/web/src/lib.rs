@@ -29,17 +29,31 @@
 //!   reject an empty id anyway.
 //! - The group page shows `[连接已断开!]` when the socket closes, whoever closed it; the
 //!   tutorial's group page printed it only from its close button.
+//! - After an unexpected close (1001, 1006, 1011, 1012, 1013, 4008) the pages reconnect by
+//!   themselves, with exponential backoff and full jitter, and never after 1000 (the echo
+//!   chat's `exit`), 1003, 1008, 1009, 4400 or the close button; [`reconnect`] has the numbers.
+//!   A reconnect opens the same path, so the group page rejoins its group. The tutorial's pages
+//!   stayed disconnected.
+//! - Both chat pages show the connection state in `<div id="status">`: 未连接 / not connected,
+//!   连接中 / connecting, 已连接 / connected, 重新连接中 (第 N 次, X 秒后) / reconnecting,
+//!   已断开 / disconnected. The tutorial's lines in `#message` (`[连接成功!]`, `[连接失败!]`,
+//!   `[连接已断开!]`) are still appended on every open, error and close.
 //! - For browser tests each page keeps `window.wsState` (`"idle"` before connecting, then
-//!   `"connecting"`, `"open"`, `"error"`, `"closed"`) and `window.wsCloseCode` (the close
-//!   event's code), like the `websocketConnected` flag of Channels' Selenium tests.
+//!   `"connecting"`, `"open"`, `"error"`, `"closed"`, and `"reconnecting"` while it waits to
+//!   retry), `window.wsCloseCode` (the last close event's code), `window.wsConnects` (how many
+//!   times a socket opened) and `window.wsReconnectDelays` (every retry delay chosen, in ms),
+//!   like the `websocketConnected` flag of Channels' Selenium tests. The pure function
+//!   `window.channelsChat.backoffDelay(attempt, code, random)` computes a retry delay.
 //!
 //! # Layout
 //!
 //! - `pages`: the askama templates (`templates/*.html`) and their handlers.
 //! - `assets`: the scripts and style sheet (`src/static/*`), embedded with `include_str!`.
+//! - [`reconnect`]: the reconnect policy's numbers, checked against `static/chat.js`.
 
 mod assets;
 mod pages;
+pub mod reconnect;
 
 #[cfg(test)]
 mod tests;

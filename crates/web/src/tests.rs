@@ -7,6 +7,7 @@ use axum::http::{Request, StatusCode};
 use tower::ServiceExt;
 
 use crate::CONTENT_SECURITY_POLICY;
+use crate::reconnect;
 
 /// A response reduced to what the tests look at.
 struct Page {
@@ -62,6 +63,8 @@ fn assert_chat_controls(body: &str, placeholder: &str) {
     assert_contains(body, r#"<input type="button" value="点击发送" id="send">"#);
     assert_contains(body, r#"<input type="button" value="关闭连接" id="close">"#);
     assert_contains(body, r#"<script src="/static/chat.js" defer></script>"#);
+    let status = r#"<div class="status" id="status" role="status" data-state="idle">"#;
+    assert_contains(body, &format!("{status}未连接 / not connected</div>"));
     assert!(!body.contains("onclick"), "no inline handlers: {body}");
 }
 
@@ -211,4 +214,146 @@ async fn favicon_is_empty_instead_of_missing() {
     let page = get("/favicon.ico").await;
     assert_eq!(page.status, StatusCode::NO_CONTENT);
     assert!(page.body.is_empty());
+}
+
+/// The value of `var NAME = VALUE;` in `script`, as written.
+#[track_caller]
+fn js_var<'a>(script: &'a str, name: &str) -> &'a str {
+    let start = format!("var {name} = ");
+    let line = script
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with(&start))
+        .unwrap_or_else(|| panic!("no `{start}...` in chat.js"));
+    line[start.len()..].trim_end_matches(';')
+}
+
+/// Parses a JavaScript array literal of integers such as `[1001, 1006]`.
+#[track_caller]
+fn js_int_array(literal: &str) -> Vec<u16> {
+    let inner = literal
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("not an array literal: {literal}"));
+    inner
+        .split(',')
+        .map(|n| n.trim().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_script_declares_the_documented_reconnect_policy() {
+    let script = get("/static/chat.js").await.body;
+    assert_eq!(js_var(&script, "BASE_MS"), reconnect::BASE_MS.to_string());
+    assert_eq!(js_var(&script, "CAP_MS"), reconnect::CAP_MS.to_string());
+    assert_eq!(
+        js_var(&script, "STABLE_MS"),
+        reconnect::STABLE_MS.to_string()
+    );
+    let codes = js_int_array(js_var(&script, "RECONNECT_CODES"));
+    assert_eq!(codes, reconnect::RECONNECT_CODES);
+    let drain = js_int_array(js_var(&script, "DRAIN_CODES"));
+    assert_eq!(drain, reconnect::DRAIN_CODES);
+    // The documented numbers themselves (reliability-security.md §5).
+    assert_eq!((reconnect::BASE_MS, reconnect::CAP_MS), (500, 15_000));
+    assert_eq!(reconnect::STABLE_MS, 5_000);
+    assert_eq!(codes, [1001, 1006, 1011, 1012, 1013, 4008]);
+}
+
+#[tokio::test]
+async fn chat_script_uses_full_jitter_and_stops_on_the_close_button() {
+    let script = get("/static/chat.js").await.body;
+    // Full jitter: a uniform draw over the whole window, from Math.random unless a test passes
+    // its own source, with the exponential ceiling capped.
+    assert_contains(&script, "function backoffDelay(attempt, code, random)");
+    assert_contains(&script, "Math.min(CAP_MS, BASE_MS * Math.pow(2, n))");
+    assert_contains(&script, "Math.floor(r * ceiling)");
+    assert_contains(&script, "backoffDelay(attempt, code, Math.random)");
+    assert_contains(&script, "backoffDelay: backoffDelay");
+    // The close button ends reconnecting for good, including a retry already scheduled.
+    assert_contains(&script, "stopped = true;");
+    assert_contains(&script, "clearTimeout(retryTimer)");
+    assert_contains(&script, "if (stopped || !shouldReconnect(event.code))");
+    // The send button writes to the socket of the moment, not the first one.
+    assert_contains(&script, "socket = ws;");
+    // Timers get functions, never strings (which the CSP would block as eval).
+    assert!(!script.contains("setTimeout(\""), "string timer in chat.js");
+    assert!(!script.contains("eval("), "eval in chat.js");
+}
+
+#[tokio::test]
+async fn chat_script_exposes_the_test_globals_and_shows_every_state() {
+    let script = get("/static/chat.js").await.body;
+    for global in [
+        "window.wsState = \"idle\";",
+        "window.wsCloseCode = null;",
+        "window.wsConnects = 0;",
+        "window.wsReconnectDelays = [];",
+        "window.wsConnects += 1;",
+        "window.wsReconnectDelays.push(delay);",
+        "window.wsState = \"reconnecting\";",
+    ] {
+        assert_contains(&script, global);
+    }
+    for status in [
+        "连接中 / connecting",
+        "已连接 / connected",
+        "重新连接中 (第 ",
+        " 秒后) / reconnecting (attempt ",
+        "已断开 / disconnected",
+    ] {
+        assert_contains(&script, status);
+    }
+    assert_contains(&script, r#"document.getElementById("status")"#);
+    assert!(!script.contains("innerHTML"));
+}
+
+#[tokio::test]
+async fn status_has_a_style_for_every_state() {
+    let css = get("/static/chat.css").await.body;
+    for state in ["open", "connecting", "reconnecting", "disconnected"] {
+        assert_contains(&css, &format!(r#".status[data-state="{state}"]"#));
+    }
+}
+
+#[test]
+fn reconnect_codes_follow_the_server_close_codes() {
+    for code in [1001, 1006, 1011, 1012, 1013, 4008] {
+        assert!(reconnect::should_reconnect(code), "{code} should reconnect");
+    }
+    // 1005 is what a browser reports when the user's close() sent no code.
+    for code in [1000, 1003, 1005, 1008, 1009, 4400] {
+        assert!(
+            !reconnect::should_reconnect(code),
+            "{code} must not reconnect"
+        );
+    }
+}
+
+#[test]
+fn backoff_ceiling_doubles_up_to_the_cap() {
+    let ceilings: Vec<u32> = (1..=7)
+        .map(|attempt| reconnect::delay_ceiling_ms(attempt, 1006))
+        .collect();
+    assert_eq!(
+        ceilings,
+        [1_000, 2_000, 4_000, 8_000, 15_000, 15_000, 15_000]
+    );
+    assert_eq!(reconnect::delay_ceiling_ms(0, 1013), 1_000);
+    assert_eq!(
+        reconnect::delay_ceiling_ms(u32::MAX, 1006),
+        reconnect::CAP_MS
+    );
+    for attempt in 0..=64 {
+        assert!(reconnect::delay_ceiling_ms(attempt, 1011) <= reconnect::CAP_MS);
+    }
+}
+
+#[test]
+fn a_drain_retries_almost_at_once_then_backs_off() {
+    for code in reconnect::DRAIN_CODES {
+        assert_eq!(reconnect::delay_ceiling_ms(1, code), reconnect::BASE_MS);
+        assert_eq!(reconnect::delay_ceiling_ms(2, code), 2_000);
+    }
+    assert_eq!(reconnect::delay_ceiling_ms(1, 1013), 1_000);
 }

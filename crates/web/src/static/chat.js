@@ -4,21 +4,92 @@
 // can forbid inline script (CSP `script-src 'self'`). Differences from the tutorial:
 // - the URL comes from the page's location (ws: or wss:, same host), never a fixed address;
 // - buttons are wired with addEventListener, not onclick attributes;
-// - received text is added with textContent, so markup in a message stays text.
+// - received text is added with textContent, so markup in a message stays text;
+// - after an unexpected close the page reconnects by itself (see "Reconnect policy" below) and
+//   shows the connection state in #status.
 //
-// Browser tests read two globals: window.wsState ("idle" until start() runs, then
-// "connecting", "open", "error", "closed") and window.wsCloseCode (the close event's code).
+// Reconnect policy (the numbers are also the Rust constants of channels_web::reconnect, and a
+// unit test keeps the two in step):
+// - Reconnect after close codes 1001 (going away: shutdown or drain), 1006 (abnormal: no close
+//   frame, e.g. a killed replica or a refused connection), 1011 (internal error), 1012 (service
+//   restart), 1013 (try again later: the channel layer is unavailable) and 4008 (slow consumer).
+//   Every other code is final: 1000 (normal, e.g. the echo chat's "exit"), 1003, 1008, 1009,
+//   4400 (invalid group name), ... And the close button stops reconnecting for good.
+// - Exponential backoff with full jitter (AWS "Exponential Backoff and Jitter"): retry number
+//   n (1, 2, 3, ...) waits random(0, min(CAP_MS, BASE_MS * 2^n)), with BASE_MS = 500 and
+//   CAP_MS = 15000: up to 1 s, 2 s, 4 s, 8 s, then up to 15 s for every later retry.
+// - After 1001 or 1012 (a deliberate drain: other replicas are up) the first retry waits only
+//   random(0, BASE_MS), still jittered so that thousands of clients do not return in lockstep.
+// - The retry number goes back to 1 once a connection has stayed open for STABLE_MS = 5000. It
+//   is not reset by a mere successful open, so a server that accepts and closes at once (1011,
+//   or 1013 when the group cannot be joined) still sees growing delays.
+// - A reconnect opens the same path, so the group page rejoins its group: the server joins the
+//   group named in the URL on connect.
+//
+// Browser tests read these globals:
+// - window.wsState: "idle" until start() runs, then "connecting", "open", "error", "closed",
+//   and "reconnecting" while waiting to retry;
+// - window.wsCloseCode: the code of the last close event;
+// - window.wsConnects: how many times a socket opened;
+// - window.wsReconnectDelays: every retry delay chosen, in ms.
 "use strict";
 
 window.wsState = "idle";
 window.wsCloseCode = null;
+window.wsConnects = 0;
+window.wsReconnectDelays = [];
 
 window.channelsChat = (function () {
+  var BASE_MS = 500;
+  var CAP_MS = 15000;
+  var STABLE_MS = 5000;
+  var RECONNECT_CODES = [1001, 1006, 1011, 1012, 1013, 4008];
+  var DRAIN_CODES = [1001, 1012];
+
+  // Whether a close with `code` should be followed by a reconnect.
+  function shouldReconnect(code) {
+    return RECONNECT_CODES.indexOf(code) !== -1;
+  }
+
+  // The delay in ms before retry number `attempt` (1 for the first retry) after a close with
+  // `code`. `random` returns a number in [0, 1), like Math.random (the default); pass another
+  // to test. The result is an integer in [0, ceiling), where the ceiling is
+  // min(CAP_MS, BASE_MS * 2^attempt), or BASE_MS for the first retry after a drain.
+  function backoffDelay(attempt, code, random) {
+    var draw = typeof random === "function" ? random : Math.random;
+    var n = Math.max(1, Math.floor(Number(attempt)) || 1);
+    var ceiling;
+    if (n === 1 && DRAIN_CODES.indexOf(code) !== -1) {
+      ceiling = BASE_MS;
+    } else {
+      ceiling = Math.min(CAP_MS, BASE_MS * Math.pow(2, n));
+    }
+    var r = Number(draw());
+    if (!(r >= 0)) {
+      r = 0;
+    }
+    if (r >= 1) {
+      r = 0.999999;
+    }
+    return Math.floor(r * ceiling);
+  }
+
   // Appends one line of plain text to the message box.
   function appendLine(text) {
     var tag = document.createElement("div");
     tag.textContent = text;
     document.getElementById("message").appendChild(tag);
+  }
+
+  // Shows the connection state in #status (Chinese / English); `state` also goes to
+  // data-state for styling.
+  function showStatus(state, text) {
+    var status = document.getElementById("status");
+    if (status === null) {
+      return;
+    }
+    status.textContent = text;
+    status.setAttribute("data-state", state);
   }
 
   // Builds the socket URL from the page's own scheme and host (host includes the port).
@@ -27,47 +98,116 @@ window.channelsChat = (function () {
     return scheme + "//" + location.host + path;
   }
 
-  // Connects to `path` and wires the send and close buttons.
-  // `closeNote`, if not null, is appended when the user presses the close button.
+  // Connects to `path`, reconnects after unexpected closes, and wires the send and close
+  // buttons. `closeNote`, if not null, is appended when the user presses the close button.
   function start(path, closeNote) {
-    var socket;
-    window.wsState = "connecting";
-    try {
-      socket = new WebSocket(socketUrl(path));
-    } catch (error) {
-      window.wsState = "error";
-      appendLine("[连接失败!]");
-      return;
+    var socket = null;
+    var retryTimer = null;
+    var attempt = 0;
+    var openedAt = null;
+    var stopped = false;
+
+    function disconnected(code) {
+      window.wsState = "closed";
+      var suffix = code === null ? "" : " (" + code + ")";
+      showStatus("disconnected", "已断开 / disconnected" + suffix);
     }
 
-    // Fired after the server accepts the connection (Channels' self.accept()).
-    socket.addEventListener("open", function () {
-      window.wsState = "open";
-      appendLine("[连接成功!]");
-    });
-    // Fired when the connection fails; a "close" event always follows.
-    socket.addEventListener("error", function () {
-      window.wsState = "error";
-      appendLine("[连接失败!]");
-    });
-    socket.addEventListener("message", function (event) {
-      appendLine(String(event.data));
-    });
-    // Fired however the connection ends: server close, client close or failure.
-    socket.addEventListener("close", function (event) {
-      window.wsState = "closed";
-      window.wsCloseCode = event.code;
-      appendLine("[连接已断开!]");
-    });
+    function scheduleRetry(code) {
+      attempt += 1;
+      var delay = backoffDelay(attempt, code, Math.random);
+      window.wsReconnectDelays.push(delay);
+      window.wsState = "reconnecting";
+      var seconds = (delay / 1000).toFixed(1);
+      showStatus(
+        "reconnecting",
+        "重新连接中 (第 " + attempt + " 次, " + seconds + " 秒后) / reconnecting (attempt " +
+          attempt + ", in " + seconds + " s)"
+      );
+      retryTimer = setTimeout(function () {
+        retryTimer = null;
+        connect();
+      }, delay);
+    }
+
+    function connect() {
+      var ws;
+      window.wsState = "connecting";
+      showStatus("connecting", "连接中 / connecting");
+      try {
+        ws = new WebSocket(socketUrl(path));
+      } catch (error) {
+        // A malformed URL: retrying would fail the same way.
+        socket = null;
+        appendLine("[连接失败!]");
+        window.wsState = "error";
+        showStatus("disconnected", "已断开 / disconnected");
+        return;
+      }
+      socket = ws;
+      openedAt = null;
+
+      // Fired after the server accepts the connection (Channels' self.accept()).
+      ws.addEventListener("open", function () {
+        if (ws !== socket) {
+          return;
+        }
+        openedAt = Date.now();
+        window.wsConnects += 1;
+        window.wsState = "open";
+        showStatus("open", "已连接 / connected");
+        appendLine("[连接成功!]");
+      });
+      // Fired when the connection fails; a "close" event always follows.
+      ws.addEventListener("error", function () {
+        if (ws !== socket) {
+          return;
+        }
+        window.wsState = "error";
+        appendLine("[连接失败!]");
+      });
+      ws.addEventListener("message", function (event) {
+        if (ws !== socket) {
+          return;
+        }
+        appendLine(String(event.data));
+      });
+      // Fired however the connection ends: server close, client close or failure.
+      ws.addEventListener("close", function (event) {
+        if (ws !== socket) {
+          return;
+        }
+        window.wsCloseCode = event.code;
+        appendLine("[连接已断开!]");
+        if (openedAt !== null && Date.now() - openedAt >= STABLE_MS) {
+          attempt = 0;
+        }
+        openedAt = null;
+        if (stopped || !shouldReconnect(event.code)) {
+          disconnected(event.code);
+          return;
+        }
+        scheduleRetry(event.code);
+      });
+    }
 
     document.getElementById("send").addEventListener("click", function () {
       // send() throws while connecting and silently drops data once closed.
-      if (socket.readyState !== WebSocket.OPEN) {
+      if (socket === null || socket.readyState !== WebSocket.OPEN) {
         return;
       }
       socket.send(document.getElementById("txt").value);
     });
     document.getElementById("close").addEventListener("click", function () {
+      stopped = true;
+      if (retryTimer !== null) {
+        clearTimeout(retryTimer);
+        retryTimer = null;
+        disconnected(null);
+      }
+      if (socket === null) {
+        return;
+      }
       var live =
         socket.readyState === WebSocket.CONNECTING || socket.readyState === WebSocket.OPEN;
       socket.close();
@@ -75,7 +215,21 @@ window.channelsChat = (function () {
         appendLine(closeNote);
       }
     });
+
+    connect();
   }
 
-  return { start: start, appendLine: appendLine };
+  return {
+    start: start,
+    appendLine: appendLine,
+    backoffDelay: backoffDelay,
+    shouldReconnect: shouldReconnect,
+    policy: {
+      baseMs: BASE_MS,
+      capMs: CAP_MS,
+      stableMs: STABLE_MS,
+      reconnectCodes: RECONNECT_CODES.slice(),
+      drainCodes: DRAIN_CODES.slice(),
+    },
+  };
 })();

@@ -3,6 +3,9 @@
 // The id comes from the page's JSON data block (#group-id), never from text spliced into
 // script, and is percent-encoded for the path. With no id (null) the page shows a note and
 // does not connect, so window.wsState stays "idle".
+//
+// After an unexpected close chat.js reconnects to the same path, and the server joins the group
+// named in the path on every connect, so a reconnect also rejoins the group.
 "use strict";
 
 (function () {
