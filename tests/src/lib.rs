@@ -1,2 +1,6 @@
-//! System tests of the workspace; the tests are in this package's `[[test]]` targets, and its
-//! one binary runs the server's command line for them.
+//! System tests of the workspace, and the load generator the benchmarks use.
+//!
+//! The tests are this package's `[[test]]` targets. Its binaries: `channels-server-under-test`
+//! runs the server's command line for the tests, and `channels-loadgen` drives load.
+
+pub mod loadgen;

@@ -1,0 +1,386 @@
+//! The Rust port and the real Python stack (channels 4.3.2, channels_redis 4.3.0, daphne) share
+//! one `RedisPubSubChannelLayer` on the wire.
+//!
+//! Each test starts its own `redis-server`, and the Python side runs from the project venv
+//! (`scripts/python-venv.sh`): `tests/python/layer_tool.py` acts as a Django process on the
+//! layer, and daphne serves the seed tutorial's Django app. Messages cross in both directions
+//! with every msgpack type Python produces, and the group chat works between a Django server
+//! and a Rust replica, in clear and encrypted.
+
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+#[path = "support/python.rs"]
+mod python;
+#[path = "../crates/layer/tests/support/redis_server.rs"]
+mod redis_server;
+#[path = "support/replica.rs"]
+mod replica;
+
+use std::time::Duration;
+
+use channels_layer::{
+    ChannelLayer, ChannelName, GroupName, Inbox, Map, Message, RedisPubSubChannelLayer,
+    RedisPubSubConfig, Value,
+};
+use python::{Daphne, PyReceiver, SeedLayer, layer_tool};
+use redis::{PushInfo, PushKind};
+use redis_server::RedisServer;
+use replica::{Client, Replica, TIMEOUT, eventually};
+
+/// The seed's group chat reply prefix.
+const PREFIX: &str = "组内主动推送消息:";
+
+/// The text of the `websocket.receive` event inside [`RICH_JSON`].
+const TEXT: &str = "你好, Grüße 👋";
+
+/// A `send_msg` event carrying every type a Python message can hold, in `layer_tool.py`'s
+/// tagged JSON (`{"$bytes": hex}` is bytes) and formatted exactly as it prints messages
+/// (`json.dumps(..., ensure_ascii=False)`). [`rich_message`] is the same message built in Rust.
+/// More than 15 keys, so msgpack needs a map16.
+const RICH_JSON: &str = concat!(
+    r#"{"type": "send_msg", "message": {"type": "websocket.receive", "text": "你好, Grüße 👋"}, "#,
+    r#""str": "naïve café ✓", "empty_str": "", "#,
+    r#""bytes": {"$bytes": "00ff80e4bda0"}, "ascii_bytes": {"$bytes": "6869"}, "#,
+    r#""empty_bytes": {"$bytes": ""}, "#,
+    r#""nested": {"z": {"deep": [1, "two", {"$bytes": "03"}]}, "a": [], "m": {}}, "#,
+    r#""list": [1, -1, 2.5, "x", null, true, false, [], {}], "#,
+    r#""small": 7, "zero": 0, "negative": -42, "big": 8589934593, "#,
+    r#""big_negative": -1099511627776, "max_i64": 9223372036854775807, "#,
+    r#""min_i64": -9223372036854775808, "max_u64": 18446744073709551615, "#,
+    r#""float": 1.5, "float_one": 1.0, "float_negative": -0.25, "#,
+    r#""yes": true, "no": false, "none": null}"#,
+);
+
+/// [`RICH_JSON`] as a Rust [`Message`], fields in the same order.
+fn rich_message() -> Message {
+    fn map(entries: Vec<(&str, Value)>) -> Value {
+        Value::Map(Map::from_iter(entries))
+    }
+    let receive = map(vec![
+        ("type", "websocket.receive".into()),
+        ("text", TEXT.into()),
+    ]);
+    let deep = Value::List(vec![Value::Int(1), "two".into(), Value::Bytes(vec![3])]);
+    let nested = map(vec![
+        ("z", map(vec![("deep", deep)])),
+        ("a", Value::List(Vec::new())),
+        ("m", map(Vec::new())),
+    ]);
+    let list = Value::List(vec![
+        Value::Int(1),
+        Value::Int(-1),
+        Value::Float(2.5),
+        "x".into(),
+        Value::Nil,
+        Value::Bool(true),
+        Value::Bool(false),
+        Value::List(Vec::new()),
+        map(Vec::new()),
+    ]);
+    Message::new("send_msg")
+        .with("message", receive)
+        .with("str", "naïve café ✓")
+        .with("empty_str", "")
+        .with("bytes", vec![0x00_u8, 0xff, 0x80, 0xe4, 0xbd, 0xa0])
+        .with("ascii_bytes", b"hi".to_vec())
+        .with("empty_bytes", Vec::<u8>::new())
+        .with("nested", nested)
+        .with("list", list)
+        .with("small", 7_i64)
+        .with("zero", 0_i64)
+        .with("negative", -42_i64)
+        .with("big", (1_i64 << 33) + 1)
+        .with("big_negative", -(1_i64 << 40))
+        .with("max_i64", i64::MAX)
+        .with("min_i64", i64::MIN)
+        .with("max_u64", Value::UInt(u64::MAX))
+        .with("float", 1.5)
+        .with("float_one", 1.0)
+        .with("float_negative", -0.25)
+        .with("yes", true)
+        .with("no", false)
+        .with("none", Value::Nil)
+}
+
+/// `got` equals `expected` value by value (Str is not Bytes, Int is not Float) and key by key
+/// in the same order; the first differing field is named.
+fn assert_same_message(got: &Message, expected: &Message) {
+    for (key, value) in expected.map().iter() {
+        assert_eq!(got.get(key), Some(value), "field {key:?}");
+    }
+    let keys = |m: &Message| {
+        m.map()
+            .iter()
+            .map(|(k, _)| k.to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(got), keys(expected), "fields and their order");
+    assert_eq!(got, expected);
+}
+
+/// A line `layer_tool.py` printed is [`RICH_JSON`]: the same values (1.0 a float, bytes tagged),
+/// and the very same text, so the same key order too.
+fn assert_rich_json(line: &str) {
+    let got: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("layer_tool printed {line:?}, not JSON: {e}"));
+    let expected: serde_json::Value = serde_json::from_str(RICH_JSON).unwrap();
+    assert_eq!(got, expected);
+    assert!(got["float_one"].is_f64(), "1.0 became {}", got["float_one"]);
+    assert_eq!(
+        line, RICH_JSON,
+        "same values, but not the same key order or text"
+    );
+}
+
+/// An in-process Rust layer on `redis`, with `keys` as its encryption keys.
+async fn rust_layer(redis: &RedisServer, keys: &[&str]) -> RedisPubSubChannelLayer {
+    let mut config = RedisPubSubConfig::new(vec![redis.url()]);
+    config.encryption_keys = keys.iter().map(|k| (*k).to_owned()).collect();
+    RedisPubSubChannelLayer::connect(config).await.unwrap()
+}
+
+/// The next message in `inbox`, within the timeout.
+async fn recv(inbox: &mut Inbox) -> Message {
+    tokio::time::timeout(TIMEOUT, inbox.recv())
+        .await
+        .expect("no message in the Rust inbox within the timeout")
+        .expect("the Rust inbox closed")
+}
+
+/// Waits until `PUBSUB NUMSUB channel` is `count`.
+async fn wait_numsub(redis: &RedisServer, channel: &str, count: i64) {
+    eventually(
+        &format!("{count} subscribers of {channel}"),
+        Duration::from_secs(5),
+        || redis.numsub(&[channel]) == [count],
+    )
+    .await;
+}
+
+/// Each of `clients` receives the group chat's reply to `text`.
+async fn all_receive(clients: &mut [&mut Client], text: &str) {
+    for client in clients {
+        assert_eq!(client.recv_text().await, format!("{PREFIX}{text}"));
+    }
+}
+
+/// Nothing more arrives at any of `clients` (checked concurrently).
+async fn all_silent(clients: &mut [&mut Client]) {
+    futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|c| c.expect_silence(Duration::from_millis(300))),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_group_send_reaches_rust_websocket_clients_with_every_field_intact() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args = ["--redis-url", url.as_str()];
+    let (r0, r1) = tokio::join!(
+        Replica::start("r0", &args, &[]),
+        Replica::start("r1", &args, &[]),
+    );
+    let mut c0 = r0.ws("/group/interop/").await;
+    let mut c1 = r1.ws("/group/interop/").await;
+    let layer = rust_layer(&redis, &[]).await;
+    let mut inbox = layer.new_channel().await.unwrap();
+    let group = GroupName::new("interop").unwrap();
+    layer.group_add(&group, inbox.name()).await.unwrap();
+    wait_numsub(&redis, "asgi__group__interop", 3).await;
+
+    let reply = layer_tool(
+        &SeedLayer::pubsub(&url),
+        &["group-send", "interop", "--message", RICH_JSON],
+    )
+    .await;
+    assert_eq!(reply, serde_json::json!({"ok": true}));
+
+    all_receive(&mut [&mut c0, &mut c1], TEXT).await;
+    assert_same_message(&recv(&mut inbox).await, &rich_message());
+    all_silent(&mut [&mut c0, &mut c1]).await;
+    assert!(inbox.try_recv().is_none(), "a second message arrived");
+    layer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_group_send_reaches_python_receive_unchanged() {
+    let redis = RedisServer::start();
+    let layer = rust_layer(&redis, &[]).await;
+    let python = SeedLayer::pubsub(&redis.url());
+    // It prints its channel once Redis has confirmed its group subscription.
+    let receiver = PyReceiver::start(&python, &["receive", "--group", "g", "--timeout", "5"]).await;
+
+    let group = GroupName::new("g").unwrap();
+    layer.group_send(&group, rich_message()).await.unwrap();
+
+    assert_rich_json(&receiver.message_line().await);
+    layer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_send_reaches_a_rust_channel() {
+    let redis = RedisServer::start();
+    let layer = rust_layer(&redis, &[]).await;
+    let python = SeedLayer::pubsub(&redis.url());
+
+    // Python to Rust: the Rust channel is covered by the layer's one pattern subscription.
+    let mut inbox = layer.new_channel().await.unwrap();
+    eventually("the layer's pattern subscription", TIMEOUT, || {
+        redis.query::<i64>(redis::cmd("PUBSUB").arg("NUMPAT")) == 1
+    })
+    .await;
+    let name = inbox.name().as_str().to_owned();
+    let reply = layer_tool(&python, &["send", &name, "--message", RICH_JSON]).await;
+    assert_eq!(reply, serde_json::json!({"ok": true}));
+    assert_same_message(&recv(&mut inbox).await, &rich_message());
+
+    // Rust to Python: a Python channel name is `asgispecific.<uuid4 hex>`, without `!`.
+    let receiver = PyReceiver::start(&python, &["receive-channel", "--timeout", "5"]).await;
+    let hex = receiver
+        .channel
+        .strip_prefix("asgispecific.")
+        .unwrap_or_else(|| panic!("unexpected Python channel {}", receiver.channel));
+    assert!(
+        hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "{hex}"
+    );
+    let channel = ChannelName::new(&receiver.channel).unwrap();
+    layer.send(&channel, rich_message()).await.unwrap();
+    assert_rich_json(&receiver.message_line().await);
+
+    assert!(inbox.try_recv().is_none(), "a second message arrived");
+    layer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_seed_app_and_rust_replica_share_a_group_chat() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let python = SeedLayer::pubsub(&url);
+    let args = ["--redis-url", url.as_str()];
+    let (daphne, replica) =
+        tokio::join!(Daphne::start(&python), Replica::start("rust", &args, &[]));
+    let mut django = Client::connect(&daphne.ws_url("/group/1/")).await;
+    let mut rust = replica.ws("/group/1/").await;
+    // The seed consumer joins the group only after accepting: wait for both processes.
+    wait_numsub(&redis, "asgi__group__1", 2).await;
+
+    django.send_text("来自Django").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Django").await;
+    rust.send_text("来自Rust").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Rust").await;
+    all_silent(&mut [&mut django, &mut rust]).await;
+}
+
+/// A plain Redis subscriber that sees the raw payloads published on one channel.
+struct Sniffer {
+    _connection: redis::aio::MultiplexedConnection,
+    pushes: tokio::sync::mpsc::Receiver<PushInfo>,
+}
+
+impl Sniffer {
+    async fn subscribe(redis: &RedisServer, channel: &str) -> Self {
+        let (tx, pushes) = tokio::sync::mpsc::channel(64);
+        // Pushes need RESP3; the sender must not block the connection, hence try_send.
+        let client = redis::Client::open(format!("{}?protocol=resp3", redis.url())).unwrap();
+        let config =
+            redis::AsyncConnectionConfig::new().set_push_sender(move |push| tx.try_send(push));
+        let mut connection = tokio::time::timeout(
+            TIMEOUT,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .expect("sniffer connection timed out")
+        .unwrap();
+        tokio::time::timeout(TIMEOUT, connection.subscribe(channel))
+            .await
+            .expect("SUBSCRIBE timed out")
+            .unwrap();
+        Self {
+            _connection: connection,
+            pushes,
+        }
+    }
+
+    /// The payload of the next published message.
+    async fn next_payload(&mut self) -> Vec<u8> {
+        loop {
+            let push = tokio::time::timeout(TIMEOUT, self.pushes.recv())
+                .await
+                .expect("the sniffer saw no message within the timeout")
+                .expect("the sniffer connection closed");
+            if push.kind != PushKind::Message {
+                continue;
+            }
+            match push.data.as_slice() {
+                [_, redis::Value::BulkString(payload)] => return payload.clone(),
+                other => panic!("unexpected message push {other:?}"),
+            }
+        }
+    }
+
+    /// No further message was published.
+    fn assert_no_more(&mut self) {
+        while let Ok(push) = self.pushes.try_recv() {
+            assert_ne!(push.kind, PushKind::Message, "unexpected {push:?}");
+        }
+    }
+}
+
+/// A Fernet token (base64 of version byte 0x80 and a timestamp) that does not show `plaintext`.
+fn assert_encrypted(payload: &[u8], plaintext: &str) {
+    assert!(
+        payload.starts_with(b"gAAAAA"),
+        "not a Fernet token: {:?}",
+        String::from_utf8_lossy(payload)
+    );
+    let shows = |needle: &[u8]| payload.windows(needle.len()).any(|w| w == needle);
+    assert!(!shows(plaintext.as_bytes()), "the plaintext is on the wire");
+    assert!(!shows(b"send_msg"), "the message type is on the wire");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_group_chat_between_django_and_rust() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let python = SeedLayer::pubsub(&url).with_keys("k1");
+    let args = ["--redis-url", url.as_str()];
+    let (daphne, replica, stranger) = tokio::join!(
+        Daphne::start(&python),
+        Replica::start("rust-k1", &args, &[("CHANNELS_ENCRYPTION_KEYS", "k1")]),
+        Replica::start("rust-k2", &args, &[("CHANNELS_ENCRYPTION_KEYS", "k2")]),
+    );
+    let mut wire = Sniffer::subscribe(&redis, "asgi__group__1").await;
+    // The stranger's layer, in process, to read its counters: it holds the other key too.
+    let layer = rust_layer(&redis, &["k2"]).await;
+    let inbox = layer.new_channel().await.unwrap();
+    layer
+        .group_add(&GroupName::new("1").unwrap(), inbox.name())
+        .await
+        .unwrap();
+    let mut django = Client::connect(&daphne.ws_url("/group/1/")).await;
+    let mut rust = replica.ws("/group/1/").await;
+    let mut outsider = stranger.ws("/group/1/").await;
+    // daphne, both replicas, the sniffer and the in-process layer.
+    wait_numsub(&redis, "asgi__group__1", 5).await;
+
+    django.send_text("来自Django").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Django").await;
+    assert_encrypted(&wire.next_payload().await, "来自Django");
+    rust.send_text("来自Rust").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Rust").await;
+    assert_encrypted(&wire.next_payload().await, "来自Rust");
+
+    // The replica with the other key dropped both as undecodable: its client got nothing.
+    all_silent(&mut [&mut django, &mut rust, &mut outsider]).await;
+    wire.assert_no_more();
+    eventually("two undecodable messages", TIMEOUT, || {
+        layer.stats().undecodable == 2
+    })
+    .await;
+    assert_eq!(layer.stats().delivered, 0);
+    layer.close().await.unwrap();
+}

@@ -1,0 +1,142 @@
+//! `channels-loadgen`: WebSocket load for the seed protocol (this server, Django Channels) and
+//! Socket.IO. Prints one JSON report on stdout.
+//!
+//! ```text
+//! channels-loadgen fanout --url ws://127.0.0.1:8001 --url ws://127.0.0.1:8002 \
+//!     --groups 100 --members 10 --publishers 1 --rate 10 --duration 10
+//! channels-loadgen idle --url ws://127.0.0.1:8001 --connections 50000 --source-ips 4 --pid 1234
+//! channels-loadgen echo --url ws://127.0.0.1:8001 --connections 100 --duration 10
+//! ```
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use system_tests::loadgen::{self, FanoutOptions, IdleOptions, Target, proto::Protocol};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "channels-loadgen",
+    about = "WebSocket group-chat load generator"
+)]
+struct Cli {
+    /// `ws://host:port` of a replica; repeat for several (connections are spread round-robin).
+    #[arg(long = "url", required = true, global = true)]
+    urls: Vec<String>,
+    /// The protocol the targets speak.
+    #[arg(long, value_enum, default_value_t = Protocol::Seed, global = true)]
+    protocol: Protocol,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 200, global = true)]
+    connect_concurrency: usize,
+    /// Spread source addresses over 127.0.0.1 ..= 127.0.0.N.
+    #[arg(long, default_value_t = 1, global = true)]
+    source_ips: u8,
+    /// A server process to report CPU and memory for; repeatable.
+    #[arg(long = "pid", global = true)]
+    pids: Vec<u32>,
+    /// Prefix of group names, to keep runs apart.
+    #[arg(long, default_value = "b", global = true)]
+    tag: String,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// G groups of M members, P publishers per group at R messages/s each.
+    Fanout {
+        #[arg(long, default_value_t = 10)]
+        groups: usize,
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Messages per second per publisher.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds to wait for in-flight messages after publishing stops.
+        #[arg(long, default_value_t = 2.0)]
+        drain: f64,
+        /// Padding per message, bytes.
+        #[arg(long, default_value_t = 32)]
+        payload_bytes: usize,
+    },
+    /// Hold N idle connections joined to groups; report memory per connection and idle CPU.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        groups: usize,
+        /// Seconds to hold them while measuring idle CPU.
+        #[arg(long, default_value_t = 10.0)]
+        hold: f64,
+    },
+    /// Request/response round trips on echo connections.
+    Echo {
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let target = Target {
+        urls: cli.urls,
+        protocol: cli.protocol,
+        connect_concurrency: cli.connect_concurrency,
+        source_ips: cli.source_ips,
+        pids: cli.pids,
+        tag: cli.tag,
+    };
+    let report = match cli.mode {
+        Mode::Fanout {
+            groups,
+            members,
+            publishers,
+            rate,
+            duration,
+            drain,
+            payload_bytes,
+        } => {
+            let opts = FanoutOptions {
+                groups,
+                members,
+                publishers,
+                rate,
+                duration: Duration::from_secs_f64(duration),
+                drain: Duration::from_secs_f64(drain),
+                payload_bytes,
+            };
+            serde_json::to_string(&loadgen::fanout(&target, &opts).await?)?
+        }
+        Mode::Idle {
+            connections,
+            groups,
+            hold,
+        } => {
+            let opts = IdleOptions {
+                connections,
+                groups,
+                hold: Duration::from_secs_f64(hold),
+            };
+            serde_json::to_string(&loadgen::idle(&target, &opts).await?)?
+        }
+        Mode::Echo {
+            connections,
+            duration,
+        } => serde_json::to_string(
+            &loadgen::echo(&target, connections, Duration::from_secs_f64(duration)).await?,
+        )?,
+    };
+    #[allow(clippy::print_stdout, reason = "the report is the program's output")]
+    {
+        println!("{report}");
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The wire protocols the load generator speaks: the seed tutorial's (this server and the
+//! Django app), and Socket.IO 4 (engine.io v4 over a WebSocket) for the Node peer.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context as _, bail};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The group chat reply prefix of the seed protocol.
+pub const GROUP_PREFIX: &str = "组内主动推送消息:";
+/// The echo reply prefix of the seed protocol.
+pub const ECHO_PREFIX: &str = "服务端主动推送消息:";
+
+/// Which protocol a target speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// `/group/<G>/` and `/room/<x>/` with the tutorial's texts (this server, Django).
+    Seed,
+    /// Socket.IO 4: `/socket.io/?EIO=4&transport=websocket&room=<G>`, events `msg` and `echo`.
+    Socketio,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The receiving half of a connection.
+pub type Stream = SplitStream<Ws>;
+
+/// The sending half of a connection.
+pub struct Sender {
+    sink: SplitSink<Ws, Message>,
+    protocol: Protocol,
+}
+
+/// Connects to `base` (`ws://host:port`) for group `group` (or an echo room when `echo`).
+/// `source` binds the local address first, to spread connections over 127.0.0.x.
+pub async fn connect(
+    base: &str,
+    protocol: Protocol,
+    group: &str,
+    echo: bool,
+    source: Option<IpAddr>,
+) -> anyhow::Result<(Sender, Stream)> {
+    let url = match (protocol, echo) {
+        (Protocol::Seed, false) => format!("{base}/group/{group}/"),
+        (Protocol::Seed, true) => format!("{base}/room/{group}/"),
+        (Protocol::Socketio, _) => {
+            format!("{base}/socket.io/?EIO=4&transport=websocket&room={group}")
+        }
+    };
+    let request = url.as_str().into_client_request()?;
+    let host = request.uri().host().context("url without host")?.to_owned();
+    let port = request.uri().port_u16().unwrap_or(80);
+    let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .context("host did not resolve")?;
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
+    let (mut sink, mut stream) = ws.split();
+    if protocol == Protocol::Socketio {
+        // engine.io open packet, then connect to the default namespace.
+        let open = next_text(&mut stream).await?;
+        if !open.starts_with('0') {
+            bail!("expected an engine.io open packet, got {open:?}");
+        }
+        sink.send(Message::text("40")).await?;
+        loop {
+            let reply = next_text(&mut stream).await?;
+            if reply.starts_with("40") {
+                break;
+            }
+            if reply == "2" {
+                sink.send(Message::text("3")).await?;
+                continue;
+            }
+            bail!("expected a namespace connect reply, got {reply:?}");
+        }
+    }
+    Ok((Sender { sink, protocol }, stream))
+}
+
+async fn next_text(stream: &mut SplitStream<Ws>) -> anyhow::Result<String> {
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => bail!("unexpected frame {other:?}"),
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection closed during the handshake"),
+        }
+    }
+}
+
+impl Sender {
+    /// Sends one chat message (or an echo request).
+    pub async fn send(&mut self, text: &str, echo: bool) -> anyhow::Result<()> {
+        let frame = match self.protocol {
+            Protocol::Seed => text.to_owned(),
+            Protocol::Socketio => {
+                let event = if echo { "echo" } else { "msg" };
+                format!("42{}", serde_json::to_string(&(event, text))?)
+            }
+        };
+        self.sink.send(Message::text(frame)).await?;
+        Ok(())
+    }
+
+    /// Answers a Socket.IO ping.
+    pub async fn pong(&mut self) -> anyhow::Result<()> {
+        self.sink.send(Message::text("3")).await?;
+        Ok(())
+    }
+
+    /// Closes the connection.
+    pub async fn close(mut self) {
+        let _ = self.sink.close().await;
+    }
+}
+
+/// What a received frame means.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A chat or echo reply: the text after the protocol's prefix.
+    Chat(String),
+    /// A Socket.IO ping to answer.
+    Ping,
+    /// Anything else (ignored).
+    Other,
+    /// The connection ended.
+    Closed,
+}
+
+/// Reads the next frame and decodes it for `protocol`.
+pub async fn recv(stream: &mut SplitStream<Ws>, protocol: Protocol) -> Incoming {
+    let text = match stream.next().await {
+        Some(Ok(Message::Text(t))) => t,
+        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Incoming::Closed,
+        Some(Ok(_)) => return Incoming::Other,
+    };
+    let text = text.as_str();
+    match protocol {
+        Protocol::Seed => strip(text).map_or(Incoming::Other, Incoming::Chat),
+        Protocol::Socketio => {
+            if text == "2" {
+                return Incoming::Ping;
+            }
+            let Some(json) = text.strip_prefix("42") else {
+                return Incoming::Other;
+            };
+            match serde_json::from_str::<(String, String)>(json) {
+                Ok((_, body)) => strip(&body).map_or(Incoming::Other, Incoming::Chat),
+                Err(_) => Incoming::Other,
+            }
+        }
+    }
+}
+
+fn strip(text: &str) -> Option<String> {
+    text.strip_prefix(GROUP_PREFIX)
+        .or_else(|| text.strip_prefix(ECHO_PREFIX))
+        .map(str::to_owned)
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("protocol", &self.protocol)
+            .finish()
+    }
+}
