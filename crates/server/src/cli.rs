@@ -81,16 +81,27 @@ fn healthcheck(config: &Config) -> ExitCode {
     }
 }
 
+/// Binds with a large accept backlog (the default 128 overflows when thousands of clients
+/// reconnect at once after a replica drains).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 async fn serve(config: Config) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot listen on {} ({e}): is another server using it? Choose another address \
+    let listener = listen(config.bind).map_err(|e| {
+        format!(
+            "cannot listen on {} ({e}): is another server using it? Choose another address \
                  with --bind or CHANNELS_BIND",
-                config.bind
-            )
-        })?;
+            config.bind
+        )
+    })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, layer = ?config.layer_kind(), "listening");
     crate::run(listener, config, crate::signal())

@@ -20,7 +20,7 @@ use system_tests::loadgen::{self, FanoutOptions, IdleOptions, Target, proto::Pro
 )]
 struct Cli {
     /// `ws://host:port` of a replica; repeat for several (connections are spread round-robin).
-    #[arg(long = "url", required = true, global = true)]
+    #[arg(long = "url", global = true)]
     urls: Vec<String>,
     /// The protocol the targets speak.
     #[arg(long, value_enum, default_value_t = Protocol::Seed, global = true)]
@@ -86,6 +86,10 @@ enum Mode {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    anyhow::ensure!(
+        !cli.urls.is_empty(),
+        "give at least one --url ws://host:port"
+    );
     let target = Target {
         urls: cli.urls,
         protocol: cli.protocol,

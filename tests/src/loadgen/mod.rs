@@ -176,10 +176,13 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> anyhow::Result<Fan
     if opts.publishers == 0 || opts.publishers > opts.members || opts.rate <= 0.0 {
         bail!("need 1 <= publishers <= members and a positive rate");
     }
-    // Member j of group g connects to replica (g * members + j) % replicas: every group spans
-    // every replica.
+    // Member j of group g connects to replica (g * members + j + g) % replicas: every group
+    // spans every replica, and the groups' publishers (their first members) alternate too.
     let plan: Vec<(usize, String)> = (0..opts.groups * opts.members)
-        .map(|i| (i, format!("{}g{}", target.tag, i / opts.members)))
+        .map(|i| {
+            let group = i / opts.members;
+            (i + group, format!("{}g{group}", target.tag))
+        })
         .collect();
     let (conns, connect) = connect_all(target, &plan, false).await?;
     let shared = Arc::new(Shared {
@@ -197,8 +200,11 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> anyhow::Result<Fan
     let padding = "x".repeat(opts.payload_bytes);
     let mut tasks = Vec::with_capacity(conns.len());
     for (i, (sender, stream)) in conns.into_iter().enumerate() {
+        let group = i / opts.members;
         let member = Member {
-            group: i / opts.members,
+            // Publishers start spread over one period, not all on the same tick.
+            phase: Duration::from_secs_f64(group as f64 / opts.groups as f64 / opts.rate),
+            group,
             publisher: (i % opts.members < opts.publishers).then_some(i % opts.members),
             publishers: opts.publishers,
             period: Duration::from_secs_f64(1.0 / opts.rate),
@@ -261,6 +267,7 @@ pub async fn fanout(target: &Target, opts: &FanoutOptions) -> anyhow::Result<Fan
 }
 
 struct Member {
+    phase: Duration,
     group: usize,
     publisher: Option<usize>,
     publishers: usize,
@@ -299,7 +306,7 @@ impl Member {
                     if changed.is_err() { return; }
                     current = *phase.borrow();
                     if current == Phase::Measure {
-                        ticker = tokio::time::interval(self.period);
+                        ticker = tokio::time::interval_at(Instant::now() + self.phase, self.period);
                         ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
                     }
                 }

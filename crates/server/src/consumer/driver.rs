@@ -83,7 +83,7 @@ pub(crate) async fn run<C: Consumer>(
                 }
                 on_frame(&mut consumer, &mut cx, frame).await
             }
-            Event::Layer(Some(msg)) => consumer.event(&mut cx, msg).await.map_err(End::ByServer),
+            Event::Layer(Some(msg)) => on_layer(&mut consumer, &mut cx, &mut inbox, msg).await,
             Event::Layer(None) => {
                 // The layer was flushed or closed under us: this connection cannot get group
                 // messages any more, so it should reconnect.
@@ -138,6 +138,25 @@ async fn on_frame<C: Consumer>(
     };
     consumer.receive(cx, msg).await.map_err(End::ByServer)
 }
+
+/// Handles a layer message, then whatever else is already queued (up to a batch), so that one
+/// flush (one write) carries them all: under load this turns N syscalls into one.
+async fn on_layer<C: Consumer>(
+    consumer: &mut C,
+    cx: &mut Context,
+    inbox: &mut Inbox,
+    msg: Message,
+) -> Result<(), End> {
+    consumer.event(cx, msg).await.map_err(End::ByServer)?;
+    while cx.outgoing.len() < WRITE_BATCH {
+        let Some(next) = inbox.try_recv() else { break };
+        consumer.event(cx, next).await.map_err(End::ByServer)?;
+    }
+    Ok(())
+}
+
+/// Frames written per flush at most when messages are waiting.
+const WRITE_BATCH: usize = 64;
 
 /// Maps a read error: an oversized message gets 1009, a protocol violation 1002, and anything
 /// else means the connection is gone.

@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""The benchmark driver: every scenario against every system, in one run, on this machine.
+
+Systems, two replicas each on one redis-server started here:
+  rust      this project (target/release/channels-server, Redis pub/sub layer)
+  django    the tutorial's Django app under daphne with channels_redis' RedisPubSubChannelLayer
+  socketio  Socket.IO 4 on Node with @socket.io/redis-adapter (bench/socketio)
+
+Scenarios (issue 5, reference/performance.md):
+  S-fanout     10-member groups spread over both replicas, one publisher per group; the offered
+               rate doubles each step; the result is the highest delivered messages/s with zero
+               loss, no duplicate or reorder, and p99 < 50 ms
+  S-big-group  one group of 5,000 members over both replicas, one publisher at 10 messages/s
+  S-idle       idle connections joined to groups on ONE replica: RSS per connection, idle CPU
+  S-connect    connections per second (handshake plus group join), from the S-idle connect phase
+  echo         request/response round trips (context only)
+
+The same load generator (target/release/channels-loadgen) drives every system. Results go to
+bench/results/<UTC time>.json and a Markdown summary is printed. Run it with bench/run.sh, which
+builds and installs what this needs.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADGEN = ROOT / "target" / "release" / "channels-loadgen"
+PEERS = ROOT / "bench" / "peers.sh"
+PROTOCOL = {"rust": "seed", "django": "seed", "socketio": "socketio"}
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port, path, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"127.0.0.1:{port}{path} not ready after {seconds} s")
+
+
+class Redis:
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+class System:
+    """Two replicas of one system on one Redis."""
+
+    def __init__(self, kind, redis, replicas=2):
+        self.kind = kind
+        self.procs = []
+        self.ports = []
+        for _ in range(replicas):
+            port = free_port()
+            proc = subprocess.Popen([str(PEERS), kind, str(port), redis.url],
+                                    stdout=subprocess.DEVNULL, start_new_session=True)
+            self.procs.append(proc)
+            self.ports.append(port)
+        ready = subprocess.run([str(PEERS), "ready-path", kind], capture_output=True, text=True,
+                               check=True).stdout.strip()
+        for port in self.ports:
+            wait_http(port, ready)
+
+    @property
+    def urls(self):
+        return [f"ws://127.0.0.1:{p}" for p in self.ports]
+
+    @property
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def loadgen(mode, system, args, urls=None, pids=None, timeout=300):
+    cmd = [str(LOADGEN), mode, "--protocol", PROTOCOL[system.kind]]
+    for url in urls or system.urls:
+        cmd += ["--url", url]
+    for pid in pids if pids is not None else system.pids:
+        cmd += ["--pid", str(pid)]
+    cmd += [str(a) for a in args]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout)
+
+
+def passes(r):
+    return ("error" not in r and r["lost"] == 0 and r["duplicated_or_reordered"] == 0
+            and r["latency_ms"]["p99"] < 50.0)
+
+
+def brief(r):
+    if "error" in r:
+        return {"error": r["error"]}
+    return {k: r[k] for k in ("offered_publishes_per_sec", "published", "expected", "delivered",
+                              "lost", "duplicated_or_reordered", "delivered_per_sec",
+                              "latency_ms", "loadgen_cpu_percent", "servers")}
+
+
+def fanout_sweep(system, args):
+    """Doubles the publish rate until a step fails; returns (best step, all steps)."""
+    best, steps = None, []
+    rate = args.start_rate
+    tag = 0
+    while rate <= args.max_rate:
+        tag += 1
+        r = loadgen("fanout", system, ["--groups", args.groups, "--members", 10,
+                                       "--publishers", 1, "--rate", rate,
+                                       "--duration", args.step_seconds, "--drain", 2,
+                                       "--tag", f"f{tag}x"])
+        steps.append({"rate_per_publisher": rate, **brief(r)})
+        ok = passes(r)
+        log(f"  {system.kind} fanout rate {rate}/s/publisher: "
+            + ("ok " if ok else "FAIL ")
+            + (r.get("error") or f"{r['delivered_per_sec']:.0f} delivered/s, lost {r['lost']}, "
+               f"p99 {r['latency_ms']['p99']:.1f} ms"))
+        if not ok:
+            break
+        best = steps[-1]
+        rate *= 2
+    return best, steps
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--systems", default="rust,socketio,django")
+    p.add_argument("--groups", type=int, default=100, help="S-fanout groups (10 members each)")
+    p.add_argument("--start-rate", type=float, default=0.5,
+                   help="S-fanout messages/s per publisher at the first step")
+    p.add_argument("--max-rate", type=float, default=2000.0)
+    p.add_argument("--step-seconds", type=float, default=5.0)
+    p.add_argument("--big-group", type=int, default=5000)
+    p.add_argument("--idle", type=int, default=50000, help="S-idle connections (rust, socketio)")
+    p.add_argument("--idle-django", type=int, default=2000,
+                   help="S-idle connections for daphne, which accepts them far more slowly")
+    p.add_argument("--skip", default="", help="comma-separated scenarios to skip")
+    args = p.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    results = {
+        "date": started.isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                         if l.startswith("model name")), "unknown"),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+            "kernel": platform.release(),
+        },
+        "command": "bench/run.sh " + " ".join(sys.argv[1:]),
+        "systems": {},
+    }
+    redis = Redis()
+    log(f"redis-server on {redis.url}")
+    try:
+        for kind in args.systems.split(","):
+            res = results["systems"].setdefault(kind, {})
+            log(f"== {kind}")
+            if "fanout" not in skip:
+                system = System(kind, redis)
+                try:
+                    best, steps = fanout_sweep(system, args)
+                    res["fanout"] = {"best": best, "steps": steps}
+                finally:
+                    system.stop()
+            if "big-group" not in skip:
+                system = System(kind, redis)
+                try:
+                    r = loadgen("fanout", system, ["--groups", 1, "--members", args.big_group,
+                                                   "--publishers", 1, "--rate", 10,
+                                                   "--duration", 10, "--drain", 3,
+                                                   "--source-ips", 2, "--tag", "big"],
+                                timeout=400)
+                    res["big_group"] = {**brief(r), "connect": r.get("connect")}
+                    log(f"  {kind} big group: " + (r.get("error") or
+                        f"p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms,"
+                        f" lost {r['lost']}"))
+                finally:
+                    system.stop()
+            if "idle" not in skip:
+                system = System(kind, redis, replicas=1)
+                n = args.idle_django if kind == "django" else args.idle
+                try:
+                    r = loadgen("idle", system, ["--connections", n, "--groups", 1000,
+                                                 "--hold", 10, "--source-ips", 8,
+                                                 "--connect-concurrency", 200], timeout=600)
+                    res["idle"] = r
+                    log(f"  {kind} idle {n}: " + (r.get("error") or
+                        f"{r['rss_per_connection_bytes'] / 1024:.1f} KiB/conn, "
+                        f"{r['connect']['per_second']:.0f} connects/s"))
+                finally:
+                    system.stop()
+            if "echo" not in skip:
+                system = System(kind, redis, replicas=1)
+                try:
+                    res["echo"] = loadgen("echo", system, ["--connections", 100,
+                                                           "--duration", 5])
+                finally:
+                    system.stop()
+    finally:
+        redis.stop()
+
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    path = out_dir / (started.strftime("%Y-%m-%dT%H%M%SZ") + ".json")
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    log(f"results: {path.relative_to(ROOT)}")
+    print(render(results))
+
+
+def render(results):
+    """A Markdown summary with ratios to the other systems."""
+    s = results["systems"]
+    lines = [f"Run {results['date']} on {results['machine']['cpus']} CPUs "
+             f"({results['machine']['cpu']}), `{results['command']}`", ""]
+
+    def get(kind, *path):
+        v = s.get(kind, {})
+        for k in path:
+            if not isinstance(v, dict) or k not in v or v[k] is None:
+                return None
+            v = v[k]
+        return v
+
+    def ratio(a, b):
+        return f"{a / b:.1f}x" if a and b else "n/a"
+
+    kinds = list(s)
+    lines.append("| metric | " + " | ".join(kinds) + " | rust vs socketio | rust vs django |")
+    lines.append("|---" * (len(kinds) + 3) + "|")
+    rows = [
+        ("S-fanout: max delivered msg/s (0 loss, p99 < 50 ms)",
+         lambda k: get(k, "fanout", "best", "delivered_per_sec"), True),
+        ("S-fanout: p99 at that rate (ms)",
+         lambda k: get(k, "fanout", "best", "latency_ms", "p99"), False),
+        ("S-big-group: p50 (ms)", lambda k: get(k, "big_group", "latency_ms", "p50"), False),
+        ("S-big-group: p99 (ms)", lambda k: get(k, "big_group", "latency_ms", "p99"), False),
+        ("S-big-group: lost", lambda k: get(k, "big_group", "lost"), False),
+        ("S-idle: connections held", lambda k: get(k, "idle", "connect", "connections"), False),
+        ("S-idle: RSS per connection (KiB)",
+         lambda k: (get(k, "idle", "rss_per_connection_bytes") or 0) / 1024 or None, False),
+        ("S-idle: idle CPU (% of a core)",
+         lambda k: get(k, "idle", "idle", 0, "cpu_percent"), False),
+        ("S-connect: connections/s", lambda k: get(k, "idle", "connect", "per_second"), True),
+        ("echo: round trips/s (100 conns)", lambda k: get(k, "echo", "round_trips_per_sec"), True),
+    ]
+    for name, f, higher_better in rows:
+        vals = [f(k) for k in kinds]
+        cells = [("n/a" if v is None else (f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"))
+                 for v in vals]
+        rust = f("rust")
+        sio, dj = f("socketio"), f("django")
+        if higher_better:
+            extra = [ratio(rust, sio), ratio(rust, dj)]
+        else:
+            extra = ["", ""]
+        lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

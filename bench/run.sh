@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The benchmark command: builds release binaries, installs the peers' dependencies (the pinned
+# Python venv and the Socket.IO server's npm packages), raises the open-file limit, and runs
+# bench/run.py, which starts redis-server and every system and prints a Markdown summary (the
+# JSON goes to bench/results/). Arguments are passed to bench/run.py (--help lists them).
+#
+#   bench/run.sh                       # everything (about 10 minutes on 2 cores)
+#   bench/run.sh --systems rust --skip idle,echo
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+for program in redis-server node npm python3; do
+  command -v "$program" >/dev/null || {
+    echo "bench/run.sh: $program not found: install the Debian packages redis-server nodejs npm python3" >&2
+    exit 1
+  }
+done
+cargo build --release --locked -p channels-server -p system-tests \
+  --bin channels-server --bin channels-loadgen
+scripts/python-venv.sh
+bench/peers.sh setup
+# 50,000 idle connections need 100,000 descriptors on this side and the server's.
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+exec python3 bench/run.py "$@"
