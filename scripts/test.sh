@@ -50,6 +50,7 @@ if [[ -n $missing ]]; then
 fi
 
 scripts/python-venv.sh
+scripts/check-deploy.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

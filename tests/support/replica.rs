@@ -49,7 +49,11 @@ pub struct Replica {
 impl Replica {
     /// Starts a replica with `args` (e.g. `--redis-url ...`) and waits until `/readyz` is 200.
     pub async fn start(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Replica {
-        let port = free_port();
+        Self::start_on(name, free_port(), args, envs).await
+    }
+
+    /// Like [`Replica::start`], on a given port (e.g. the port of a replica that was stopped).
+    pub async fn start_on(name: &str, port: u16, args: &[&str], envs: &[(&str, &str)]) -> Replica {
         let child = Command::new(server_binary())
             .args(["--bind", &format!("127.0.0.1:{port}"), "--replica-id", name])
             .args(["--log-level", "warn"])
@@ -91,17 +95,32 @@ impl Replica {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("already stopped");
-        let pid = child.id().expect("running").to_string();
+        self.signal_term();
+        self.wait_exit(Duration::from_secs(40)).await
+    }
+
+    /// Sends SIGTERM (the drain starts) without waiting.
+    pub fn signal_term(&self) {
+        let pid = self.pid().expect("running").to_string();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap();
         assert!(sent.success(), "kill -TERM {pid} failed");
-        tokio::time::timeout(Duration::from_secs(40), child.wait())
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("already stopped");
+        tokio::time::timeout(within, child.wait())
             .await
-            .expect("replica did not exit after SIGTERM")
+            .unwrap_or_else(|_| panic!("replica {} did not exit within {within:?}", self.name))
             .unwrap()
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// Kills the process at once (SIGKILL).
@@ -141,11 +160,23 @@ pub struct Client(pub WebSocketStream<MaybeTlsStream<TcpStream>>);
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (stream, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("handshake timed out")
-            .unwrap_or_else(|e| panic!("handshake to {url} failed: {e}"));
-        Client(stream)
+        Self::connect_to_replica(url).await.0
+    }
+
+    /// Connects and returns the replica that answered (its `X-Channels-Replica` header).
+    pub async fn connect_to_replica(url: &str) -> (Client, String) {
+        let (stream, response) =
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+                .await
+                .expect("handshake timed out")
+                .unwrap_or_else(|e| panic!("handshake to {url} failed: {e}"));
+        let replica = response
+            .headers()
+            .get("x-channels-replica")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (Client(stream), replica)
     }
 
     pub async fn send_text(&mut self, text: &str) {

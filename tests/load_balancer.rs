@@ -1,0 +1,254 @@
+//! The load-balanced deployment, without Docker: a redis-server, three replica processes and
+//! nginx running the repository's own `deploy/nginx/nginx.conf` (only its ports substituted).
+
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+#[path = "support/browser.rs"]
+mod browser_support;
+#[path = "support/nginx.rs"]
+mod nginx;
+#[path = "../crates/layer/tests/support/redis_server.rs"]
+mod redis_server;
+#[path = "support/replica.rs"]
+mod replica;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use browser_support::{Browser, Session, finish};
+use nginx::Nginx;
+use redis_server::RedisServer;
+use replica::{Client, Replica};
+use serde_json::json;
+
+const PREFIX: &str = "组内主动推送消息:";
+
+/// Redis, three replicas and nginx in front of them.
+struct Deployment {
+    redis: RedisServer,
+    replicas: Vec<Replica>,
+    nginx: Nginx,
+}
+
+impl Deployment {
+    async fn start() -> Deployment {
+        let redis = RedisServer::start();
+        let mut replicas = Vec::new();
+        for i in 0..3 {
+            replicas.push(Replica::start(&format!("r{i}"), &replica_args(&redis), &[]).await);
+        }
+        let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
+        let nginx = Nginx::start(&ports).await;
+        Deployment {
+            redis,
+            replicas,
+            nginx,
+        }
+    }
+
+    /// A client through nginx, and the replica it landed on.
+    async fn connect(&self, path: &str) -> (Client, String) {
+        Client::connect_to_replica(&self.nginx.ws_url(path)).await
+    }
+
+    fn index_of(&self, name: &str) -> usize {
+        self.replicas.iter().position(|r| r.name == name).unwrap()
+    }
+
+    /// Restarts replica `i` on its old port (nginx's upstream list is fixed).
+    async fn restart(&mut self, i: usize) {
+        let port = self.replicas[i].port;
+        let name = self.replicas[i].name.clone();
+        self.replicas[i] = Replica::start_on(&name, port, &replica_args(&self.redis), &[]).await;
+    }
+}
+
+fn replica_args(redis: &RedisServer) -> Vec<&'static str> {
+    // Leaked once per replica start: tiny, and it keeps Replica::start's signature simple.
+    let url: &'static str = Box::leak(redis.url().into_boxed_str());
+    vec!["--redis-url", url, "--drain-timeout-secs", "10"]
+}
+
+/// Reads `/metrics` of one replica into `name{labels}` -> value.
+async fn metrics(port: u16) -> HashMap<String, f64> {
+    let (status, body) = replica::http_get(port, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+async fn expect_chat(client: &mut Client, text: &str) {
+    assert_eq!(client.recv_text().await, format!("{PREFIX}{text}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_chat_through_nginx_spans_the_replicas_and_metrics_count_it() {
+    let lb = Deployment::start().await;
+    let mut clients = Vec::new();
+    let mut landed = Vec::new();
+    for _ in 0..6 {
+        let (client, replica) = lb.connect("/group/lb/").await;
+        landed.push(replica);
+        clients.push(client);
+    }
+    let distinct: HashSet<&String> = landed.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "least_conn spreads the sockets: {landed:?}"
+    );
+    clients[0].send_text("hello").await;
+    for client in &mut clients {
+        expect_chat(client, "hello").await;
+    }
+    // Pages go through the same nginx.
+    assert_eq!(
+        replica::http_status(lb.nginx.port, "/chatgroup?groupID=lb").await,
+        Some(200)
+    );
+
+    // Each replica counts its own connections and frames; together they saw everything.
+    let mut total: HashMap<String, f64> = HashMap::new();
+    for r in &lb.replicas {
+        for (k, v) in metrics(r.port).await {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    assert_eq!(total["channels_connections_total"], 6.0);
+    assert_eq!(total["channels_connections_open"], 6.0);
+    assert_eq!(total["channels_messages_received_total"], 1.0);
+    assert_eq!(total["channels_messages_sent_total"], 6.0);
+    assert_eq!(total["channels_group_sends_total"], 1.0);
+    assert_eq!(total["channels_layer_ready"], 3.0);
+    assert_eq!(lb.redis.numsub(&["asgi__group__lb"]), [3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_drains_with_1001_and_everyone_keeps_chatting() {
+    let mut lb = Deployment::start().await;
+    let mut clients: Vec<(Client, String)> = Vec::new();
+    for _ in 0..9 {
+        clients.push(lb.connect("/group/roll/").await);
+    }
+    for round in 0..3 {
+        let victim = lb.replicas[round].name.clone();
+        let before = metrics(lb.replicas[round].port).await;
+        lb.replicas[round].signal_term();
+        // Every client of the draining replica gets 1001 (never 1006), and reconnects through
+        // nginx to a live replica.
+        for (client, on) in &mut clients {
+            if *on != victim {
+                continue;
+            }
+            let (code, _) = client.expect_close().await;
+            assert_eq!(code, 1001, "a client of {victim}");
+            let (fresh, landed) =
+                Client::connect_to_replica(&lb.nginx.ws_url("/group/roll/")).await;
+            assert_ne!(
+                landed, victim,
+                "nginx sent a new socket to the draining replica"
+            );
+            *client = fresh;
+            *on = landed;
+        }
+        let status = lb.replicas[round].wait_exit(Duration::from_secs(12)).await;
+        assert!(status.success(), "{victim} exited with {status}");
+        let drained = before["channels_connections_open"];
+        assert!(drained >= 1.0, "{victim} held no client before the drain");
+        // Messages sent after the reconnections reach every member.
+        clients[round].0.send_text(&format!("round{round}")).await;
+        for (client, _) in &mut clients {
+            expect_chat(client, &format!("round{round}")).await;
+        }
+        lb.restart(round).await;
+    }
+    // The restarted replicas take new sockets again.
+    let (_client, landed) = lb.connect("/group/roll/").await;
+    assert!(lb.index_of(&landed) < 3);
+}
+
+/// The texts of the lines in `#message`.
+const MESSAGE_LINES: &str =
+    "return Array.from(document.querySelectorAll('#message > div'), d => d.textContent);";
+
+async fn wait_for_line(window: &Session, line: &str) -> anyhow::Result<()> {
+    let script = "return Array.from(document.querySelectorAll('#message > div'))\
+                  .some(d => d.textContent === arguments[0]);";
+    let waited = window
+        .wait_until(&format!("the line {line:?}"), script, vec![json!(line)])
+        .await;
+    if waited.is_err() {
+        let lines = window.eval(MESSAGE_LINES, vec![]).await?;
+        return waited.with_context(|| format!("#message has {lines}"));
+    }
+    waited
+}
+
+/// Which replica holds each open WebSocket now, by each replica's own gauge.
+async fn open_per_replica(lb: &Deployment) -> Vec<f64> {
+    let mut out = Vec::new();
+    for r in &lb.replicas {
+        out.push(metrics(r.port).await["channels_connections_open"]);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browser_windows_on_different_replicas_chat_and_survive_a_drain() -> anyhow::Result<()>
+{
+    let lb = Deployment::start().await;
+    let browser = Browser::start().await?;
+    let one = browser.session("one").await?;
+    let two = match browser.session("two").await {
+        Ok(two) => two,
+        Err(e) => return finish("lb_browser", vec![one], Err(e)).await,
+    };
+    let outcome = async {
+        let page = lb.nginx.http_url("/chatgroup?groupID=lbweb");
+        one.goto(&page).await?;
+        one.wait_for_ws_state("open").await?;
+        two.goto(&page).await?;
+        two.wait_for_ws_state("open").await?;
+        let open = open_per_replica(&lb).await;
+        anyhow::ensure!(
+            open.iter().filter(|n| **n == 1.0).count() == 2,
+            "the two windows should sit on two replicas: {open:?}"
+        );
+        one.type_into("txt", "你好 from one").await?;
+        one.click("send").await?;
+        for window in [&one, &two] {
+            wait_for_line(window, &format!("{PREFIX}你好 from one")).await?;
+        }
+        // Drain the replica holding window one: its page reconnects through nginx by itself.
+        let victim = open.iter().position(|n| *n == 1.0).context("no replica")?;
+        lb.replicas[victim].signal_term();
+        let reconnected = "return window.wsConnects === 2 && window.wsState === 'open';";
+        let (moved, stayed) = (&one, &two);
+        let mut waited = false;
+        for window in [moved, stayed] {
+            if window
+                .wait_until_within(Duration::from_secs(5), "a reconnect", reconnected, vec![])
+                .await
+                .is_ok()
+            {
+                waited = true;
+                window.type_into("txt", "back again").await?;
+                window.click("send").await?;
+                break;
+            }
+        }
+        anyhow::ensure!(waited, "no window reconnected after its replica drained");
+        for window in [&one, &two] {
+            wait_for_line(window, &format!("{PREFIX}back again")).await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    finish("lb_browser", vec![one, two], outcome).await
+}
