@@ -76,6 +76,12 @@ impl Server {
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
         let stop_accepting = token.clone();
+        // Frames are small and latency matters: no Nagle delay waiting for the peer's ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let mut http = tokio::spawn(
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
