@@ -53,5 +53,5 @@ pub use layer::{ChannelLayer, LayerConfig, LayerStats};
 pub use memory::InMemoryChannelLayer;
 pub use message::{HandlerNameError, Map, Message, MessageError, Value};
 pub use name::{ChannelName, GroupName, NameError, NameKind};
-pub use redis::{RedisPubSubChannelLayer, RedisPubSubConfig};
+pub use redis::{RedisChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer, RedisPubSubConfig};
 pub use registry::Inbox;

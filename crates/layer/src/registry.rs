@@ -120,6 +120,17 @@ impl Registry {
 
     /// Queues `msg` for the local channel `name`.
     pub(crate) fn send(&self, name: &ChannelName, msg: Message) -> Result<Delivery, LayerError> {
+        self.send_until(name, msg, Instant::now() + self.config.expiry)
+    }
+
+    /// Queues `msg` for the local channel `name`, to expire at `deadline` (a backend that knows
+    /// when the message was sent passes what is left of its expiry).
+    pub(crate) fn send_until(
+        &self,
+        name: &ChannelName,
+        msg: Message,
+        deadline: Instant,
+    ) -> Result<Delivery, LayerError> {
         let queue = {
             let state = lock(&self.state);
             if state.closed {
@@ -132,7 +143,7 @@ impl Registry {
             tracing::debug!(channel = %name, "send to a channel with no local inbox dropped");
             return Ok(Delivery::NoReceiver);
         };
-        match queue.push(msg, Instant::now() + self.config.expiry, &self.counters) {
+        match queue.push(msg, deadline, &self.counters) {
             Push::Queued => {
                 Counters::add(&self.counters.delivered, 1);
                 Ok(Delivery::Queued)
@@ -267,6 +278,24 @@ impl Registry {
             state.groups.keys().cloned().collect(),
             state.channels.keys().cloned().collect(),
         )
+    }
+
+    /// Every (group, local member) pair now.
+    pub(crate) fn memberships(&self) -> HashSet<(GroupName, ChannelName)> {
+        let state = lock(&self.state);
+        state
+            .groups
+            .iter()
+            .flat_map(|(g, members)| members.keys().map(move |c| (g.clone(), c.clone())))
+            .collect()
+    }
+
+    /// Whether the local channel `channel` is a member of `group` now.
+    pub(crate) fn is_member(&self, group: &GroupName, channel: &ChannelName) -> bool {
+        lock(&self.state)
+            .groups
+            .get(group)
+            .is_some_and(|members| members.contains_key(channel))
     }
 
     /// Resolves after group membership or the set of channels changed (one waiter).

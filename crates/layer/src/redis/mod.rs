@@ -2,13 +2,15 @@
 //! optional encryption.
 
 mod conn;
+mod core;
 pub mod fernet;
 mod pubsub;
 pub mod shard;
 
 use std::time::Duration;
 
-pub use pubsub::{RedisPubSubChannelLayer, RedisPubSubConfig};
+pub use core::{RedisChannelLayer, RedisCoreConfig};
+pub use pubsub::{RedisPubSubChannelLayer, RedisPubSubConfig, group_channel};
 
 use crate::error::LayerError;
 use crate::message::{Message, MessageError};

@@ -113,6 +113,24 @@ impl RedisPubSubConfig {
     }
 }
 
+/// The Redis channel that carries `group` under `prefix`: `{prefix}__group__{group}`, as
+/// channels_redis' pub/sub layer names it. (Public for the property tests and fuzz targets.)
+///
+/// ```
+/// use channels_layer::GroupName;
+/// use channels_layer::redis::group_channel;
+/// assert_eq!(group_channel("asgi", &GroupName::new("g1")?), "asgi__group__g1");
+/// # Ok::<(), channels_layer::NameError>(())
+/// ```
+pub fn group_channel(prefix: &str, group: &GroupName) -> String {
+    format!("{}{group}", group_channel_prefix(prefix))
+}
+
+/// What every group's Redis channel starts with: `{prefix}__group__`.
+fn group_channel_prefix(prefix: &str) -> String {
+    format!("{prefix}__group__")
+}
+
 /// The Redis channels of this replica.
 #[derive(Debug)]
 struct Names {
@@ -295,7 +313,7 @@ impl RedisPubSubChannelLayer {
             ))
         })?;
         let names = Names {
-            group: format!("{}__group__", config.prefix),
+            group: group_channel_prefix(&config.prefix),
             pattern: format!("{specific}!*"),
             specific,
         };

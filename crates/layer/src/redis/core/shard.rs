@@ -1,0 +1,169 @@
+//! One Redis host of the core layer: a pool for ordinary commands, dedicated connections for
+//! blocking pops and health checks, and every call bounded by a deadline.
+
+use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, FromRedisValue};
+use tokio::sync::Notify;
+
+use super::Inner;
+use crate::error::LayerError;
+use crate::redis::conn::{HostUrl, bounded};
+
+#[derive(Debug)]
+pub(super) struct Shard {
+    pub(super) host: HostUrl,
+    client: redis::Client,
+    pool: Pool,
+    /// Whether the health loop reached this host at its latest check, after putting back the
+    /// memberships it holds. Any failed call clears it, so that the next good check writes
+    /// the memberships again (the host may have restarted empty).
+    pub(super) healthy: AtomicBool,
+    /// Times a healthy host stopped answering.
+    pub(super) disconnects: AtomicU64,
+    /// Wakes the health loop early when another call saw the host fail.
+    wake: Notify,
+}
+
+impl Shard {
+    pub(super) fn new(url: &str, timeout: Duration, pool_size: usize) -> Result<Self, LayerError> {
+        let host = HostUrl::parse(url)?;
+        let client = redis::Client::open(url)
+            .map_err(|e| LayerError::Config(format!("{}: {e}", host.display())))?;
+        Ok(Self {
+            pool: host.pool(timeout, pool_size)?,
+            host,
+            client,
+            healthy: AtomicBool::new(false),
+            disconnects: AtomicU64::new(0),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Records that a call failed; logs once per outage.
+    pub(super) fn mark_down(&self, error: &LayerError) {
+        if self.healthy.swap(false, Ordering::SeqCst) {
+            self.disconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, host = self.host.display(), "redis shard unreachable: reconnecting");
+            self.wake.notify_one();
+        }
+    }
+
+    /// A connection of its own, for a blocking command or a health check. redis-rs' own
+    /// response timeout (500 ms) is off: the caller bounds each call, longer for a blocking pop.
+    pub(super) async fn dedicated(
+        &self,
+        timeout: Duration,
+    ) -> Result<MultiplexedConnection, LayerError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(None);
+        bounded(
+            &self.host,
+            timeout,
+            "connect",
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+    }
+
+    /// Runs one command on a pooled connection within `timeout`.
+    pub(super) async fn query<T: FromRedisValue>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, LayerError> {
+        bounded(&self.host, timeout, what, async {
+            let mut conn = self.pool.get().await.map_err(pool_error)?;
+            cmd.query_async(&mut conn).await
+        })
+        .await
+        .inspect_err(|error| self.mark_down(error))
+    }
+
+    /// Runs a pipeline on a pooled connection within `timeout`.
+    pub(super) async fn pipeline<T: FromRedisValue>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, LayerError> {
+        bounded(&self.host, timeout, what, async {
+            let mut conn = self.pool.get().await.map_err(pool_error)?;
+            pipe.query_async(&mut conn).await
+        })
+        .await
+        .inspect_err(|error| self.mark_down(error))
+    }
+}
+
+/// A pool failure (no connection could be made or recycled) as a Redis I/O error.
+fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        e.to_string(),
+    ))
+}
+
+/// Pings shard `i` every `ping_interval` on a connection of its own. When the shard answers
+/// again after a failure (or for the first time), the memberships it holds are written again
+/// before it counts as healthy: a restarted Redis may have come back empty.
+pub(super) async fn health_loop(inner: Weak<Inner>, i: usize) {
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let Some(layer) = inner.upgrade() else { return };
+        let shard = &layer.shards[i];
+        let result = check(&layer, i, &mut conn).await;
+        let wait = match result {
+            Ok(()) => {
+                delay = Duration::from_millis(50);
+                layer.ping_interval
+            }
+            Err(error) => {
+                conn = None;
+                shard.mark_down(&error);
+                tracing::debug!(%error, "redis shard health check failed");
+                let wait = delay;
+                delay = (delay * 2).min(layer.reconnect_max_delay);
+                wait
+            }
+        };
+        // Holding the layer for one wait only delays its drop by at most that wait.
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shard.wake.notified() => {}
+        }
+    }
+}
+
+async fn check(
+    layer: &Inner,
+    i: usize,
+    conn: &mut Option<MultiplexedConnection>,
+) -> Result<(), LayerError> {
+    let shard = &layer.shards[i];
+    let c = match conn {
+        Some(c) => c,
+        None => conn.insert(shard.dedicated(layer.timeout).await?),
+    };
+    bounded(
+        &shard.host,
+        layer.timeout,
+        "PING",
+        redis::cmd("PING").query_async::<()>(c),
+    )
+    .await?;
+    if !shard.healthy.load(Ordering::SeqCst) {
+        layer.resync(i).await?;
+        shard.healthy.store(true, Ordering::SeqCst);
+        tracing::info!(host = shard.host.display(), "redis shard connected");
+    }
+    Ok(())
+}
