@@ -112,7 +112,12 @@ case "$cmd" in
         bin="$(rust_bin)"
         [ -x "$bin" ] || die "$bin is missing: cargo build --release -p channels-server"
         raise_nofile
-        exec "$bin" --bind "127.0.0.1:$1" --redis-url "$2" --log-level warn
+        # The benchmark's publishers send thousands of messages/s on one connection and its
+        # idle test opens thousands per source address: lift the per-connection message rate
+        # and per-address connection caps (abuse limits, not capacity limits). The peers have
+        # no such limits.
+        exec "$bin" --bind "127.0.0.1:$1" --redis-url "$2" --log-level warn \
+            --max-messages-per-second 0 --max-connections-per-ip 0
         ;;
     wait)
         [ $# -ge 2 ] || usage

@@ -252,3 +252,45 @@ async fn two_browser_windows_on_different_replicas_chat_and_survive_a_drain() ->
     .await;
     finish("lb_browser", vec![one, two], outcome).await
 }
+
+/// The status of a WebSocket handshake to `url` with this Origin header.
+async fn handshake_status(url: &str, origin: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => 101,
+        Err(Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("handshake with Origin {origin}: {other}"),
+    }
+}
+
+/// The default Origin check behind nginx: nginx forwards the browser's Host (`$http_host`), so
+/// a page served through nginx may open its socket, and another site's page gets the replica's
+/// 403 (which nginx passes on: it retries only errors and 503s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_check_works_through_nginx() {
+    let lb = Deployment::start().await;
+    let url = lb.nginx.ws_url("/group/origin/");
+    let own = format!("http://127.0.0.1:{}", lb.nginx.port);
+    assert_eq!(handshake_status(&url, &own).await, 101);
+    for evil in [
+        "https://evil.example",
+        "http://127.0.0.1",
+        "http://127.0.0.1.evil.example",
+        "null",
+    ] {
+        assert_eq!(handshake_status(&url, evil).await, 403, "Origin {evil}");
+    }
+    let mut refused = 0.0;
+    for r in &lb.replicas {
+        let m = metrics(r.port).await;
+        refused += m
+            .get("channels_handshakes_refused_total{reason=\"origin\"}")
+            .copied()
+            .unwrap_or(0.0);
+    }
+    assert_eq!(refused, 4.0);
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use channels_layer::{
-    ChannelLayer, InMemoryChannelLayer, LayerConfig, LayerError, RedisPubSubChannelLayer,
-    RedisPubSubConfig,
+    ChannelLayer, InMemoryChannelLayer, LayerConfig, LayerError, RedisChannelLayer,
+    RedisCoreConfig, RedisPubSubChannelLayer, RedisPubSubConfig,
 };
 use clap::{Parser, ValueEnum};
 
@@ -23,6 +23,9 @@ pub enum LayerKind {
     /// Redis pub/sub, wire-compatible with channels_redis' `RedisPubSubChannelLayer`: replicas
     /// and Django processes on the same Redis share groups.
     RedisPubsub,
+    /// Redis sorted sets, wire-compatible with channels_redis' `RedisChannelLayer` (the core
+    /// layer, Django's usual setting): to join an existing Django deployment that uses it.
+    RedisCore,
 }
 
 /// Log line format.
@@ -61,7 +64,8 @@ pub struct Config {
     #[arg(long, env = "CHANNELS_PREFIX", default_value = "asgi")]
     pub prefix: String,
 
-    /// This replica's id in its channel names [default: random].
+    /// This replica's id in its channel names [default: random]. The redis-core layer names
+    /// channels with a random UUID per process instead, as channels_redis does.
     #[arg(long, env = "CHANNELS_REPLICA_ID")]
     pub replica_id: Option<String>,
 
@@ -93,9 +97,58 @@ pub struct Config {
     #[arg(long, env = "CHANNELS_CAPACITY", default_value_t = 100)]
     pub capacity: usize,
 
-    /// Seconds a client may take to read what the server writes before it is closed as slow.
+    /// Seconds a write to a client may stay blocked (the client not reading) before the
+    /// connection is closed with 4008.
     #[arg(long, env = "CHANNELS_WRITE_TIMEOUT", default_value_t = 10)]
     pub write_timeout_secs: u64,
+
+    /// Bytes of messages waiting for one client (written by the server, not yet taken by the
+    /// operating system) above which the connection is closed with 4008 as a slow consumer.
+    #[arg(long, env = "CHANNELS_MAX_QUEUED_BYTES", default_value_t = 1024 * 1024)]
+    pub max_queued_bytes: usize,
+
+    /// Origins allowed to open a WebSocket, comma-separated, with Channels' `OriginValidator`
+    /// rules: `*` any; `example.com` that host on any scheme and port; `.example.com` that domain
+    /// and its subdomains; `https://example.com[:port]` exactly that scheme, host and port.
+    /// Empty (the default): only the host the request was sent to (its `Host` header). A request
+    /// without an Origin header is always accepted; any other gets HTTP 403.
+    #[arg(
+        long = "allowed-origins",
+        env = "CHANNELS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_parser = crate::origin::validate_pattern
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Messages per second a client may send on one connection (a token bucket with a burst of
+    /// twice this); past it the connection is closed with 1008. 0: no limit.
+    #[arg(long, env = "CHANNELS_MAX_MESSAGES_PER_SECOND", default_value_t = 20)]
+    pub max_messages_per_second: u32,
+
+    /// WebSocket connections this replica holds at most; further handshakes get HTTP 503.
+    /// 0: no limit.
+    #[arg(long, env = "CHANNELS_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// WebSocket connections one client address may hold at most; further handshakes get HTTP
+    /// 429. Behind a proxy every client has the proxy's address: use 0 (no limit) there and
+    /// limit per client at the proxy.
+    #[arg(long, env = "CHANNELS_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+
+    /// Seconds a client may take to send a request's headers (the WebSocket handshake included);
+    /// slower connections are closed (slowloris). 0: no limit.
+    #[arg(long, env = "CHANNELS_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+
+    /// Seconds of silence from a client after which the server sends it a ping. 0: no pings.
+    #[arg(long, env = "CHANNELS_PING_INTERVAL", default_value_t = 25)]
+    pub ping_interval_secs: u64,
+
+    /// Seconds the client has to answer a ping (with a pong or any other frame) before the
+    /// connection is closed with 4009.
+    #[arg(long, env = "CHANNELS_PONG_TIMEOUT", default_value_t = 10)]
+    pub pong_timeout_secs: u64,
 
     /// Seconds a SIGTERM/SIGINT drain may take: connections are closed with 1001 in batches
     /// spread over the first half of it, and the process exits when they are gone or the time is
@@ -128,6 +181,14 @@ impl Default for Config {
             max_message_size: 64 * 1024,
             capacity: 100,
             write_timeout_secs: 10,
+            max_queued_bytes: 1024 * 1024,
+            allowed_origins: Vec::new(),
+            max_messages_per_second: 20,
+            max_connections: 100_000,
+            max_connections_per_ip: 1000,
+            handshake_timeout_secs: 10,
+            ping_interval_secs: 25,
+            pong_timeout_secs: 10,
             drain_timeout_secs: 30,
             drain_batch: 500,
             healthcheck: false,
@@ -182,6 +243,18 @@ impl Config {
                 config.local = local;
                 Arc::new(RedisPubSubChannelLayer::connect(config).await?)
             }
+            LayerKind::RedisCore => {
+                if self.redis_urls.is_empty() {
+                    return Err(LayerError::Config(
+                        "--layer redis-core needs --redis-url (or CHANNELS_REDIS_URL)".to_owned(),
+                    ));
+                }
+                let mut config = RedisCoreConfig::new(self.redis_urls.clone());
+                config.prefix.clone_from(&self.prefix);
+                config.encryption_keys.clone_from(&self.encryption_keys);
+                config.local = local;
+                Arc::new(RedisChannelLayer::connect(config).await?)
+            }
         })
     }
 
@@ -202,7 +275,17 @@ impl Config {
             drain_batch: self.drain_batch,
             drain_interval: Duration::from_millis(200),
             drain_spread: self.drain_timeout() / 2,
+            max_queued_bytes: self.max_queued_bytes,
+            max_messages_per_second: self.max_messages_per_second,
+            ping_interval: (self.ping_interval_secs > 0)
+                .then(|| Duration::from_secs(self.ping_interval_secs)),
+            pong_timeout: Duration::from_secs(self.pong_timeout_secs),
         }
+    }
+
+    /// How long a client may take to send a request's headers; `None`: no limit.
+    pub fn handshake_timeout(&self) -> Option<Duration> {
+        (self.handshake_timeout_secs > 0).then(|| Duration::from_secs(self.handshake_timeout_secs))
     }
 }
 
@@ -224,6 +307,34 @@ mod tests {
         assert_eq!(c.redis_urls.len(), 2);
         let c = Config::try_parse_from(["channels-server", "--layer", "redis-pubsub"]).unwrap();
         assert_eq!(c.layer_kind(), LayerKind::RedisPubsub);
+    }
+
+    #[test]
+    fn redis_core_is_selected_by_flag_or_environment_name() {
+        let c = Config::try_parse_from([
+            "channels-server",
+            "--layer",
+            "redis-core",
+            "--redis-url",
+            "redis://a:6379/0",
+        ])
+        .unwrap();
+        assert_eq!(c.layer_kind(), LayerKind::RedisCore);
+        // CHANNELS_LAYER takes the same value names as the flag.
+        assert_eq!(
+            LayerKind::from_str("redis-core", false),
+            Ok(LayerKind::RedisCore)
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_core_without_a_url_says_what_is_missing() {
+        let c = Config::try_parse_from(["channels-server", "--layer", "redis-core"]).unwrap();
+        let err = c.build_layer().await.unwrap_err().to_string();
+        assert!(
+            err.contains("--layer redis-core needs --redis-url"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -13,11 +13,13 @@
 //! The binary `channels-server` only parses the configuration, sets up logging, binds, and
 //! calls [`run`]; tests call the same function on `127.0.0.1:0`.
 
+mod caps;
 pub mod chat;
 pub mod cli;
 mod config;
 pub mod consumer;
 mod metrics;
+mod origin;
 pub mod routing;
 mod server;
 mod shutdown;

@@ -20,6 +20,9 @@ pub(crate) enum Refusal {
     Draining,
     Denied,
     LayerUnavailable,
+    Origin,
+    MaxConnections,
+    MaxConnectionsPerIp,
 }
 
 impl Refusal {
@@ -29,6 +32,9 @@ impl Refusal {
             Refusal::Draining => "draining",
             Refusal::Denied => "denied",
             Refusal::LayerUnavailable => "layer_unavailable",
+            Refusal::Origin => "origin",
+            Refusal::MaxConnections => "max_connections",
+            Refusal::MaxConnectionsPerIp => "max_connections_per_ip",
         }
     }
 }
@@ -42,6 +48,7 @@ pub(crate) struct Metrics {
     messages_out: AtomicU64,
     group_sends: AtomicU64,
     group_send_errors: AtomicU64,
+    header_timeouts: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Close codes: sent by the server, or received from clients (`None`: no close frame).
     closes: Mutex<BTreeMap<(&'static str, Option<u16>), u64>>,
@@ -79,6 +86,11 @@ impl Metrics {
         }
     }
 
+    /// An HTTP connection closed because its request headers were not sent in time.
+    pub(crate) fn header_timeout(&self) {
+        self.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn refused(&self, why: Refusal) {
         bump(&self.refused, why.label());
     }
@@ -105,7 +117,7 @@ impl Metrics {
                 self.connections_open.load(Ordering::Relaxed).max(0) as u64,
             )],
         );
-        let simple: [(&str, &str, u64); 5] = [
+        let simple: [(&str, &str, u64); 6] = [
             (
                 "channels_connections_total",
                 "WebSocket connections accepted.",
@@ -130,6 +142,11 @@ impl Metrics {
                 "channels_group_send_errors_total",
                 "group_send calls that failed (layer unavailable).",
                 load(&self.group_send_errors),
+            ),
+            (
+                "channels_http_header_timeouts_total",
+                "HTTP connections closed for sending their request headers too slowly.",
+                load(&self.header_timeouts),
             ),
         ];
         for (name, help, value) in simple {

@@ -1,18 +1,23 @@
 //! The server: HTTP routes, WebSocket routes, and the shutdown sequence.
 
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use axum::routing::get;
 use channels_layer::{ChannelLayer, LayerError};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
+use tower_service::Service;
 
+use crate::caps::ConnectionCaps;
 use crate::config::Config;
+use crate::origin::OriginPolicy;
 use crate::routing::WsRouter;
-use crate::state::AppState;
+use crate::state::{Admission, AppState};
 use crate::upgrade::dispatch;
 
 /// Why the server stopped with an error.
@@ -32,15 +37,21 @@ pub enum ServerError {
 pub struct Server {
     state: AppState,
     drain_timeout: Duration,
+    handshake_timeout: Option<Duration>,
 }
 
 impl Server {
     /// A server for `routes` over `layer`, with the limits from `config`.
     pub fn new(config: &Config, layer: Arc<dyn ChannelLayer>, routes: WsRouter) -> Self {
         let replica = config.clone().replica_id();
+        let admission = Admission {
+            origins: OriginPolicy::new(&config.allowed_origins),
+            caps: ConnectionCaps::new(config.max_connections, config.max_connections_per_ip),
+        };
         Self {
-            state: AppState::new(layer, routes, config.limits(), replica),
+            state: AppState::new(layer, routes, config.limits(), replica, admission),
             drain_timeout: config.drain_timeout(),
+            handshake_timeout: config.handshake_timeout(),
         }
     }
 
@@ -72,21 +83,12 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let token = self.state.shutdown().clone();
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let stop_accepting = token.clone();
-        // Frames are small and latency matters: no Nagle delay waiting for the peer's ACK.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        let mut http = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
-                .into_future(),
-        );
+        let mut http = tokio::spawn(accept(
+            listener,
+            self.router(),
+            self.state.clone(),
+            self.handshake_timeout,
+        ));
         let early = tokio::select! {
             () = shutdown => None,
             result = &mut http => Some(result),
@@ -119,6 +121,96 @@ impl Server {
             Err(join) => Err(ServerError::Io(std::io::Error::other(join))),
         }
     }
+}
+
+/// Accepts connections and serves HTTP/1.1 on each (with upgrades) until the shutdown starts;
+/// then stops accepting, lets each HTTP connection finish its request, and returns when they
+/// have. Upgraded WebSockets are not HTTP connections any more: the [`TaskTracker`] of the
+/// state tracks them and the shutdown drains them.
+///
+/// Unlike `axum::serve` (0.8), this gives every connection a deadline for its request headers
+/// (slowloris), from the moment it is accepted, and for each later request on a kept-alive
+/// connection.
+///
+/// [`TaskTracker`]: tokio_util::task::TaskTracker
+async fn accept(
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    header_timeout: Option<Duration>,
+) -> std::io::Result<()> {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let http1 = Arc::new(http1);
+    let stop = state.shutdown().clone();
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_error(error).await;
+                    continue;
+                }
+            },
+        };
+        // Frames are small and latency matters: no Nagle delay waiting for the peer's ACK.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let router = router.clone();
+        // The peer address reaches the handlers as axum's `ConnectInfo`, as with
+        // `into_make_service_with_connect_info`.
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().call(req)
+        });
+        let http1 = Arc::clone(&http1);
+        let stop = stop.clone();
+        let state = state.clone();
+        connections.spawn(async move {
+            let conn = http1
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(error) = result {
+                if error.is_timeout() {
+                    state.metrics().header_timeout();
+                    tracing::debug!(%peer, "request headers not received in time: closed");
+                } else {
+                    tracing::debug!(%peer, %error, "http connection ended with an error");
+                }
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// An `accept` error: a failed handshake of one connection is skipped; anything else (out of
+/// file descriptors) is logged and retried after a pause, as `axum::serve` does.
+async fn accept_error(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "accept failed: retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Ready when the channel layer can carry messages and the server is not draining; a load

@@ -8,7 +8,9 @@ use channels_layer::ChannelLayer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::caps::ConnectionCaps;
 use crate::metrics::Metrics;
+use crate::origin::OriginPolicy;
 use crate::routing::WsRouter;
 
 /// Per-connection limits.
@@ -32,6 +34,14 @@ pub(crate) struct Limits {
     pub(crate) drain_interval: Duration,
     /// The last batch starts at most this long after the shutdown began.
     pub(crate) drain_spread: Duration,
+    /// Bytes waiting for a client above which it is closed as slow (4008).
+    pub(crate) max_queued_bytes: usize,
+    /// Messages per second a client may send (burst: twice this); 0: no limit.
+    pub(crate) max_messages_per_second: u32,
+    /// Silence from the client after which the server pings it; `None`: no pings.
+    pub(crate) ping_interval: Option<Duration>,
+    /// Time the client has to answer a ping.
+    pub(crate) pong_timeout: Duration,
 }
 
 /// The server's shared state: cheap to clone.
@@ -49,6 +59,15 @@ struct Shared {
     drain_tickets: AtomicU64,
     metrics: Metrics,
     replica: String,
+    origins: OriginPolicy,
+    caps: Arc<ConnectionCaps>,
+}
+
+/// Who may open a WebSocket: the Origin rules and the connection caps.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub(crate) origins: OriginPolicy,
+    pub(crate) caps: ConnectionCaps,
 }
 
 impl AppState {
@@ -57,6 +76,7 @@ impl AppState {
         routes: WsRouter,
         limits: Limits,
         replica: String,
+        admission: Admission,
     ) -> Self {
         Self(Arc::new(Shared {
             layer,
@@ -68,6 +88,8 @@ impl AppState {
             drain_tickets: AtomicU64::new(0),
             metrics: Metrics::default(),
             replica,
+            origins: admission.origins,
+            caps: Arc::new(admission.caps),
         }))
     }
 
@@ -95,6 +117,16 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// The Origin rules of WebSocket handshakes.
+    pub(crate) fn origins(&self) -> &OriginPolicy {
+        &self.0.origins
+    }
+
+    /// The connection caps.
+    pub(crate) fn caps(&self) -> &Arc<ConnectionCaps> {
+        &self.0.caps
     }
 
     /// This replica's id, sent as `X-Channels-Replica`.

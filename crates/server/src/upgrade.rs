@@ -16,6 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
+use crate::caps::{CapGuard, CapRefusal};
 use crate::consumer::driver;
 use crate::consumer::{Consumer, Context, Scope};
 use crate::metrics::Refusal;
@@ -26,6 +27,8 @@ pub(crate) struct Connecting {
     ws: WebSocketUpgrade,
     scope: Scope,
     state: AppState,
+    /// This connection's places under the connection caps, held until it ends.
+    cap: CapGuard,
 }
 
 fn is_websocket_handshake(req: &Request) -> bool {
@@ -45,6 +48,29 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
         return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n").into_response();
     }
     let (mut parts, _body) = req.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    if let Err(refusal) = state.origins().check(&parts.headers) {
+        // The origin (shortened, escaped) and the peer: enough to diagnose a misconfigured
+        // allowlist, without the other headers (cookies, tokens).
+        let origin = parts.headers.get(header::ORIGIN).map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(100)
+                .collect::<String>()
+        });
+        tracing::info!(
+            reason = refusal.as_str(),
+            ?origin,
+            peer = ?peer.map(|p| p.ip()),
+            path = parts.uri.path(),
+            "websocket handshake refused: origin"
+        );
+        state.metrics().refused(Refusal::Origin);
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
     let Ok(path) = percent_encoding::percent_decode_str(parts.uri.path()).decode_utf8() else {
         return (StatusCode::BAD_REQUEST, "path is not valid UTF-8\n").into_response();
     };
@@ -54,6 +80,26 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
         state.metrics().refused(Refusal::NotFound);
         return (StatusCode::NOT_FOUND, "no WebSocket route for this path\n").into_response();
     };
+    let cap = match state.caps().admit(peer.map(|p| p.ip())) {
+        Ok(cap) => cap,
+        Err(CapRefusal::Replica) => {
+            tracing::info!("websocket handshake refused: --max-connections reached");
+            state.metrics().refused(Refusal::MaxConnections);
+            return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+        }
+        Err(CapRefusal::PerAddress) => {
+            tracing::info!(
+                peer = ?peer.map(|p| p.ip()),
+                "websocket handshake refused: --max-connections-per-ip reached"
+            );
+            state.metrics().refused(Refusal::MaxConnectionsPerIp);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address\n",
+            )
+                .into_response();
+        }
+    };
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
@@ -61,19 +107,28 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
     let scope = Scope {
         path,
         query_string: parts.uri.query().unwrap_or_default().to_owned(),
-        client: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0),
+        client: peer,
         headers: parts.headers,
         url_route,
     };
-    endpoint.start(Connecting { ws, scope, state }).await
+    endpoint
+        .start(Connecting {
+            ws,
+            scope,
+            state,
+            cap,
+        })
+        .await
 }
 
 /// Creates the connection's channel, runs `connect`, and upgrades if it accepted.
 pub(crate) async fn start<C: Consumer>(mut consumer: C, connecting: Connecting) -> Response {
-    let Connecting { ws, scope, state } = connecting;
+    let Connecting {
+        ws,
+        scope,
+        state,
+        cap,
+    } = connecting;
     let span = tracing::info_span!("ws", conn_id = state.next_conn_id(), path = %scope.path);
     let limits = *state.limits();
     let accepted = async {
@@ -118,7 +173,7 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, connecting: Connecting) 
         })
         .on_upgrade(move |socket| {
             async move {
-                let _tracked = token;
+                let _tracked = (token, cap);
                 driver::run(socket, consumer, cx, inbox).await;
             }
             .instrument(span)

@@ -29,7 +29,7 @@
 //!   reject an empty id anyway.
 //! - The group page shows `[连接已断开!]` when the socket closes, whoever closed it; the
 //!   tutorial's group page printed it only from its close button.
-//! - After an unexpected close (1001, 1006, 1011, 1012, 1013, 4008) the pages reconnect by
+//! - After an unexpected close (1001, 1006, 1011, 1012, 1013, 4008, 4009) the pages reconnect by
 //!   themselves, with exponential backoff and full jitter, and never after 1000 (the echo
 //!   chat's `exit`), 1003, 1008, 1009, 4400 or the close button; [`reconnect`] has the numbers.
 //!   A reconnect opens the same path, so the group page rejoins its group. The tutorial's pages

@@ -6,10 +6,12 @@
 //! | 1001 | [`Close::GOING_AWAY`] | the server is shutting down or draining | yes, at once (another replica) |
 //! | 1003 | [`Close::UNSUPPORTED`] | a frame type the consumer does not take (binary to the echo chat) | no |
 //! | 1008 | [`Close::POLICY`] | the client broke a rule | no |
+//! | 1008 | [`Close::RATE_LIMIT`] (reason `rate limit`) | the client sent more than `--max-messages-per-second` (burst: twice that) | no (not at once: the limit holds for a new connection too) |
 //! | 1009 | [`Close::TOO_BIG`] | a message over the size limit (64 KiB by default) | no |
 //! | 1011 | [`Close::INTERNAL`] | a server error; details are logged, never sent | yes, with backoff |
 //! | 1013 | [`Close::TRY_AGAIN_LATER`] | the channel layer (Redis) is unavailable: a group message could not be sent, or the group could not be joined | yes, with backoff |
-//! | 4008 | [`Close::SLOW`] | the client did not read its messages fast enough | yes, with backoff |
+//! | 4008 | [`Close::SLOW`] | the client did not read its messages fast enough: more than `--max-queued-bytes` waited for it, or a write stayed blocked for `--write-timeout-secs` | yes, with backoff |
+//! | 4009 | [`Close::NO_PONG`] | the client did not answer a server ping within `--pong-timeout-secs` (dead peer, suspended tab, broken network) | yes, with backoff |
 //! | 4400 | [`Close::INVALID_GROUP`] | the URL names a group that Channels would reject (non-ASCII, 100+ characters) | no |
 //!
 //! Codes 4000–4999 are the application range of RFC 6455. A consumer that returns an error from
@@ -42,8 +44,12 @@ impl Close {
     pub const INTERNAL: Close = Close::new(1011, "internal error");
     /// 1013: the channel layer is unavailable; the client should retry later.
     pub const TRY_AGAIN_LATER: Close = Close::new(1013, "channel layer unavailable");
+    /// 1008 with reason `rate limit`: the client sent messages faster than its rate limit.
+    pub const RATE_LIMIT: Close = Close::new(1008, "rate limit");
     /// 4008: the client cannot keep up with its messages.
     pub const SLOW: Close = Close::new(4008, "slow consumer");
+    /// 4009: the client did not answer a ping in time.
+    pub const NO_PONG: Close = Close::new(4009, "no pong");
     /// 4400: the group named in the URL is not a valid Channels group name.
     pub const INVALID_GROUP: Close = Close::new(4400, "invalid group name");
 

@@ -1,25 +1,40 @@
-//! The per-connection loop: one task selects over shutdown, client frames and the inbox.
+//! The per-connection loop: one task selects over shutdown, client frames, the inbox and one
+//! timer.
 //!
 //! This replaces Channels' `await_many_dispatch`. Each iteration waits for one event, hands it
-//! to the consumer, then writes the frames the handler queued. Writes have a deadline: a client
-//! that does not read is closed with [`Close::SLOW`], and while it is stuck its inbox fills and
-//! the layer drops (and counts) further group messages for it, so it never holds up anyone else.
+//! to the consumer, and queues the frames the handler produced in the connection's [`Outbox`],
+//! which is written while the loop waits for the next event (in the same poll as the socket
+//! read: this loop is the only place that reads the socket). A client that does not read is
+//! closed with [`Close::SLOW`] once more than `--max-queued-bytes` wait for it or its writes
+//! have been stuck for `--write-timeout-secs`, so it never holds up anyone else, and the memory
+//! it can pin is bounded.
+//!
+//! The one timer is set to the earliest of: this connection's drain time (after a shutdown
+//! began), the keepalive check ([`Keepalive`]: ping a silent client, close with
+//! [`Close::NO_PONG`] if it does not answer) and the write-stall check. Frames from the client
+//! pass the [`RateLimit`] first ([`Close::RATE_LIMIT`] past it).
+
+use std::task::Poll;
 
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket};
 use channels_layer::{Inbox, Message};
-use futures_util::SinkExt;
+use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use super::context::{ClientMessage, Context, Outgoing};
+use super::outbox::Outbox;
+use super::watch::{Keepalive, Liveness, RateLimit};
 use super::{Close, Consumer};
 use crate::state::Limits;
 
 enum Event {
     /// The server began shutting down: pick this connection's drain time.
     ShutdownBegan,
-    /// This connection's drain time came: close it.
-    Drain,
+    /// The connection's timer: the drain time, a keepalive check or a write check is due.
+    Timer,
     Frame(Option<Result<Frame, axum::Error>>),
+    /// Writing to the socket failed: the connection is gone.
+    WriteFailed(axum::Error),
     Layer(Option<Message>),
 }
 
@@ -45,29 +60,41 @@ pub(crate) async fn run<C: Consumer>(
     let shutdown = state.shutdown().clone();
     state.metrics().connection_opened();
     tracing::debug!(channel = %cx.channel_name(), "connected");
+    let now = Instant::now();
+    let mut outbox = Outbox::new(limits.write_timeout);
+    let mut rate = RateLimit::new(limits.max_messages_per_second, now);
+    let mut keepalive = Keepalive::new(limits.ping_interval, limits.pong_timeout, now);
+    let timer = tokio::time::sleep_until(now);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     // Frames queued by `connect`, and a close it asked for.
-    let mut end = match flush(&mut socket, &mut cx, &limits).await {
+    let mut end = match queue(&mut outbox, &mut cx, &limits) {
         Err(end) => Some(end),
         Ok(()) => cx.close.take().map(End::ByServer),
     };
     let mut drain_at: Option<Instant> = None;
     while end.is_none() {
-        let going_away = async {
-            match drain_at {
-                Some(at) => {
-                    tokio::time::sleep_until(at).await;
-                    Event::Drain
-                }
-                None => {
-                    shutdown.cancelled().await;
-                    Event::ShutdownBegan
-                }
-            }
-        };
+        let due = [drain_at, keepalive.check_at(), outbox.check_at()]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(due) = due
+            && armed != Some(due)
+        {
+            timer.as_mut().reset(due);
+            armed = Some(due);
+        }
         let event = tokio::select! {
             biased;
-            event = going_away => event,
-            frame = socket.recv() => Event::Frame(frame),
+            () = shutdown.cancelled(), if drain_at.is_none() => Event::ShutdownBegan,
+            () = &mut timer, if due.is_some() => Event::Timer,
+            event = std::future::poll_fn(|task| {
+                // Write what waits, then read: both directions in one poll.
+                if let Err(error) = outbox.poll_write(&mut socket, task) {
+                    return Poll::Ready(Event::WriteFailed(error));
+                }
+                socket.poll_next_unpin(task).map(Event::Frame)
+            }) => event,
             msg = inbox.recv() => Event::Layer(msg),
         };
         let handled = match event {
@@ -76,12 +103,32 @@ pub(crate) async fn run<C: Consumer>(
                 drain_at = Some(Instant::now() + state.drain_delay());
                 Ok(())
             }
-            Event::Drain => Err(End::ByServer(Close::GOING_AWAY)),
+            Event::Timer => {
+                // Never earlier than the time the timer was set for.
+                let now = armed.map_or_else(Instant::now, |at| Instant::now().max(at));
+                on_timer(now, drain_at, &mut outbox, &mut keepalive)
+            }
             Event::Frame(frame) => {
-                if matches!(frame, Some(Ok(Frame::Text(_) | Frame::Binary(_)))) {
+                let now = Instant::now();
+                keepalive.seen(now);
+                let data = matches!(frame, Some(Ok(Frame::Text(_) | Frame::Binary(_))));
+                if data {
                     state.metrics().message_in();
                 }
-                on_frame(&mut consumer, &mut cx, frame).await
+                let counted = data || matches!(frame, Some(Ok(Frame::Ping(_) | Frame::Pong(_))));
+                if counted && !rate.take(now) {
+                    tracing::info!(
+                        close_code = Close::RATE_LIMIT.code,
+                        "client over its message rate: closing"
+                    );
+                    Err(End::ByServer(Close::RATE_LIMIT))
+                } else {
+                    on_frame(&mut consumer, &mut cx, frame).await
+                }
+            }
+            Event::WriteFailed(error) => {
+                tracing::debug!(%error, "write failed: connection lost");
+                Err(End::Broken)
             }
             Event::Layer(Some(msg)) => on_layer(&mut consumer, &mut cx, &mut inbox, msg).await,
             Event::Layer(None) => {
@@ -93,12 +140,15 @@ pub(crate) async fn run<C: Consumer>(
         };
         end = match handled {
             Err(e) => Some(e),
-            Ok(()) => match flush(&mut socket, &mut cx, &limits).await {
+            Ok(()) => match queue(&mut outbox, &mut cx, &limits) {
                 Err(e) => Some(e),
                 Ok(()) => cx.close.take().map(End::ByServer),
             },
         };
     }
+    // Channels' websocket_disconnect: leave the groups, then tell the consumer. The groups are
+    // left first, so a connection waiting for its close handshake takes no group messages.
+    cx.discard_all_groups().await;
     let code = match end {
         Some(End::ByClient(code)) => {
             state.metrics().closed_by_client(code);
@@ -106,7 +156,7 @@ pub(crate) async fn run<C: Consumer>(
         }
         Some(End::ByServer(close)) => {
             state.metrics().closed_by_server(close.code);
-            close_socket(&mut socket, &close, &limits).await;
+            close_socket(&mut socket, &mut outbox, &close, &limits).await;
             None
         }
         Some(End::Broken) | None => {
@@ -114,12 +164,44 @@ pub(crate) async fn run<C: Consumer>(
             None
         }
     };
-    // Channels' websocket_disconnect: leave the groups, then tell the consumer.
-    cx.discard_all_groups().await;
     consumer.disconnect(&mut cx, code).await;
     drop(inbox);
     state.metrics().connection_closed();
     tracing::debug!(close_code = ?code, "disconnected");
+}
+
+/// The timer fired: close for the drain or a stuck client, or ping a silent one.
+fn on_timer(
+    now: Instant,
+    drain_at: Option<Instant>,
+    outbox: &mut Outbox,
+    keepalive: &mut Keepalive,
+) -> Result<(), End> {
+    if drain_at.is_some_and(|at| at <= now) {
+        return Err(End::ByServer(Close::GOING_AWAY));
+    }
+    if outbox.stalled(now) {
+        tracing::info!(
+            close_code = Close::SLOW.code,
+            queued_bytes = outbox.bytes(),
+            "client not reading: write blocked past the write timeout, closing"
+        );
+        return Err(End::ByServer(Close::SLOW));
+    }
+    match keepalive.check(now) {
+        Liveness::Fine => Ok(()),
+        Liveness::Ping => {
+            outbox.push_control(Frame::Ping(axum::body::Bytes::new()));
+            Ok(())
+        }
+        Liveness::Dead => {
+            tracing::info!(
+                close_code = Close::NO_PONG.code,
+                "client did not answer a ping: closing"
+            );
+            Err(End::ByServer(Close::NO_PONG))
+        }
+    }
 }
 
 async fn on_frame<C: Consumer>(
@@ -179,44 +261,41 @@ fn read_error(error: axum::Error) -> End {
     }
 }
 
-/// Writes every queued frame, then flushes once.
-async fn flush(socket: &mut WebSocket, cx: &mut Context, limits: &Limits) -> Result<(), End> {
+/// Moves the frames the handler queued to the outbox, and applies the queue budget.
+fn queue(outbox: &mut Outbox, cx: &mut Context, limits: &Limits) -> Result<(), End> {
     if cx.outgoing.is_empty() {
         return Ok(());
     }
     cx.state().metrics().messages_out(cx.outgoing.len());
-    let write = async {
-        while let Some(frame) = cx.outgoing.pop_front() {
-            let frame = match frame {
-                Outgoing::Text(text) => Frame::Text(text.into()),
-                Outgoing::Bytes(bytes) => Frame::Binary(bytes.into()),
-            };
-            socket.feed(frame).await?;
-        }
-        socket.flush().await
-    };
-    match tokio::time::timeout(limits.write_timeout, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "write failed: connection lost");
-            Err(End::Broken)
-        }
-        Err(_) => {
-            tracing::info!(close_code = Close::SLOW.code, "client not reading: closing");
-            // The close frame waits behind the unread data; `close_socket` bounds that wait.
-            Err(End::ByServer(Close::SLOW))
-        }
+    for frame in cx.outgoing.drain(..) {
+        outbox.push(match frame {
+            Outgoing::Text(text) => Frame::Text(text.into()),
+            Outgoing::Bytes(bytes) => Frame::Binary(bytes.into()),
+        });
     }
+    if limits.max_queued_bytes > 0 && outbox.bytes() > limits.max_queued_bytes {
+        tracing::info!(
+            close_code = Close::SLOW.code,
+            queued_bytes = outbox.bytes(),
+            "client not reading: over its queue budget, closing"
+        );
+        return Err(End::ByServer(Close::SLOW));
+    }
+    Ok(())
 }
 
-/// Sends our close frame and waits (bounded) for the client's, so the close is clean.
-async fn close_socket(socket: &mut WebSocket, close: &Close, limits: &Limits) {
+/// Writes what the handlers queued before the close (unless the client is not reading), sends
+/// our close frame and waits (bounded) for the client's, so the close is clean.
+async fn close_socket(socket: &mut WebSocket, outbox: &mut Outbox, close: &Close, limits: &Limits) {
     tracing::debug!(close_code = close.code, reason = %close.reason, "closing");
     let frame = Frame::Close(Some(CloseFrame {
         code: close.code,
         reason: Utf8Bytes::from(close.reason.as_ref()),
     }));
     let handshake = async {
+        if close.code != Close::SLOW.code && outbox.write_all(socket).await.is_err() {
+            return;
+        }
         if socket.send(frame).await.is_err() {
             return;
         }

@@ -18,6 +18,8 @@
 mod close;
 mod context;
 pub(crate) mod driver;
+mod outbox;
+mod watch;
 
 use std::future::Future;
 

@@ -169,3 +169,66 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// `GET /metrics`, parsed into `name{labels}` -> value.
+pub async fn metrics(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// A metric's value, 0 when it has no sample yet.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    metrics(addr).await.get(name).copied().unwrap_or(0.0)
+}
+
+/// A raw WebSocket handshake to `path` with `extra` header lines (each ending in `\r\n`, any
+/// bytes) and the given Host; returns the status code and the open stream.
+pub async fn raw_handshake(
+    addr: SocketAddr,
+    path: &str,
+    host: &str,
+    extra: &[u8],
+) -> (u16, TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
+    .into_bytes();
+    req.extend_from_slice(extra);
+    req.extend_from_slice(b"\r\n");
+    stream.write_all(&req).await.unwrap();
+    // Read the response head byte by byte, so nothing after it is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(TIMEOUT, stream.read(&mut byte))
+            .await
+            .expect("no response in time")
+            .unwrap();
+        assert_eq!(n, 1, "connection closed before a response: {head:?}");
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head)
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    (status, stream)
+}

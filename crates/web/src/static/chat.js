@@ -12,7 +12,8 @@
 // unit test keeps the two in step):
 // - Reconnect after close codes 1001 (going away: shutdown or drain), 1006 (abnormal: no close
 //   frame, e.g. a killed replica or a refused connection), 1011 (internal error), 1012 (service
-//   restart), 1013 (try again later: the channel layer is unavailable) and 4008 (slow consumer).
+//   restart), 1013 (try again later: the channel layer is unavailable), 4008 (slow consumer) and
+//   4009 (no pong: the server took the connection for dead).
 //   Every other code is final: 1000 (normal, e.g. the echo chat's "exit"), 1003, 1008, 1009,
 //   4400 (invalid group name), ... And the close button stops reconnecting for good.
 // - Exponential backoff with full jitter (AWS "Exponential Backoff and Jitter"): retry number
@@ -43,7 +44,7 @@ window.channelsChat = (function () {
   var BASE_MS = 500;
   var CAP_MS = 15000;
   var STABLE_MS = 5000;
-  var RECONNECT_CODES = [1001, 1006, 1011, 1012, 1013, 4008];
+  var RECONNECT_CODES = [1001, 1006, 1011, 1012, 1013, 4008, 4009];
   var DRAIN_CODES = [1001, 1012];
 
   // Whether a close with `code` should be followed by a reconnect.
