@@ -48,9 +48,11 @@ pub fn venv_program(name: &str) -> PathBuf {
 }
 
 /// The channel-layer settings every Python process of a test reads: the `SEED_*` variables of
-/// `tests/django_seed/README.md`, always the pub/sub layer with the default prefix.
+/// `tests/django_seed/README.md`: the pub/sub or the core layer, with the default prefix.
 #[derive(Debug, Clone)]
 pub struct SeedLayer {
+    /// `SEED_LAYER`: `pubsub` or `core`.
+    kind: &'static str,
     redis_url: String,
     encryption_keys: Option<String>,
 }
@@ -59,8 +61,17 @@ impl SeedLayer {
     /// `RedisPubSubChannelLayer` on one Redis, without encryption.
     pub fn pubsub(redis_url: &str) -> Self {
         Self {
+            kind: "pubsub",
             redis_url: redis_url.to_owned(),
             encryption_keys: None,
+        }
+    }
+
+    /// `RedisChannelLayer` (channels_redis core) on one Redis, without encryption.
+    pub fn core(redis_url: &str) -> Self {
+        Self {
+            kind: "core",
+            ..Self::pubsub(redis_url)
         }
     }
 
@@ -72,7 +83,7 @@ impl SeedLayer {
 
     /// Sets the variables on `cmd`, removing any the test process inherited.
     fn apply(&self, cmd: &mut Command) {
-        cmd.env("SEED_LAYER", "pubsub")
+        cmd.env("SEED_LAYER", self.kind)
             .env("SEED_REDIS_URLS", &self.redis_url)
             .env_remove("SEED_PREFIX")
             .env_remove("SEED_ENCRYPTION_KEYS")

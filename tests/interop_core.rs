@@ -1,0 +1,361 @@
+//! The Rust port and the real Python stack (channels 4.3.2, channels_redis 4.3.0, daphne) share
+//! one `RedisChannelLayer` (channels_redis core: sorted sets) on the wire.
+//!
+//! The core-layer twin of `interop.rs`: each test starts its own `redis-server`; the Python side
+//! runs from the project venv with `SEED_LAYER=core` (`tests/python/layer_tool.py` as a Django
+//! process on the layer, daphne serving the seed's Django app with its production layer), and
+//! the Rust replicas run with `--layer redis-core`. Messages cross in both directions with every
+//! msgpack type Python produces, and the group chat works between Django and Rust, in clear and
+//! encrypted.
+
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+#[path = "support/python.rs"]
+mod python;
+#[path = "../crates/layer/tests/support/redis_server.rs"]
+mod redis_server;
+#[path = "support/replica.rs"]
+mod replica;
+
+use std::time::Duration;
+
+use channels_layer::redis::shard::consistent_hash;
+use channels_layer::{
+    ChannelLayer, ChannelName, GroupName, Inbox, Map, Message, RedisChannelLayer, RedisCoreConfig,
+    Value,
+};
+use python::{Daphne, PyReceiver, SeedLayer, layer_tool};
+use redis_server::RedisServer;
+use replica::{Client, Replica, TIMEOUT, eventually};
+
+/// The seed's group chat reply prefix.
+const PREFIX: &str = "组内主动推送消息:";
+
+/// The text of the `websocket.receive` event inside [`RICH_JSON`].
+const TEXT: &str = "你好, Grüße 👋";
+
+/// A `send_msg` event carrying every type a Python message can hold, in `layer_tool.py`'s
+/// tagged JSON (`{"$bytes": hex}` is bytes) and formatted exactly as it prints messages. The
+/// same message as in `interop.rs`; [`rich_message`] builds it in Rust.
+const RICH_JSON: &str = concat!(
+    r#"{"type": "send_msg", "message": {"type": "websocket.receive", "text": "你好, Grüße 👋"}, "#,
+    r#""str": "naïve café ✓", "empty_str": "", "#,
+    r#""bytes": {"$bytes": "00ff80e4bda0"}, "ascii_bytes": {"$bytes": "6869"}, "#,
+    r#""empty_bytes": {"$bytes": ""}, "#,
+    r#""nested": {"z": {"deep": [1, "two", {"$bytes": "03"}]}, "a": [], "m": {}}, "#,
+    r#""list": [1, -1, 2.5, "x", null, true, false, [], {}], "#,
+    r#""small": 7, "zero": 0, "negative": -42, "big": 8589934593, "#,
+    r#""big_negative": -1099511627776, "max_i64": 9223372036854775807, "#,
+    r#""min_i64": -9223372036854775808, "max_u64": 18446744073709551615, "#,
+    r#""float": 1.5, "float_one": 1.0, "float_negative": -0.25, "#,
+    r#""yes": true, "no": false, "none": null}"#,
+);
+
+/// [`RICH_JSON`] as a Rust [`Message`], fields in the same order.
+fn rich_message() -> Message {
+    fn map(entries: Vec<(&str, Value)>) -> Value {
+        Value::Map(Map::from_iter(entries))
+    }
+    let receive = map(vec![
+        ("type", "websocket.receive".into()),
+        ("text", TEXT.into()),
+    ]);
+    let deep = Value::List(vec![Value::Int(1), "two".into(), Value::Bytes(vec![3])]);
+    let nested = map(vec![
+        ("z", map(vec![("deep", deep)])),
+        ("a", Value::List(Vec::new())),
+        ("m", map(Vec::new())),
+    ]);
+    let list = Value::List(vec![
+        Value::Int(1),
+        Value::Int(-1),
+        Value::Float(2.5),
+        "x".into(),
+        Value::Nil,
+        Value::Bool(true),
+        Value::Bool(false),
+        Value::List(Vec::new()),
+        map(Vec::new()),
+    ]);
+    Message::new("send_msg")
+        .with("message", receive)
+        .with("str", "naïve café ✓")
+        .with("empty_str", "")
+        .with("bytes", vec![0x00_u8, 0xff, 0x80, 0xe4, 0xbd, 0xa0])
+        .with("ascii_bytes", b"hi".to_vec())
+        .with("empty_bytes", Vec::<u8>::new())
+        .with("nested", nested)
+        .with("list", list)
+        .with("small", 7_i64)
+        .with("zero", 0_i64)
+        .with("negative", -42_i64)
+        .with("big", (1_i64 << 33) + 1)
+        .with("big_negative", -(1_i64 << 40))
+        .with("max_i64", i64::MAX)
+        .with("min_i64", i64::MIN)
+        .with("max_u64", Value::UInt(u64::MAX))
+        .with("float", 1.5)
+        .with("float_one", 1.0)
+        .with("float_negative", -0.25)
+        .with("yes", true)
+        .with("no", false)
+        .with("none", Value::Nil)
+}
+
+/// `got` equals `expected` value by value and key by key in the same order; the first
+/// differing field is named.
+fn assert_same_message(got: &Message, expected: &Message) {
+    for (key, value) in expected.map().iter() {
+        assert_eq!(got.get(key), Some(value), "field {key:?}");
+    }
+    let keys = |m: &Message| {
+        m.map()
+            .iter()
+            .map(|(k, _)| k.to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(got), keys(expected), "fields and their order");
+    assert_eq!(got, expected);
+}
+
+/// A line `layer_tool.py` printed is [`RICH_JSON`], to the character: `__asgi_channel__` was
+/// removed and nothing else changed.
+fn assert_rich_json(line: &str) {
+    let got: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("layer_tool printed {line:?}, not JSON: {e}"));
+    let expected: serde_json::Value = serde_json::from_str(RICH_JSON).unwrap();
+    assert_eq!(got, expected);
+    assert!(got["float_one"].is_f64(), "1.0 became {}", got["float_one"]);
+    assert_eq!(
+        line, RICH_JSON,
+        "same values, but not the same key order or text"
+    );
+}
+
+/// An in-process Rust core layer on `redis` (prefix `asgi`), with `keys` as encryption keys.
+async fn rust_layer(redis: &RedisServer, keys: &[&str]) -> RedisChannelLayer {
+    let mut config = RedisCoreConfig::new(vec![redis.url()]);
+    config.encryption_keys = keys.iter().map(|k| (*k).to_owned()).collect();
+    let layer = RedisChannelLayer::connect(config).await.unwrap();
+    assert!(layer.is_ready());
+    layer
+}
+
+/// `--layer redis-core --redis-url <url>`
+fn core_args(url: &str) -> [&str; 4] {
+    ["--layer", "redis-core", "--redis-url", url]
+}
+
+/// The next message in `inbox`, within the timeout.
+async fn recv(inbox: &mut Inbox) -> Message {
+    tokio::time::timeout(TIMEOUT, inbox.recv())
+        .await
+        .expect("no message in the Rust inbox within the timeout")
+        .expect("the Rust inbox closed")
+}
+
+/// Waits until the group's sorted set `asgi:group:{group}` has `count` members: every process
+/// has joined (consumers join only after accepting the socket).
+async fn wait_members(redis: &RedisServer, group: &str, count: i64) {
+    let key = format!("asgi:group:{group}");
+    eventually(
+        &format!("{count} members in {key}"),
+        Duration::from_secs(5),
+        || redis.query::<i64>(redis::cmd("ZCARD").arg(&key)) == count,
+    )
+    .await;
+}
+
+/// Each of `clients` receives the group chat's reply to `text`.
+async fn all_receive(clients: &mut [&mut Client], text: &str) {
+    for client in clients {
+        assert_eq!(client.recv_text().await, format!("{PREFIX}{text}"));
+    }
+}
+
+/// Nothing more arrives at any of `clients` (checked concurrently).
+async fn all_silent(clients: &mut [&mut Client]) {
+    futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|c| c.expect_silence(Duration::from_millis(300))),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_group_send_reaches_rust_websocket_clients_with_every_field_intact() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args = core_args(&url);
+    let (r0, r1) = tokio::join!(
+        Replica::start("r0", &args, &[]),
+        Replica::start("r1", &args, &[]),
+    );
+    let mut c0 = r0.ws("/group/interop/").await;
+    let mut c1 = r1.ws("/group/interop/").await;
+    let layer = rust_layer(&redis, &[]).await;
+    let mut inbox = layer.new_channel().await.unwrap();
+    let group = GroupName::new("interop").unwrap();
+    layer.group_add(&group, inbox.name()).await.unwrap();
+    wait_members(&redis, "interop", 3).await;
+
+    let reply = layer_tool(
+        &SeedLayer::core(&url),
+        &["group-send", "interop", "--message", RICH_JSON],
+    )
+    .await;
+    assert_eq!(reply, serde_json::json!({"ok": true}));
+
+    all_receive(&mut [&mut c0, &mut c1], TEXT).await;
+    assert_same_message(&recv(&mut inbox).await, &rich_message());
+    all_silent(&mut [&mut c0, &mut c1]).await;
+    assert!(inbox.try_recv().is_none(), "a second message arrived");
+    layer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_group_send_reaches_python_receive_unchanged() {
+    let redis = RedisServer::start();
+    let layer = rust_layer(&redis, &[]).await;
+    let python = SeedLayer::core(&redis.url());
+    // The core layer's group_add is one ZADD: the channel is in the group once printed.
+    let receiver = PyReceiver::start(&python, &["receive", "--group", "g", "--timeout", "5"]).await;
+    wait_members(&redis, "g", 1).await;
+
+    let group = GroupName::new("g").unwrap();
+    layer.group_send(&group, rich_message()).await.unwrap();
+
+    assert_rich_json(&receiver.message_line().await);
+    // The Python receiver left the group on its way out.
+    wait_members(&redis, "g", 0).await;
+    layer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_send_reaches_a_rust_channel_and_back() {
+    let redis = RedisServer::start();
+    let layer = rust_layer(&redis, &[]).await;
+    let python = SeedLayer::core(&redis.url());
+
+    // Python to Rust: ZADD on our inbox key, found by the one receive loop.
+    let mut inbox = layer.new_channel().await.unwrap();
+    let name = inbox.name().as_str().to_owned();
+    let reply = layer_tool(&python, &["send", &name, "--message", RICH_JSON]).await;
+    assert_eq!(reply, serde_json::json!({"ok": true}));
+    assert_same_message(&recv(&mut inbox).await, &rich_message());
+
+    // Rust to Python: a Python core channel is `specific.<uuid4 hex>!<uuid4 hex>`.
+    let receiver = PyReceiver::start(&python, &["receive-channel", "--timeout", "5"]).await;
+    let (head, id) = receiver
+        .channel
+        .strip_prefix("specific.")
+        .and_then(|rest| rest.split_once('!'))
+        .unwrap_or_else(|| panic!("unexpected Python channel {}", receiver.channel));
+    assert!(
+        [head, id]
+            .iter()
+            .all(|h| h.len() == 32 && h.chars().all(|c| c.is_ascii_hexdigit())),
+        "{}",
+        receiver.channel
+    );
+    let channel = ChannelName::new(&receiver.channel).unwrap();
+    layer.send(&channel, rich_message()).await.unwrap();
+    assert_rich_json(&receiver.message_line().await);
+
+    assert!(inbox.try_recv().is_none(), "a second message arrived");
+    layer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_seed_app_and_rust_replica_share_a_group_chat() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let python = SeedLayer::core(&url);
+    let args = core_args(&url);
+    let (daphne, replica) =
+        tokio::join!(Daphne::start(&python), Replica::start("rust", &args, &[]));
+    let mut django = Client::connect(&daphne.ws_url("/group/1/")).await;
+    let mut rust = replica.ws("/group/1/").await;
+    // The seed consumer joins the group only after accepting: wait for both processes.
+    wait_members(&redis, "1", 2).await;
+
+    django.send_text("来自Django").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Django").await;
+    rust.send_text("来自Rust").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Rust").await;
+    all_silent(&mut [&mut django, &mut rust]).await;
+
+    // Leaving works both ways: the sockets' channels leave the group's sorted set.
+    django.close().await;
+    rust.close().await;
+    wait_members(&redis, "1", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_group_chat_between_django_and_rust() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let python = SeedLayer::core(&url).with_keys("k1");
+    let args = core_args(&url);
+    let (daphne, replica, stranger) = tokio::join!(
+        Daphne::start(&python),
+        Replica::start("rust-k1", &args, &[("CHANNELS_ENCRYPTION_KEYS", "k1")]),
+        Replica::start("rust-k2", &args, &[("CHANNELS_ENCRYPTION_KEYS", "k2")]),
+    );
+    let mut django = Client::connect(&daphne.ws_url("/group/1/")).await;
+    let mut rust = replica.ws("/group/1/").await;
+    let mut outsider = stranger.ws("/group/1/").await;
+    wait_members(&redis, "1", 3).await;
+
+    django.send_text("来自Django").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Django").await;
+    rust.send_text("来自Rust").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Rust").await;
+    // The replica with the other key could not decrypt either: its client got nothing.
+    all_silent(&mut [&mut django, &mut rust, &mut outsider]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_shards_rust_writes_where_python_reads() {
+    let one = RedisServer::start();
+    let two = RedisServer::start();
+    let mut config = RedisCoreConfig::new(vec![one.url(), two.url()]);
+    config.prefix = "asgi".to_owned();
+    let layer = RedisChannelLayer::connect(config).await.unwrap();
+    assert!(layer.is_ready());
+    let python = SeedLayer::core(&format!("{},{}", one.url(), two.url()));
+
+    // Rust group_send to a Python member: the group key and the member's key are found on the
+    // shards Python hashes them to.
+    let receiver = PyReceiver::start(&python, &["receive", "--group", "g", "--timeout", "5"]).await;
+    let group = GroupName::new("g").unwrap();
+    layer.group_send(&group, rich_message()).await.unwrap();
+    assert_rich_json(&receiver.message_line().await);
+
+    // Rust send to a Python channel: stored on the hash of its non-local part, where Python's
+    // receive looks (Python's own send would hash the full name and miss, spec §3.9).
+    // Take a Python channel whose two hashes differ, so that the wrong one would fail.
+    let mut attempts = 0;
+    let receiver = loop {
+        let receiver = PyReceiver::start(&python, &["receive-channel", "--timeout", "5"]).await;
+        let name = receiver.channel.as_str();
+        let non_local = &name[..=name.find('!').unwrap()];
+        if consistent_hash(name, 2) != consistent_hash(non_local, 2) {
+            break receiver;
+        }
+        attempts += 1;
+        assert!(attempts < 20, "20 Python channels hashed alike both ways");
+    };
+    let channel = ChannelName::new(&receiver.channel).unwrap();
+    layer.send(&channel, rich_message()).await.unwrap();
+    assert_rich_json(&receiver.message_line().await);
+
+    // Python group_send to a Rust member.
+    let mut inbox = layer.new_channel().await.unwrap();
+    layer.group_add(&group, inbox.name()).await.unwrap();
+    let reply = layer_tool(&python, &["group-send", "g", "--message", RICH_JSON]).await;
+    assert_eq!(reply, serde_json::json!({"ok": true}));
+    assert_same_message(&recv(&mut inbox).await, &rich_message());
+    layer.close().await.unwrap();
+}
