@@ -7,7 +7,8 @@
 #                                             # the venv and the release binary
 #   bench/peers.sh socketio PORT REDIS_URL    # Node: bench/socketio/server.js
 #   bench/peers.sh django   PORT REDIS_URL    # daphne + the seed app (tests/django_seed), pubsub layer
-#   bench/peers.sh rust     PORT REDIS_URL    # target/release/channels-server
+#   bench/peers.sh rust     PORT REDIS_URL    # target/release/channels-server (Redis pub/sub layer)
+#   bench/peers.sh rust-core PORT REDIS_URL   # the same with --layer redis-core
 #   bench/peers.sh wait KIND PORT [SECONDS]   # exit 0 once KIND on 127.0.0.1:PORT is ready (default 30 s)
 #   bench/peers.sh ready-path KIND            # print the readiness path for KIND
 #
@@ -60,8 +61,8 @@ ready_path() {
     case "$1" in
         socketio) echo "/healthz" ;;
         django) echo "/chatgroup?groupID=1" ;;
-        rust) echo "/readyz" ;;
-        *) die "unknown kind '$1' (socketio, django or rust)" ;;
+        rust | rust-core) echo "/readyz" ;;
+        *) die "unknown kind '$1' (socketio, django, rust or rust-core)" ;;
     esac
 }
 
@@ -107,7 +108,9 @@ case "$cmd" in
         fi
         exec "$daphne" "${args[@]}" >/dev/null
         ;;
-    rust)
+    rust | rust-core)
+        layer=redis-pubsub
+        [ "$cmd" = rust-core ] && layer=redis-core
         need_port_url "$@"
         bin="$(rust_bin)"
         [ -x "$bin" ] || die "$bin is missing: cargo build --release -p channels-server"
@@ -116,7 +119,7 @@ case "$cmd" in
         # idle test opens thousands per source address: lift the per-connection message rate
         # and per-address connection caps (abuse limits, not capacity limits). The peers have
         # no such limits.
-        exec "$bin" --bind "127.0.0.1:$1" --redis-url "$2" --log-level warn \
+        exec "$bin" --bind "127.0.0.1:$1" --redis-url "$2" --layer "$layer" --log-level warn \
             --max-messages-per-second 0 --max-connections-per-ip 0
         ;;
     wait)

@@ -3,6 +3,7 @@
 
 Systems, two replicas each on one redis-server started here:
   rust      this project (target/release/channels-server, Redis pub/sub layer)
+  rust-core this project with --layer redis-core (channels_redis' core protocol)
   django    the tutorial's Django app under daphne with channels_redis' RedisPubSubChannelLayer
   socketio  Socket.IO 4 on Node with @socket.io/redis-adapter (bench/socketio)
 
@@ -35,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "target" / "release" / "channels-loadgen"
 PEERS = ROOT / "bench" / "peers.sh"
-PROTOCOL = {"rust": "seed", "django": "seed", "socketio": "socketio"}
+PROTOCOL = {"rust": "seed", "rust-core": "seed", "django": "seed", "socketio": "socketio"}
 
 
 def log(*args):
@@ -180,14 +181,16 @@ def fanout_sweep(system, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default="rust,socketio,django")
+    p.add_argument("--systems", default="rust,rust-core,socketio,django")
     p.add_argument("--groups", type=int, default=100, help="S-fanout groups (10 members each)")
     p.add_argument("--start-rate", type=float, default=0.5,
                    help="S-fanout messages/s per publisher at the first step")
     p.add_argument("--max-rate", type=float, default=2000.0)
     p.add_argument("--step-seconds", type=float, default=5.0)
     p.add_argument("--big-group", type=int, default=5000)
-    p.add_argument("--idle", type=int, default=50000, help="S-idle connections (rust, socketio)")
+    # 50,000 is the issue's figure; a process here may hold at most 20,000 descriptors (a hard
+    # RLIMIT_NOFILE that root cannot raise without CAP_SYS_RESOURCE), so one replica holds 19,000.
+    p.add_argument("--idle", type=int, default=19000, help="S-idle connections (rust, socketio)")
     p.add_argument("--idle-django", type=int, default=2000,
                    help="S-idle connections for daphne, which accepts them far more slowly")
     p.add_argument("--skip", default="", help="comma-separated scenarios to skip")
@@ -227,7 +230,7 @@ def main():
                                                    "--publishers", 1, "--rate", 10,
                                                    "--duration", 10, "--drain", 3,
                                                    "--source-ips", 2, "--tag", "big"],
-                                timeout=400)
+                                timeout=150 if kind == "django" else 400)
                     res["big_group"] = {**brief(r), "connect": r.get("connect")}
                     log(f"  {kind} big group: " + (r.get("error") or
                         f"p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms,"
