@@ -37,34 +37,10 @@ fail() {
 # Debian packages, as package:program (nginx lives in /usr/sbin, often not on a non-root PATH).
 needs=(nginx:nginx docker-compose:docker-compose)
 
-missing_packages() {
-  local need
-  for need in "${needs[@]}"; do
-    if ! command -v "${need#*:}" >/dev/null 2>&1 && [[ ! -x "/usr/sbin/${need#*:}" ]]; then
-      echo "${need%%:*}"
-    fi
-  done
-}
-
-install_packages() {
-  local sudo=()
-  command -v apt-get >/dev/null 2>&1 || return 1
-  if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null 2>&1 || return 1
-    sudo=(sudo)
-  fi
-  "${sudo[@]}" apt-get update
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y --no-install-recommends "$@"
-}
-
-mapfile -t missing < <(missing_packages)
-if ((${#missing[@]})); then
-  echo "check-deploy: installing missing Debian packages: ${missing[*]}"
-  if ! install_packages "${missing[@]}" || [[ -n $(missing_packages) ]]; then
-    fail "missing Debian packages: $(missing_packages | tr '\n' ' ')(apt-get install them as root)"
-  fi
-fi
+# shellcheck source=scripts/lib/apt.sh
+source scripts/lib/apt.sh
+ensure_packages "check-deploy: " "${needs[@]}" ||
+  fail "missing Debian packages: $(missing_packages "${needs[@]}" | tr '\n' ' ')(apt-get install them as root)"
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 # The venv (a no-op when it is up to date), then the validators into it. Installing under the

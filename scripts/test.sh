@@ -14,39 +14,14 @@ cd "$(dirname "$0")/.."
 # Each Debian package the tests need, as package:program-the-tests-run.
 needs=(redis-server:redis-server nginx:nginx chromium:chromium chromium-driver:chromedriver)
 
-# Prints the packages whose program is neither on PATH nor in /usr/sbin (where nginx lives,
-# and which is often not on a non-root PATH).
-missing_packages() {
-  local need
-  for need in "${needs[@]}"; do
-    if ! command -v "${need#*:}" >/dev/null 2>&1 && [[ ! -x "/usr/sbin/${need#*:}" ]]; then
-      echo "${need%%:*}"
-    fi
-  done
-}
-
-# Installs the given packages with apt-get, as root or through sudo.
-install_packages() {
-  local sudo=()
-  command -v apt-get >/dev/null 2>&1 || return 1
-  if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null 2>&1 || return 1
-    sudo=(sudo)
-  fi
-  "${sudo[@]}" apt-get update
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y --no-install-recommends "$@"
-}
-
-missing=$(missing_packages)
-if [[ -n $missing ]]; then
-  # $missing is left unquoted on purpose: one package name per word.
-  echo "installing missing Debian packages:" $missing
-  if ! install_packages $missing || [[ -n $(missing_packages) ]]; then
-    echo "missing Debian packages:" $(missing_packages) >&2
-    echo "install them as root: apt-get install" $(missing_packages) >&2
-    exit 1
-  fi
+# shellcheck source=scripts/lib/apt.sh
+source scripts/lib/apt.sh
+# The $(missing_packages) below are unquoted on purpose: one package name per word, one line.
+# shellcheck disable=SC2046
+if ! ensure_packages "" "${needs[@]}"; then
+  echo "missing Debian packages:" $(missing_packages "${needs[@]}") >&2
+  echo "install them as root: apt-get install" $(missing_packages "${needs[@]}") >&2
+  exit 1
 fi
 
 scripts/python-venv.sh

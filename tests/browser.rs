@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use browser_support::{Browser, Session, finish};
+use browser_support::{Browser, MESSAGE_LINES, Session, finish};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -94,22 +94,19 @@ impl TestServer {
     }
 }
 
-/// The texts of the lines in `#message`, as the page's script appended them.
-const MESSAGE_LINES: &str =
-    "return Array.from(document.querySelectorAll('#message > div'), d => d.textContent);";
-
-/// Waits until `#message` has a line whose text is exactly `line`.
-async fn wait_for_line(window: &Session, line: &str) -> anyhow::Result<()> {
-    let script = "return Array.from(document.querySelectorAll('#message > div'))\
-                  .some(d => d.textContent === arguments[0]);";
-    let waited = window
-        .wait_until(&format!("the line {line:?}"), script, vec![json!(line)])
-        .await;
-    if waited.is_err() {
-        let lines = window.eval(MESSAGE_LINES, vec![]).await?;
-        return waited.with_context(|| format!("#message has {lines}"));
-    }
-    waited
+/// Runs `steps` in one window (named "one") against a fresh in-process server, within
+/// [`TEST_TIMEOUT`]; `finish` reports a failure as test `name`, then the server stops.
+async fn one_window(
+    name: &str,
+    steps: impl AsyncFnOnce(&TestServer, &Session) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let browser = Browser::start().await?;
+    let window = browser.session("one").await?;
+    let steps = tokio::time::timeout(TEST_TIMEOUT, steps(&server, &window));
+    let outcome = steps.await.context("test timed out").and_then(|r| r);
+    finish(name, vec![window], outcome).await?;
+    server.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +136,7 @@ async fn group_chat_steps(server: &TestServer, one: &Session, two: &Session) -> 
     }
     for window in [one, two] {
         window.wait_for_ws_state("open").await?;
-        wait_for_line(window, "[连接成功!]").await?;
+        window.wait_for_line("[连接成功!]").await?;
     }
 
     // The tutorial's consumer accepts before it joins the group, so "open" does not prove
@@ -148,14 +145,18 @@ async fn group_chat_steps(server: &TestServer, one: &Session, two: &Session) -> 
         let hello = format!("{} 已加入", window.name());
         window.type_into("txt", &hello).await?;
         window.click("send").await?;
-        wait_for_line(window, &format!("组内主动推送消息:{hello}")).await?;
+        window
+            .wait_for_line(&format!("组内主动推送消息:{hello}"))
+            .await?;
     }
 
     let text = "你好 <b>x</b>";
     one.type_into("txt", text).await?;
     one.click("send").await?;
     for window in [one, two] {
-        wait_for_line(window, &format!("组内主动推送消息:{text}")).await?;
+        window
+            .wait_for_line(&format!("组内主动推送消息:{text}"))
+            .await?;
         let markup = window
             .eval(
                 "return document.querySelector('#message b') !== null;",
@@ -174,26 +175,20 @@ async fn group_chat_steps(server: &TestServer, one: &Session, two: &Session) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_chat_echoes_and_closes() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
-    let browser = Browser::start().await?;
-    let window = browser.session("one").await?;
-    let steps = tokio::time::timeout(TEST_TIMEOUT, single_chat_steps(&server, &window));
-    let outcome = steps.await.context("test timed out").and_then(|r| r);
-    finish("single_chat_echoes_and_closes", vec![window], outcome).await?;
-    server.stop().await
+    one_window("single_chat_echoes_and_closes", single_chat_steps).await
 }
 
 async fn single_chat_steps(server: &TestServer, window: &Session) -> anyhow::Result<()> {
     // Echo, then the close button.
     window.goto(&server.url("/chatone")).await?;
     window.wait_for_ws_state("open").await?;
-    wait_for_line(window, "[连接成功!]").await?;
+    window.wait_for_line("[连接成功!]").await?;
     window.type_into("txt", "hello").await?;
     window.click("send").await?;
-    wait_for_line(window, "服务端主动推送消息:hello").await?;
+    window.wait_for_line("服务端主动推送消息:hello").await?;
     window.click("close").await?;
-    wait_for_line(window, "[连接已断开啦!]").await?;
-    wait_for_line(window, "[连接已断开!]").await?;
+    window.wait_for_line("[连接已断开啦!]").await?;
+    window.wait_for_line("[连接已断开!]").await?;
     window.wait_for_ws_state("closed").await?;
 
     // A fresh page: "exit" makes the server close the socket normally.
@@ -202,9 +197,14 @@ async fn single_chat_steps(server: &TestServer, window: &Session) -> anyhow::Res
     window.type_into("txt", "exit").await?;
     window.click("send").await?;
     window.wait_for_ws_state("closed").await?;
-    wait_for_line(window, "[连接已断开!]").await?;
+    window.wait_for_line("[连接已断开!]").await?;
     let code = window.eval("return window.wsCloseCode;", vec![]).await?;
     ensure!(code == json!(1000), "close code {code}, expected 1000");
+    ensure_exited_cleanly(window).await
+}
+
+/// After "exit": `#message` shows only the open and the close line, and the console is clean.
+async fn ensure_exited_cleanly(window: &Session) -> anyhow::Result<()> {
     let lines = window.eval(MESSAGE_LINES, vec![]).await?;
     ensure!(
         lines == json!(["[连接成功!]", "[连接已断开!]"]),
@@ -215,18 +215,7 @@ async fn single_chat_steps(server: &TestServer, window: &Session) -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_page_without_id_does_not_connect() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
-    let browser = Browser::start().await?;
-    let window = browser.session("one").await?;
-    let steps = tokio::time::timeout(TEST_TIMEOUT, no_group_steps(&server, &window));
-    let outcome = steps.await.context("test timed out").and_then(|r| r);
-    finish(
-        "group_page_without_id_does_not_connect",
-        vec![window],
-        outcome,
-    )
-    .await?;
-    server.stop().await
+    one_window("group_page_without_id_does_not_connect", no_group_steps).await
 }
 
 async fn no_group_steps(server: &TestServer, window: &Session) -> anyhow::Result<()> {
@@ -291,12 +280,12 @@ async fn reconnect_steps(server: &mut Option<TestServer>, window: &Session) -> a
         .url("/chatgroup?groupID=r");
     window.goto(&url).await?;
     window.wait_for_ws_state("open").await?;
-    wait_for_line(window, "[连接成功!]").await?;
+    window.wait_for_line("[连接成功!]").await?;
     let status = window.text("status").await?;
     ensure!(status == "已连接 / connected", "status {status:?}");
     window.type_into("txt", "before").await?;
     window.click("send").await?;
-    wait_for_line(window, "组内主动推送消息:before").await?;
+    window.wait_for_line("组内主动推送消息:before").await?;
 
     restart(server).await?;
     let reconnected = "return window.wsConnects === 2 && window.wsState === 'open';";
@@ -329,7 +318,7 @@ async fn reconnect_steps(server: &mut Option<TestServer>, window: &Session) -> a
     // The server joins the group from the path on connect, so the page is a member again.
     window.type_into("txt", "after").await?;
     window.click("send").await?;
-    wait_for_line(window, "组内主动推送消息:after").await?;
+    window.wait_for_line("组内主动推送消息:after").await?;
     let lines = window.eval(MESSAGE_LINES, vec![]).await?;
     let opened = lines
         .as_array()
@@ -381,18 +370,7 @@ async fn reconnect_steps(server: &mut Option<TestServer>, window: &Session) -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_page_does_not_reconnect_after_exit() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
-    let browser = Browser::start().await?;
-    let window = browser.session("one").await?;
-    let steps = tokio::time::timeout(TEST_TIMEOUT, exit_steps(&server, &window));
-    let outcome = steps.await.context("test timed out").and_then(|r| r);
-    finish(
-        "echo_page_does_not_reconnect_after_exit",
-        vec![window],
-        outcome,
-    )
-    .await?;
-    server.stop().await
+    one_window("echo_page_does_not_reconnect_after_exit", exit_steps).await
 }
 
 async fn exit_steps(server: &TestServer, window: &Session) -> anyhow::Result<()> {
@@ -418,28 +396,12 @@ async fn exit_steps(server: &TestServer, window: &Session) -> anyhow::Result<()>
         counters["status"] == "已断开 / disconnected (1000)",
         "status: {counters}"
     );
-    let lines = window.eval(MESSAGE_LINES, vec![]).await?;
-    ensure!(
-        lines == json!(["[连接成功!]", "[连接已断开!]"]),
-        "unexpected lines after exit: {lines}"
-    );
-    window.ensure_no_console_errors().await
+    ensure_exited_cleanly(window).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backoff_delays_are_spread_and_capped() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
-    let browser = Browser::start().await?;
-    let window = browser.session("one").await?;
-    let steps = tokio::time::timeout(TEST_TIMEOUT, backoff_steps(&server, &window));
-    let outcome = steps.await.context("test timed out").and_then(|r| r);
-    finish(
-        "backoff_delays_are_spread_and_capped",
-        vec![window],
-        outcome,
-    )
-    .await?;
-    server.stop().await
+    one_window("backoff_delays_are_spread_and_capped", backoff_steps).await
 }
 
 /// Draws `arguments[2]` delays for retry `arguments[0]` after close code `arguments[1]` with

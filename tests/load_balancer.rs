@@ -16,11 +16,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use browser_support::{Browser, Session, finish};
+use browser_support::{Browser, finish};
 use nginx::Nginx;
 use redis_server::RedisServer;
 use replica::{Client, Replica};
-use serde_json::json;
 
 const PREFIX: &str = "组内主动推送消息:";
 
@@ -173,23 +172,6 @@ async fn a_rolling_restart_drains_with_1001_and_everyone_keeps_chatting() {
     assert!(lb.index_of(&landed) < 3);
 }
 
-/// The texts of the lines in `#message`.
-const MESSAGE_LINES: &str =
-    "return Array.from(document.querySelectorAll('#message > div'), d => d.textContent);";
-
-async fn wait_for_line(window: &Session, line: &str) -> anyhow::Result<()> {
-    let script = "return Array.from(document.querySelectorAll('#message > div'))\
-                  .some(d => d.textContent === arguments[0]);";
-    let waited = window
-        .wait_until(&format!("the line {line:?}"), script, vec![json!(line)])
-        .await;
-    if waited.is_err() {
-        let lines = window.eval(MESSAGE_LINES, vec![]).await?;
-        return waited.with_context(|| format!("#message has {lines}"));
-    }
-    waited
-}
-
 /// Which replica holds each open WebSocket now, by each replica's own gauge.
 async fn open_per_replica(lb: &Deployment) -> Vec<f64> {
     let mut out = Vec::new();
@@ -223,7 +205,9 @@ async fn two_browser_windows_on_different_replicas_chat_and_survive_a_drain() ->
         one.type_into("txt", "你好 from one").await?;
         one.click("send").await?;
         for window in [&one, &two] {
-            wait_for_line(window, &format!("{PREFIX}你好 from one")).await?;
+            window
+                .wait_for_line(&format!("{PREFIX}你好 from one"))
+                .await?;
         }
         // Drain the replica holding window one: its page reconnects through nginx by itself.
         let victim = open.iter().position(|n| *n == 1.0).context("no replica")?;
@@ -245,7 +229,7 @@ async fn two_browser_windows_on_different_replicas_chat_and_survive_a_drain() ->
         }
         anyhow::ensure!(waited, "no window reconnected after its replica drained");
         for window in [&one, &two] {
-            wait_for_line(window, &format!("{PREFIX}back again")).await?;
+            window.wait_for_line(&format!("{PREFIX}back again")).await?;
         }
         anyhow::Ok(())
     }

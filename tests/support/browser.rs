@@ -36,6 +36,9 @@ pub(crate) const CHROMIUM: &str = "/usr/bin/chromium";
 pub(crate) const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// The longest any single wait may take.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
+/// The texts of the lines in the chat pages' `#message`, as the page's script appended them.
+pub(crate) const MESSAGE_LINES: &str =
+    "return Array.from(document.querySelectorAll('#message > div'), d => d.textContent);";
 /// How often a wait re-checks its condition.
 const POLL: Duration = Duration::from_millis(50);
 /// Starting Chromium is not a wait on the page, and a loaded 2-core machine needs longer.
@@ -204,6 +207,21 @@ impl Session {
         let what = format!("window.wsState === {state:?}");
         let script = "return window.wsState === arguments[0];";
         self.wait_until(&what, script, vec![json!(state)]).await
+    }
+
+    /// Waits until `#message` has a line whose text is exactly `line`; on failure the error
+    /// lists the lines it has.
+    pub(crate) async fn wait_for_line(&self, line: &str) -> anyhow::Result<()> {
+        let script = "return Array.from(document.querySelectorAll('#message > div'))\
+                      .some(d => d.textContent === arguments[0]);";
+        let waited = self
+            .wait_until(&format!("the line {line:?}"), script, vec![json!(line)])
+            .await;
+        if waited.is_err() {
+            let lines = self.eval(MESSAGE_LINES, vec![]).await?;
+            return waited.with_context(|| format!("#message has {lines}"));
+        }
+        waited
     }
 
     /// Finds the element with id `id`, waiting (at most [`WAIT`]) for it to appear.

@@ -1,5 +1,5 @@
 //! Server replicas as real processes: the `channels-server` binary, started on a free loopback
-//! port, killed when dropped; plus a small WebSocket client with timeouts.
+//! port, killed when dropped; plus a small WebSocket client with timeouts (`ws_client.rs`).
 //!
 //! The binary runs `channels_server::cli::main`, exactly what the shipped `channels-server`
 //! binary runs; cargo builds it fresh for every test run.
@@ -15,13 +15,13 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+#[path = "ws_client.rs"]
+mod ws_client;
+pub use ws_client::Client;
 
 /// How long any single receive may take.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -153,85 +153,6 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .await
         .ok()
         .flatten()
-}
-
-/// A WebSocket client with timeouts on every receive.
-pub struct Client(pub WebSocketStream<MaybeTlsStream<TcpStream>>);
-
-impl Client {
-    pub async fn connect(url: &str) -> Client {
-        Self::connect_to_replica(url).await.0
-    }
-
-    /// Connects and returns the replica that answered (its `X-Channels-Replica` header).
-    pub async fn connect_to_replica(url: &str) -> (Client, String) {
-        let (stream, response) =
-            tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
-                .await
-                .expect("handshake timed out")
-                .unwrap_or_else(|e| panic!("handshake to {url} failed: {e}"));
-        let replica = response
-            .headers()
-            .get("x-channels-replica")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        (Client(stream), replica)
-    }
-
-    pub async fn send_text(&mut self, text: &str) {
-        self.0.send(Message::text(text)).await.unwrap();
-    }
-
-    /// The next data frame (pings and pongs skipped).
-    pub async fn recv(&mut self) -> Message {
-        loop {
-            let msg = tokio::time::timeout(TIMEOUT, self.0.next())
-                .await
-                .expect("no frame within the timeout")
-                .expect("stream ended")
-                .expect("read failed");
-            if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
-                return msg;
-            }
-        }
-    }
-
-    pub async fn recv_text(&mut self) -> String {
-        match self.recv().await {
-            Message::Text(t) => t.as_str().to_owned(),
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
-
-    /// Waits for the server's close frame, then reads on to the end of the stream.
-    pub async fn expect_close(&mut self) -> (u16, String) {
-        let close = match self.recv().await {
-            Message::Close(Some(CloseFrame { code, reason })) => {
-                (u16::from(code), reason.as_str().to_owned())
-            }
-            other => panic!("expected a close frame, got {other:?}"),
-        };
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.0.next()).await {}
-        close
-    }
-
-    /// Asserts that no data frame arrives for `wait`.
-    pub async fn expect_silence(&mut self, wait: Duration) {
-        if let Ok(Some(Ok(msg))) = tokio::time::timeout(wait, self.0.next()).await {
-            panic!("expected nothing, got {msg:?}");
-        }
-    }
-
-    /// Closes with 1000, as a browser's `close()` does, and completes the handshake.
-    pub async fn close(mut self) {
-        let normal = CloseFrame {
-            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
-            reason: "".into(),
-        };
-        let _ = self.0.close(Some(normal)).await;
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.0.next()).await {}
-    }
 }
 
 /// Polls `check` until it is true, or fails after `within`.

@@ -5,9 +5,10 @@
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[path = "support/shared_server.rs"]
+mod shared_server;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use channels_layer::redis::fernet::Fernet;
@@ -18,22 +19,7 @@ use channels_layer::{
     RedisCoreConfig, Value,
 };
 use redis_server::RedisServer;
-
-/// One server for the whole suite; every layer gets its own prefix, so tests cannot collide.
-fn server() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
-}
-
-/// Fixed width, so that no prefix is the start of another: `flush` deletes `{prefix}*`.
-fn unique_prefix() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "t{}x{:05}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use shared_server::{server, unique_prefix};
 
 fn make(local: LayerConfig) -> LayerFuture {
     let mut config = RedisCoreConfig::new(vec![server().url()]);

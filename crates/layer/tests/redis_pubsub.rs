@@ -4,28 +4,15 @@
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[path = "support/shared_server.rs"]
+mod shared_server;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use channels_layer::testing::LayerFuture;
 use channels_layer::{ChannelLayer, LayerConfig, RedisPubSubChannelLayer, RedisPubSubConfig};
 use redis_server::RedisServer;
-
-/// One server for the whole suite; every layer gets its own prefix, so tests cannot collide.
-fn server() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
-}
-
-fn unique_prefix() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "t{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use shared_server::{server, unique_prefix};
 
 fn config(local: LayerConfig) -> RedisPubSubConfig {
     let mut config = RedisPubSubConfig::new(vec![server().url()]);

@@ -3,7 +3,7 @@
 mod support;
 
 use channels_layer::{ChannelLayer, GroupName, Map, Message, Value};
-use support::{eventually, spawn};
+use support::{SILENCE, eventually, spawn};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 #[tokio::test]
@@ -65,7 +65,7 @@ async fn three_group_members_each_get_every_message_in_order() {
             );
             next[sender] += 1;
         }
-        c.expect_silence().await;
+        c.expect_silence(SILENCE).await;
     }
     drop(clients);
     server.stop().await.unwrap();
@@ -98,7 +98,7 @@ async fn groups_are_separate() {
     let mut two = server.ws("/group/2/").await;
     one.send_text("x").await;
     assert_eq!(one.recv_text().await, "组内主动推送消息:x");
-    two.expect_silence().await;
+    two.expect_silence(SILENCE).await;
     drop((one, two));
     server.stop().await.unwrap();
 }

@@ -14,16 +14,19 @@ use std::time::Duration;
 use channels_layer::{ChannelLayer, InMemoryChannelLayer};
 use channels_server::routing::WsRouter;
 use channels_server::{Config, Server, ServerError};
-use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+
+#[path = "../../../../tests/support/ws_client.rs"]
+mod ws_client;
+pub use ws_client::Client;
 
 /// How long any single receive may take.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long [`Client::expect_silence`] waits in these tests.
+pub const SILENCE: Duration = Duration::from_millis(300);
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -59,12 +62,7 @@ impl TestServer {
     }
 
     pub async fn ws(&self, path: &str) -> Client {
-        let (stream, _) =
-            tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(self.url(path)))
-                .await
-                .expect("handshake timed out")
-                .unwrap_or_else(|e| panic!("handshake to {path} failed: {e}"));
-        Client(stream)
+        Client::connect(&self.url(path)).await
     }
 
     /// The HTTP status of a handshake that the server refuses.
@@ -89,72 +87,6 @@ impl TestServer {
 
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();
-    }
-}
-
-pub struct Client(pub WebSocketStream<MaybeTlsStream<TcpStream>>);
-
-impl Client {
-    pub async fn send_text(&mut self, text: &str) {
-        self.0.send(Message::text(text)).await.unwrap();
-    }
-
-    pub async fn send_binary(&mut self, bytes: &[u8]) {
-        self.0.send(Message::binary(bytes.to_vec())).await.unwrap();
-    }
-
-    /// The next data frame (pings and pongs skipped).
-    pub async fn recv(&mut self) -> Message {
-        loop {
-            let msg = tokio::time::timeout(TIMEOUT, self.0.next())
-                .await
-                .expect("no frame within the timeout")
-                .expect("stream ended")
-                .expect("read failed");
-            if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
-                return msg;
-            }
-        }
-    }
-
-    pub async fn recv_text(&mut self) -> String {
-        match self.recv().await {
-            Message::Text(t) => t.as_str().to_owned(),
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
-
-    /// Waits for the server's close frame; returns its code and reason. Reads on to the end
-    /// of the stream, which sends our close reply and completes the handshake.
-    pub async fn expect_close(&mut self) -> (u16, String) {
-        let close = match self.recv().await {
-            Message::Close(Some(CloseFrame { code, reason })) => {
-                (u16::from(code), reason.as_str().to_owned())
-            }
-            other => panic!("expected a close frame, got {other:?}"),
-        };
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.0.next()).await {}
-        close
-    }
-
-    /// Asserts that no data frame arrives for a while.
-    pub async fn expect_silence(&mut self) {
-        if let Ok(Some(Ok(msg))) =
-            tokio::time::timeout(Duration::from_millis(300), self.0.next()).await
-        {
-            panic!("expected nothing, got {msg:?}");
-        }
-    }
-
-    /// Closes with 1000, as a browser's `close()` does, and completes the handshake.
-    pub async fn close(mut self) {
-        let normal = CloseFrame {
-            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
-            reason: "".into(),
-        };
-        let _ = self.0.close(Some(normal)).await;
-        // Read to the end so the close handshake completes.
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.0.next()).await {}
     }
 }
 
