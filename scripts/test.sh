@@ -28,4 +28,5 @@ scripts/python-venv.sh
 scripts/check-deploy.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/fuzz.sh --short
 cargo test --workspace --locked
