@@ -157,7 +157,7 @@ def brief(r):
 def fanout_sweep(system, args):
     """Doubles the publish rate until a step fails; returns (best step, all steps)."""
     best, steps = None, []
-    rate = args.start_rate
+    rate = args.start_rate_django if system.kind == "django" else args.start_rate
     tag = 0
     while rate <= args.max_rate:
         tag += 1
@@ -185,6 +185,8 @@ def main():
     p.add_argument("--groups", type=int, default=100, help="S-fanout groups (10 members each)")
     p.add_argument("--start-rate", type=float, default=0.5,
                    help="S-fanout messages/s per publisher at the first step")
+    p.add_argument("--start-rate-django", type=float, default=0.025,
+                   help="the same for daphne, which saturates far earlier")
     p.add_argument("--max-rate", type=float, default=2000.0)
     p.add_argument("--step-seconds", type=float, default=5.0)
     p.add_argument("--big-group", type=int, default=5000)
@@ -277,9 +279,12 @@ def render(results):
     def get(kind, *path):
         v = s.get(kind, {})
         for k in path:
-            if not isinstance(v, dict) or k not in v or v[k] is None:
+            if isinstance(v, list) and isinstance(k, int) and k < len(v):
+                v = v[k]
+            elif isinstance(v, dict) and k in v and v[k] is not None:
+                v = v[k]
+            else:
                 return None
-            v = v[k]
         return v
 
     def ratio(a, b):
