@@ -7,10 +7,15 @@
 //! invalid UTF-8, limits nesting to [`MAX_DEPTH`], and never allocates more than the input could
 //! hold (a length prefix larger than the remaining bytes is an error before any allocation).
 
+use std::collections::HashMap;
+
 use rmp::Marker;
 use rmp::encode;
 
 use crate::message::{Map, MessageError, Value};
+
+/// Maps with more keys than this find repeated keys through a hash index instead of a scan.
+const SCAN_LIMIT: usize = 16;
 
 /// The deepest nesting the decoder accepts.
 pub const MAX_DEPTH: usize = 64;
@@ -204,16 +209,28 @@ impl<'a> Reader<'a> {
     fn map(&mut self, n: usize, depth: usize) -> Result<Value, MessageError> {
         self.enter(depth, 2, n)?;
         let mut entries: Vec<(String, Value)> = Vec::with_capacity(n);
+        // Repeated keys are looked up by scanning small maps and through an index for large ones,
+        // so a map with many keys (from Redis, untrusted) decodes in linear time.
+        let mut index: Option<HashMap<String, usize>> = (n > SCAN_LIMIT).then(HashMap::new);
         for _ in 0..n {
             let key = match self.value(depth + 1)? {
                 Value::Str(k) => k,
                 _ => return Err(MessageError::NonStrKey),
             };
             let value = self.value(depth + 1)?;
+            let existing = match &index {
+                Some(index) => index.get(&key).copied(),
+                None => entries.iter().position(|(k, _)| *k == key),
+            };
             // Python keeps the last value for a repeated key, at the first key's position.
-            match entries.iter_mut().find(|(k, _)| *k == key) {
-                Some(slot) => slot.1 = value,
-                None => entries.push((key, value)),
+            match existing {
+                Some(i) => entries[i].1 = value,
+                None => {
+                    if let Some(index) = &mut index {
+                        index.insert(key.clone(), entries.len());
+                    }
+                    entries.push((key, value));
+                }
             }
         }
         Ok(Value::Map(Map::from_entries(entries)))
@@ -348,6 +365,30 @@ mod tests {
         let mut ok = vec![0x91; MAX_DEPTH - 1];
         ok.push(0x90);
         assert!(decode_exact(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_map_with_many_keys_decodes_in_linear_time() {
+        // 50,000 distinct keys and one repeat: a scan per key would take seconds.
+        let n = 50_000u32;
+        let mut bytes = vec![0xdf];
+        bytes.extend_from_slice(&(n + 1).to_be_bytes());
+        for i in 0..=n {
+            let key = format!("k{}", i % n);
+            bytes.push(0xa0 | u8::try_from(key.len()).unwrap());
+            bytes.extend_from_slice(key.as_bytes());
+            bytes.push(0x01);
+        }
+        let started = std::time::Instant::now();
+        let Value::Map(map) = decode_exact(&bytes).unwrap() else {
+            panic!("not a map")
+        };
+        assert_eq!(map.len(), n as usize, "the repeated key keeps one entry");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -58,7 +58,8 @@ impl RePath {
     /// Compiles `pattern` with Django's endpoint semantics.
     pub fn new(pattern: &str) -> Result<Self, regex::Error> {
         let anchored = if pattern.ends_with('$') {
-            format!("^(?:{pattern})")
+            // Django's fullmatch: the whole path, whatever alternations the pattern has.
+            format!("^(?:{pattern})\\z")
         } else {
             pattern.to_owned()
         };
@@ -207,6 +208,10 @@ mod tests {
         assert!(p.matches("group/1/2/").is_none());
         assert!(p.matches("group//").is_none());
         assert!(p.matches("group/a-b/").is_none(), "\\w has no hyphen");
+        // The whole path must match, as with fullmatch, even with an alternation.
+        let alt = RePath::new("a|b$").unwrap();
+        assert!(alt.matches("abc").is_none());
+        assert!(alt.matches("a").is_some() && alt.matches("b").is_some());
     }
 
     #[test]

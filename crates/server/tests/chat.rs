@@ -207,3 +207,26 @@ async fn an_oversized_message_closes_with_1009_and_others_carry_on() {
     drop((big, other));
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_close_gets_the_servers_close_reply() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let server = spawn().await;
+    let mut ws = server.ws("/group/closing/").await;
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    ws.0.send(Frame::Close(Some(frame))).await.unwrap();
+    // A clean close: the server answers with its own close frame before the stream ends.
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(3), ws.0.next())
+        .await
+        .expect("no close reply within 3 s");
+    match reply {
+        Some(Ok(Frame::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1000),
+        other => panic!("expected the server's close frame, got {other:?}"),
+    }
+    server.stop().await.unwrap();
+}

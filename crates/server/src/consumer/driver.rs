@@ -152,6 +152,7 @@ pub(crate) async fn run<C: Consumer>(
     let code = match end {
         Some(End::ByClient(code)) => {
             state.metrics().closed_by_client(code);
+            finish_client_close(&mut socket, &limits).await;
             code
         }
         Some(End::ByServer(close)) => {
@@ -286,6 +287,19 @@ fn queue(outbox: &mut Outbox, cx: &mut Context, limits: &Limits) -> Result<(), E
 
 /// Writes what the handlers queued before the close (unless the client is not reading), sends
 /// our close frame and waits (bounded) for the client's, so the close is clean.
+/// The client closed first: tungstenite has queued our close reply, which only goes out on the
+/// next read or write. Read on (bounded) until the stream ends, so the client gets a clean close
+/// instead of a dropped connection (its 1006).
+async fn finish_client_close(socket: &mut WebSocket, limits: &Limits) {
+    let drain = async { while let Some(Ok(_)) = socket.recv().await {} };
+    if tokio::time::timeout(limits.close_timeout, drain)
+        .await
+        .is_err()
+    {
+        tracing::debug!("client did not finish its close handshake in time");
+    }
+}
+
 async fn close_socket(socket: &mut WebSocket, outbox: &mut Outbox, close: &Close, limits: &Limits) {
     tracing::debug!(close_code = close.code, reason = %close.reason, "closing");
     let frame = Frame::Close(Some(CloseFrame {
