@@ -285,8 +285,6 @@ fn queue(outbox: &mut Outbox, cx: &mut Context, limits: &Limits) -> Result<(), E
     Ok(())
 }
 
-/// Writes what the handlers queued before the close (unless the client is not reading), sends
-/// our close frame and waits (bounded) for the client's, so the close is clean.
 /// The client closed first: tungstenite has queued our close reply, which only goes out on the
 /// next read or write. Read on (bounded) until the stream ends, so the client gets a clean close
 /// instead of a dropped connection (its 1006).
@@ -300,6 +298,8 @@ async fn finish_client_close(socket: &mut WebSocket, limits: &Limits) {
     }
 }
 
+/// Writes what the handlers queued before the close (unless the client is not reading), sends
+/// our close frame and waits (bounded) for the client's, so the close is clean.
 async fn close_socket(socket: &mut WebSocket, outbox: &mut Outbox, close: &Close, limits: &Limits) {
     tracing::debug!(close_code = close.code, reason = %close.reason, "closing");
     let frame = Frame::Close(Some(CloseFrame {
