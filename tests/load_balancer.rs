@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use browser_support::{Browser, finish};
 use nginx::Nginx;
 use redis_server::RedisServer;
-use replica::{Client, Replica};
+use replica::{Client, Replica, metrics};
 
 const PREFIX: &str = "组内主动推送消息:";
 
@@ -67,19 +67,6 @@ fn replica_args(redis: &RedisServer) -> Vec<&'static str> {
     // Leaked once per replica start: tiny, and it keeps Replica::start's signature simple.
     let url: &'static str = Box::leak(redis.url().into_boxed_str());
     vec!["--redis-url", url, "--drain-timeout-secs", "10"]
-}
-
-/// Reads `/metrics` of one replica into `name{labels}` -> value.
-async fn metrics(port: u16) -> HashMap<String, f64> {
-    let (status, body) = replica::http_get(port, "/metrics").await.unwrap();
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (name, value) = l.rsplit_once(' ').unwrap();
-            (name.to_owned(), value.parse().unwrap())
-        })
-        .collect()
 }
 
 async fn expect_chat(client: &mut Client, text: &str) {

@@ -155,6 +155,34 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .flatten()
 }
 
+/// Reads `/metrics` of the replica on `port` into `name{labels}` -> value.
+pub async fn metrics(port: u16) -> std::collections::HashMap<String, f64> {
+    let (status, body) = http_get(port, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Waits until the replica's `/readyz` answers `status`, at most `within`; returns how long it
+/// took.
+pub async fn wait_readyz(replica: &Replica, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    while http_status(replica.port, "/readyz").await != Some(status) {
+        assert!(
+            started.elapsed() < within,
+            "{} /readyz not {status} within {within:?}",
+            replica.name
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
 /// Polls `check` until it is true, or fails after `within`.
 pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;

@@ -18,7 +18,10 @@
 //! Resilience: publishes have a deadline (1 s by default) and fail with
 //! [`LayerError::Unavailable`] instead of hanging; each shard's subscriber reconnects forever,
 //! is pinged every second to detect dead connections, and after any reconnect re-subscribes
-//! everything the registry holds. Anything undecodable that arrives is dropped, counted and
+//! everything the registry holds. A subscriber whose ping times out (a black-holed or half-open
+//! connection, which no error would ever reveal) is replaced by a fresh connection, and
+//! whatever the old one still delivers is ignored: after a partition heals, fresh messages flow
+//! at once instead of queueing behind a stale backlog. Anything undecodable that arrives is dropped, counted and
 //! logged. Messages published while a subscriber is disconnected are lost (at most once), as
 //! with channels_redis.
 
@@ -174,10 +177,16 @@ struct Router {
     connected: Vec<AtomicBool>,
     /// Per shard: a disconnect was seen; resubscribe everything at the next good ping.
     resync: Vec<AtomicBool>,
+    /// Per shard: the generation of the current subscriber connection; pushes from older
+    /// (replaced) connections are ignored.
+    generation: Vec<AtomicU64>,
 }
 
 impl Router {
-    fn on_push(&self, shard: usize, push: PushInfo) {
+    fn on_push(&self, shard: usize, generation: u64, push: PushInfo) {
+        if self.generation[shard].load(Ordering::SeqCst) != generation {
+            return;
+        }
         match push.kind {
             PushKind::Message => {
                 if let [
@@ -249,9 +258,81 @@ impl Router {
 
 #[derive(Debug)]
 struct Shard {
+    index: usize,
     host: HostUrl,
     pool: Pool,
-    subscriber: ConnectionManager,
+    /// The current subscriber connection (cloned out for each use: clones share it).
+    subscriber: Mutex<ConnectionManager>,
+    router: Arc<Router>,
+    timeout: Duration,
+    reconnect_max_delay: Duration,
+}
+
+impl Shard {
+    fn new(
+        index: usize,
+        url: &str,
+        config: &RedisPubSubConfig,
+        router: &Arc<Router>,
+    ) -> Result<Self, LayerError> {
+        let host = HostUrl::parse(url)?;
+        let subscriber = Self::connect_subscriber(
+            &host,
+            index,
+            config.timeout,
+            config.reconnect_max_delay,
+            router,
+        )?;
+        Ok(Shard {
+            index,
+            pool: host.pool(config.timeout, config.pool_size)?,
+            subscriber: Mutex::new(subscriber),
+            host,
+            router: Arc::clone(router),
+            timeout: config.timeout,
+            reconnect_max_delay: config.reconnect_max_delay,
+        })
+    }
+
+    /// A lazily connecting subscriber whose pushes reach the router tagged with the shard's
+    /// current generation.
+    fn connect_subscriber(
+        host: &HostUrl,
+        index: usize,
+        timeout: Duration,
+        max_delay: Duration,
+        router: &Arc<Router>,
+    ) -> Result<ConnectionManager, LayerError> {
+        let generation = router.generation[index].load(Ordering::SeqCst);
+        let router = Arc::clone(router);
+        host.subscriber(timeout, max_delay, move |push| {
+            router.on_push(index, generation, push);
+            Ok(())
+        })
+    }
+
+    fn subscriber(&self) -> ConnectionManager {
+        self.subscriber
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Drops the subscriber connection for a new one, which the next good ping resubscribes;
+    /// anything the old one still delivers is ignored from now on.
+    fn replace_subscriber(&self) -> Result<(), LayerError> {
+        self.router.generation[self.index].fetch_add(1, Ordering::SeqCst);
+        self.router.resync[self.index].store(true, Ordering::SeqCst);
+        let fresh = Self::connect_subscriber(
+            &self.host,
+            self.index,
+            self.timeout,
+            self.reconnect_max_delay,
+            &self.router,
+        )?;
+        *self.subscriber.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -298,7 +379,7 @@ impl RedisPubSubChannelLayer {
         if config.hosts.is_empty() {
             return Err(LayerError::Config("no Redis host given".to_owned()));
         }
-        let replica = match config.replica_id {
+        let replica = match config.replica_id.clone() {
             Some(id) => id,
             None => random_replica_id(),
         };
@@ -326,22 +407,14 @@ impl RedisPubSubChannelLayer {
             counters: Counters::default(),
             connected: (0..n).map(|_| AtomicBool::new(false)).collect(),
             resync: (0..n).map(|_| AtomicBool::new(true)).collect(),
+            generation: (0..n).map(|_| AtomicU64::new(0)).collect(),
         });
-        let mut shards = Vec::with_capacity(n);
-        for (i, url) in config.hosts.iter().enumerate() {
-            let host = HostUrl::parse(url)?;
-            let push_router = Arc::clone(&router);
-            let subscriber =
-                host.subscriber(config.timeout, config.reconnect_max_delay, move |push| {
-                    push_router.on_push(i, push);
-                    Ok(())
-                })?;
-            shards.push(Shard {
-                pool: host.pool(config.timeout, config.pool_size)?,
-                subscriber,
-                host,
-            });
-        }
+        let shards = config
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, url)| Shard::new(i, url, &config, &router))
+            .collect::<Result<Vec<_>, _>>()?;
         tracing::info!(
             replica = %replica,
             hosts = ?shards.iter().map(|s| s.host.display()).collect::<Vec<_>>(),
@@ -425,7 +498,7 @@ impl Inner {
             return Ok(());
         }
         let shard = &self.shards[i];
-        let mut sub = shard.subscriber.clone();
+        let mut sub = shard.subscriber();
         bounded(
             &shard.host,
             self.timeout,
@@ -462,7 +535,7 @@ impl Inner {
         for (i, shard) in self.shards.iter().enumerate() {
             let stale: Vec<String> = subscribed[i].difference(&desired[i]).cloned().collect();
             let missing: Vec<String> = desired[i].difference(&subscribed[i]).cloned().collect();
-            let mut sub = shard.subscriber.clone();
+            let mut sub = shard.subscriber();
             for batch in stale.chunks(512) {
                 match bounded(
                     &shard.host,
@@ -490,7 +563,7 @@ impl Inner {
     /// After a (re)connect: the pattern, then every channel the registry needs, from scratch.
     async fn resync(&self, i: usize) -> Result<(), LayerError> {
         let shard = &self.shards[i];
-        let mut sub = shard.subscriber.clone();
+        let mut sub = shard.subscriber();
         let mut subscribed = self.subscribed.lock().await;
         bounded(
             &shard.host,
@@ -529,14 +602,30 @@ async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) {
         let Some(inner) = inner.upgrade() else { return };
         let shard = &inner.shards[i];
         let router = &inner.router;
-        let mut sub = shard.subscriber.clone();
-        let ping = bounded(
-            &shard.host,
+        let mut sub = shard.subscriber();
+        let ping = tokio::time::timeout(
             inner.timeout,
-            "PING",
             redis::cmd("PING").query_async::<redis::Value>(&mut sub),
         )
         .await;
+        drop(sub);
+        let ping = match ping {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if !error.is_timeout() => {
+                Err(shard.host.unavailable(format!("PING failed: {error}")))
+            }
+            Ok(Err(_)) | Err(_) => {
+                // No answer and no error: the connection may be black-holed or half-open, and
+                // redis-rs only reconnects on errors. Start over with a fresh one.
+                if let Err(error) = shard.replace_subscriber() {
+                    tracing::error!(%error, "cannot replace the redis subscriber");
+                }
+                Err(shard.host.unavailable(format!(
+                    "PING timed out after {:?}: connection replaced",
+                    inner.timeout
+                )))
+            }
+        };
         match ping {
             Ok(_) => {
                 if router.resync[i].swap(false, Ordering::SeqCst) {

@@ -123,7 +123,13 @@ pub(crate) async fn run<C: Consumer>(
                     );
                     Err(End::ByServer(Close::RATE_LIMIT))
                 } else {
-                    on_frame(&mut consumer, &mut cx, frame).await
+                    // The socket branch comes first in the select: without taking what waits
+                    // in the inbox here, a client that sends without pause would starve its
+                    // own inbox until it overflowed.
+                    match on_frame(&mut consumer, &mut cx, frame).await {
+                        Ok(()) => drain_inbox(&mut consumer, &mut cx, &mut inbox).await,
+                        Err(end) => Err(end),
+                    }
                 }
             }
             Event::WriteFailed(error) => {
@@ -231,6 +237,15 @@ async fn on_layer<C: Consumer>(
     msg: Message,
 ) -> Result<(), End> {
     consumer.event(cx, msg).await.map_err(End::ByServer)?;
+    drain_inbox(consumer, cx, inbox).await
+}
+
+/// Handles the layer messages already waiting in the inbox, up to a write batch; never waits.
+async fn drain_inbox<C: Consumer>(
+    consumer: &mut C,
+    cx: &mut Context,
+    inbox: &mut Inbox,
+) -> Result<(), End> {
     while cx.outgoing.len() < WRITE_BATCH {
         let Some(next) = inbox.try_recv() else { break };
         consumer.event(cx, next).await.map_err(End::ByServer)?;
