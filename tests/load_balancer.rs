@@ -13,13 +13,15 @@ mod redis_server;
 mod replica;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures_util::StreamExt;
 use browser_support::{Browser, finish};
 use nginx::Nginx;
 use redis_server::RedisServer;
-use replica::{Client, Replica, metrics};
+use replica::{Client, Replica, eventually, metrics};
 
 const PREFIX: &str = "组内主动推送消息:";
 
@@ -157,6 +159,101 @@ async fn a_rolling_restart_drains_with_1001_and_everyone_keeps_chatting() {
     // The restarted replicas take new sockets again.
     let (_client, landed) = lb.connect("/group/roll/").await;
     assert!(lb.index_of(&landed) < 3);
+}
+
+/// The pages' reconnect delay before retry `n` (1, 2, ...): full jitter, uniform in
+/// `[0, min(CAP, BASE * 2^n))` (`channels_web::reconnect`).
+fn full_jitter(n: u32) -> Duration {
+    use channels_web::reconnect::{BASE_MS, CAP_MS};
+    let ceiling = u64::from(CAP_MS.min(BASE_MS.saturating_mul(1 << n.min(16))));
+    let random = std::collections::hash_map::RandomState::new().hash_one(n);
+    Duration::from_millis(random % ceiling.max(1))
+}
+
+/// R-05 `replica_crash`: SIGKILL one replica under its clients. They see the connection drop
+/// (1006), reconnect through nginx with the pages' backoff and land on the others; the killed
+/// replica's subscriptions vanish from Redis; group messages reach everyone again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_replica_reconnect_elsewhere_and_its_subscriptions_vanish() {
+    const CLIENTS: usize = 60;
+    let mut lb = Deployment::start().await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(lb.connect("/group/crash/").await);
+    }
+    eventually("subscribed", Duration::from_secs(5), || {
+        lb.redis.numsub(&["asgi__group__crash"]) == [3]
+    })
+    .await;
+    let victim = clients[0].1.clone();
+    let (orphans, mut survivors): (Vec<_>, Vec<_>) =
+        clients.into_iter().partition(|(_, on)| *on == victim);
+    println!("{} of {CLIENTS} clients on {victim}", orphans.len());
+
+    let v = lb.index_of(&victim);
+    lb.replicas[v].kill().await;
+    let killed = Instant::now();
+    let url = lb.nginx.ws_url("/group/crash/");
+    let reconnects: Vec<_> = orphans
+        .into_iter()
+        .map(|(mut client, _)| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                // No close frame arrives: the stream just ends (what a browser reports as 1006).
+                if let Ok(Some(Ok(frame))) =
+                    tokio::time::timeout(Duration::from_secs(5), client.0.next()).await
+                {
+                    panic!("expected the connection to drop, got {frame:?}");
+                }
+                let mut retry = 1;
+                loop {
+                    tokio::time::sleep(full_jitter(retry)).await;
+                    let attempt = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        tokio_tungstenite::connect_async(&url),
+                    )
+                    .await;
+                    if let Ok(Ok((stream, response))) = attempt {
+                        let landed = response.headers()["x-channels-replica"]
+                            .to_str()
+                            .unwrap()
+                            .to_owned();
+                        return (Client(stream), landed, killed.elapsed());
+                    }
+                    retry += 1;
+                }
+            })
+        })
+        .collect();
+    eventually(
+        "the killed replica's subscription gone",
+        Duration::from_secs(5),
+        || lb.redis.numsub(&["asgi__group__crash"]) == [2],
+    )
+    .await;
+    let mut times = Vec::new();
+    for task in reconnects {
+        let (client, landed, took) = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("every client reconnects within 30 s")
+            .unwrap();
+        assert_ne!(landed, victim);
+        times.push(took);
+        survivors.push((client, landed));
+    }
+    times.sort();
+    let p95 = times[(times.len() * 95).div_ceil(100) - 1];
+    println!(
+        "reconnected after the crash: p95 {p95:?}, last {:?}",
+        times.last().unwrap()
+    );
+    assert!(p95 <= Duration::from_secs(10), "p95 {p95:?}");
+
+    survivors[0].0.send_text("after-crash").await;
+    for (client, _) in &mut survivors {
+        expect_chat(client, "after-crash").await;
+    }
+    assert_eq!(survivors.len(), CLIENTS);
 }
 
 /// Which replica holds each open WebSocket now, by each replica's own gauge.
