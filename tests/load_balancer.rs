@@ -17,8 +17,8 @@ use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures_util::StreamExt;
 use browser_support::{Browser, finish};
+use futures_util::StreamExt;
 use nginx::Nginx;
 use redis_server::RedisServer;
 use replica::{Client, Replica, eventually, metrics};
