@@ -23,11 +23,12 @@
 #   PEERS_NOFILE=1048576   open-file limit set before exec (the machine's default is 20000, too
 #                          few for S-idle); falls back to the hard limit if it cannot be raised
 #   PEERS_BACKLOG=1024     listen backlog for socketio and django (daphne/Twisted default 50,
-#                          Node default 511; the Rust server's is fixed by tokio/mio at 128)
+#                          Node default 511; the Rust server's is 4096)
 #   PEERS_DJANGO_STDOUT=discard|keep   the seed consumer print()s a line per received message and
 #                          per connect/disconnect; by default its stdout goes to /dev/null
 #                          (daphne -v 0 sends its own warnings to stderr, which is kept)
 #   PEERS_RUST_BIN=PATH    the Rust binary (default ${CARGO_TARGET_DIR:-target}/release/channels-server)
+#   PEERS_RUST_WORKERS=N   the Rust replicas' --workers (default 1: two replicas, two cores)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -119,8 +120,11 @@ case "$cmd" in
         # idle test opens thousands per source address: lift the per-connection message rate
         # and per-address connection caps (abuse limits, not capacity limits). The peers have
         # no such limits.
+        # Two replicas share this machine's cores: one thread each (${PEERS_RUST_WORKERS:-1}),
+        # like the single-threaded peers, instead of each assuming it has every core.
         exec "$bin" --bind "127.0.0.1:$1" --redis-url "$2" --layer "$layer" --log-level warn \
-            --max-messages-per-second 0 --max-connections-per-ip 0
+            --max-messages-per-second 0 --max-connections-per-ip 0 \
+            --workers "${PEERS_RUST_WORKERS:-1}"
         ;;
     wait)
         [ $# -ge 2 ] || usage

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
@@ -108,7 +108,7 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
         path,
         query_string: parts.uri.query().unwrap_or_default().to_owned(),
         client: peer,
-        headers: parts.headers,
+        headers: compact(&parts.headers),
         url_route,
     };
     endpoint
@@ -178,4 +178,38 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, connecting: Connecting) 
             }
             .instrument(span)
         })
+}
+
+/// A copy of `headers` that owns its bytes. hyper's header values are slices of the connection's
+/// 8 KiB read buffer: keeping them for the scope's lifetime would pin that whole buffer for as
+/// long as the WebSocket stays open (most of the memory of an idle connection).
+fn compact(headers: &HeaderMap) -> HeaderMap {
+    let mut copy = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        owned.set_sensitive(value.is_sensitive());
+        copy.append(name.clone(), owned);
+    }
+    copy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compacted_headers_keep_every_value_in_order_and_sensitivity() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::ORIGIN, HeaderValue::from_static("http://a.example"));
+        headers.append("x-many", HeaderValue::from_static("1"));
+        headers.append("x-many", HeaderValue::from_static("2"));
+        let mut cookie = HeaderValue::from_static("session=secret");
+        cookie.set_sensitive(true);
+        headers.append(header::COOKIE, cookie);
+        let copy = compact(&headers);
+        assert_eq!(copy, headers);
+        let many: Vec<_> = copy.get_all("x-many").iter().collect();
+        assert_eq!(many, ["1", "2"]);
+        assert!(copy[header::COOKIE].is_sensitive());
+    }
 }

@@ -126,8 +126,8 @@ pub(crate) async fn run<C: Consumer>(
                     // The socket branch comes first in the select: without taking what waits
                     // in the inbox here, a client that sends without pause would starve its
                     // own inbox until it overflowed.
-                    match on_frame(&mut consumer, &mut cx, frame).await {
-                        Ok(()) => drain_inbox(&mut consumer, &mut cx, &mut inbox).await,
+                    match Box::pin(on_frame(&mut consumer, &mut cx, frame)).await {
+                        Ok(()) => Box::pin(drain_inbox(&mut consumer, &mut cx, &mut inbox)).await,
                         Err(end) => Err(end),
                     }
                 }
@@ -136,7 +136,9 @@ pub(crate) async fn run<C: Consumer>(
                 tracing::debug!(%error, "write failed: connection lost");
                 Err(End::Broken)
             }
-            Event::Layer(Some(msg)) => on_layer(&mut consumer, &mut cx, &mut inbox, msg).await,
+            Event::Layer(Some(msg)) => {
+                Box::pin(on_layer(&mut consumer, &mut cx, &mut inbox, msg)).await
+            }
             Event::Layer(None) => {
                 // The layer was flushed or closed under us: this connection cannot get group
                 // messages any more, so it should reconnect.
@@ -154,16 +156,19 @@ pub(crate) async fn run<C: Consumer>(
     }
     // Channels' websocket_disconnect: leave the groups, then tell the consumer. The groups are
     // left first, so a connection waiting for its close handshake takes no group messages.
-    cx.discard_all_groups().await;
+    //
+    // Every await below (and in the loop's handlers) is boxed: the task of an idle connection
+    // holds only the loop's own state, not room for the largest handler future it might run.
+    Box::pin(cx.discard_all_groups()).await;
     let code = match end {
         Some(End::ByClient(code)) => {
             state.metrics().closed_by_client(code);
-            finish_client_close(&mut socket, &limits).await;
+            Box::pin(finish_client_close(&mut socket, &limits)).await;
             code
         }
         Some(End::ByServer(close)) => {
             state.metrics().closed_by_server(close.code);
-            close_socket(&mut socket, &mut outbox, &close, &limits).await;
+            Box::pin(close_socket(&mut socket, &mut outbox, &close, &limits)).await;
             None
         }
         Some(End::Broken) | None => {
@@ -171,7 +176,7 @@ pub(crate) async fn run<C: Consumer>(
             None
         }
     };
-    consumer.disconnect(&mut cx, code).await;
+    Box::pin(consumer.disconnect(&mut cx, code)).await;
     drop(inbox);
     state.metrics().connection_closed();
     tracing::debug!(close_code = ?code, "disconnected");
