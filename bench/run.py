@@ -9,7 +9,8 @@ Systems, two replicas each on one redis-server started here:
 
 Scenarios (issue 5, reference/performance.md):
   S-fanout     10-member groups spread over both replicas, one publisher per group; the offered
-               rate doubles each step; the result is the highest delivered messages/s with zero
+               rate doubles each step, then two bisection steps narrow the limit between the
+               last passing and the failing rate; the result is the highest delivered messages/s with zero
                loss, no duplicate or reorder, and p99 < 50 ms
   S-big-group  one group of 5,000 members over both replicas, one publisher at 10 messages/s
   S-idle       idle connections joined to groups on ONE replica: RSS per connection, idle CPU
@@ -155,11 +156,13 @@ def brief(r):
 
 
 def fanout_sweep(system, args):
-    """Doubles the publish rate until a step fails; returns (best step, all steps)."""
+    """Doubles the publish rate until a step fails, then bisects between the last passing and
+    the failing rate (--bisect steps); returns (best step, all steps)."""
     best, steps = None, []
-    rate = args.start_rate_django if system.kind == "django" else args.start_rate
     tag = 0
-    while rate <= args.max_rate:
+
+    def step(rate):
+        nonlocal tag
         tag += 1
         r = loadgen("fanout", system, ["--groups", args.groups, "--members", 10,
                                        "--publishers", 1, "--rate", rate,
@@ -171,10 +174,24 @@ def fanout_sweep(system, args):
             + ("ok " if ok else "FAIL ")
             + (r.get("error") or f"{r['delivered_per_sec']:.0f} delivered/s, lost {r['lost']}, "
                f"p99 {r['latency_ms']['p99']:.1f} ms"))
-        if not ok:
+        return ok
+
+    rate = args.start_rate_django if system.kind == "django" else args.start_rate
+    failed = None
+    while rate <= args.max_rate:
+        if not step(rate):
+            failed = rate
             break
         best = steps[-1]
         rate *= 2
+    if best is not None and failed is not None:
+        low, high = best["rate_per_publisher"], failed
+        for _ in range(args.bisect):
+            mid = round((low + high) / 2, 3)
+            if step(mid):
+                best, low = steps[-1], mid
+            else:
+                high = mid
     return best, steps
 
 
@@ -189,6 +206,8 @@ def main():
                    help="the same for daphne, which saturates far earlier")
     p.add_argument("--max-rate", type=float, default=2000.0)
     p.add_argument("--step-seconds", type=float, default=5.0)
+    p.add_argument("--bisect", type=int, default=2,
+                   help="S-fanout: bisection steps between the last passing and the failing rate")
     p.add_argument("--big-group", type=int, default=5000)
     # 50,000 is the issue's figure; a process here may hold at most 20,000 descriptors (a hard
     # RLIMIT_NOFILE that root cannot raise without CAP_SYS_RESOURCE), so one replica holds 19,000.
