@@ -136,9 +136,8 @@ pub(crate) async fn run<C: Consumer>(
                 tracing::debug!(%error, "write failed: connection lost");
                 Err(End::Broken)
             }
-            Event::Layer(Some(msg)) => {
-                Box::pin(on_layer(&mut consumer, &mut cx, &mut inbox, msg)).await
-            }
+            // Not boxed: the hot path of a fan-out (and a small future).
+            Event::Layer(Some(msg)) => on_layer(&mut consumer, &mut cx, &mut inbox, msg).await,
             Event::Layer(None) => {
                 // The layer was flushed or closed under us: this connection cannot get group
                 // messages any more, so it should reconnect.
@@ -157,8 +156,9 @@ pub(crate) async fn run<C: Consumer>(
     // Channels' websocket_disconnect: leave the groups, then tell the consumer. The groups are
     // left first, so a connection waiting for its close handshake takes no group messages.
     //
-    // Every await below (and in the loop's handlers) is boxed: the task of an idle connection
-    // holds only the loop's own state, not room for the largest handler future it might run.
+    // The awaits below and the client-frame handlers are boxed: the task of an idle connection
+    // holds only the loop's own state, not room for the largest handler future it might run
+    // (a group send through Redis).
     Box::pin(cx.discard_all_groups()).await;
     let code = match end {
         Some(End::ByClient(code)) => {
