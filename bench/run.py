@@ -9,7 +9,7 @@ Systems, two replicas each on one redis-server started here:
 
 Scenarios (issue 5, reference/performance.md):
   S-fanout     10-member groups spread over both replicas, one publisher per group; the offered
-               rate doubles each step, then two bisection steps narrow the limit between the
+               rate doubles each step, then three bisection steps narrow the limit between the
                last passing and the failing rate; the result is the highest delivered messages/s with zero
                loss, no duplicate or reorder, and p99 < 50 ms
   S-big-group  one group of 5,000 members over both replicas, one publisher at 10 messages/s
@@ -206,7 +206,7 @@ def main():
                    help="the same for daphne, which saturates far earlier")
     p.add_argument("--max-rate", type=float, default=2000.0)
     p.add_argument("--step-seconds", type=float, default=5.0)
-    p.add_argument("--bisect", type=int, default=2,
+    p.add_argument("--bisect", type=int, default=3,
                    help="S-fanout: bisection steps between the last passing and the failing rate")
     p.add_argument("--big-group", type=int, default=5000)
     # 50,000 is the issue's figure; a process here may hold at most 20,000 descriptors (a hard

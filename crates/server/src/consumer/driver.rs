@@ -57,7 +57,11 @@ pub(crate) async fn run<C: Consumer>(
 ) {
     let state = cx.state().clone();
     let limits = *state.limits();
+    // One wait for the whole connection: a fresh `cancelled()` per loop iteration would lock the
+    // token's mutex and register (and unregister) a waiter for every message.
     let shutdown = state.shutdown().clone();
+    let shutdown = shutdown.cancelled_owned();
+    tokio::pin!(shutdown);
     state.metrics().connection_opened();
     tracing::debug!(channel = %cx.channel_name(), "connected");
     let now = Instant::now();
@@ -86,7 +90,7 @@ pub(crate) async fn run<C: Consumer>(
         }
         let event = tokio::select! {
             biased;
-            () = shutdown.cancelled(), if drain_at.is_none() => Event::ShutdownBegan,
+            () = &mut shutdown, if drain_at.is_none() => Event::ShutdownBegan,
             () = &mut timer, if due.is_some() => Event::Timer,
             event = std::future::poll_fn(|task| {
                 // Write what waits, then read: both directions in one poll.
