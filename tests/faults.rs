@@ -522,6 +522,54 @@ async fn a_partitioned_replica_is_detected_and_recovers_and_the_others_lose_noth
     assert!(m["channels_layer_disconnects_total"] >= 1.0);
 }
 
+/// R-04 `silent_starvation_probe`: replica A's subscriber connection stops getting messages
+/// while it still answers pings. A's liveness probe (one `PUBLISH` to its own pattern per 1 s
+/// ping interval) notices within three intervals, the connection is replaced, and delivery
+/// resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_hears_nothing_is_replaced_and_delivery_resumes() {
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.port()).await;
+    let a = start_replica("a", &proxy.redis_url()).await;
+    let b = start_replica("b", &redis.url()).await;
+    let mut load = Load::start("deaf", &[&a, &a, &b]).await;
+    load.publish(&b, Pace::Every(Duration::from_millis(20)))
+        .await;
+    load.go();
+    eventually("subscribed", Duration::from_secs(5), || {
+        group_subscribers(&redis, "deaf") == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let disconnects =
+        |m: std::collections::HashMap<String, f64>| m["channels_layer_disconnects_total"];
+    let before = disconnects(metrics(a.port).await);
+
+    proxy.starve();
+    let starved = Instant::now();
+    while disconnects(metrics(a.port).await) == before {
+        assert!(
+            starved.elapsed() < Duration::from_secs(6),
+            "a never noticed that its subscriber hears nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let detected = starved.elapsed();
+    println!("a replaced its deaf subscriber {detected:?} after it went deaf");
+    assert!(detected < Duration::from_millis(3500), "{detected:?}");
+    let recovered = wait_readyz(&a, 200, Duration::from_secs(3)).await;
+    println!("a ready again {recovered:?} later");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.finish().await;
+
+    assert!(report.members.iter().all(|m| m.closed.is_none()));
+    report.assert_complete(report.on("b"));
+    let lost =
+        report.assert_losses_within(report.on("a"), (starved, starved + detected + recovered));
+    println!("a's members lost {lost} deliveries while it was deaf");
+    assert!(lost > 0, "the proxy did not starve a's subscriber");
+}
+
 /// R-09 `per_publisher_order` and R-10 `total_order_concurrent`: members on three replicas see
 /// each publisher's messages in order with no gap, and all see the same interleaving of
 /// concurrent publishers.

@@ -7,6 +7,11 @@
 //!   and arrives after [`FaultProxy::heal`] (unless that side gave up and closed first).
 //! - [`FaultProxy::heal`]: bytes flow again.
 //! - [`FaultProxy::reset`]: every open connection is dropped at once (both sockets closed).
+//! - [`FaultProxy::starve`]: the connections open now stop getting pub/sub messages from Redis
+//!   (`message` and `pmessage` pushes are dropped) while every other reply, PONG included, still
+//!   passes: a subscriber that looks alive and hears nothing. New connections are not affected.
+//!
+//! The Redis-to-client direction is parsed into RESP frames so that whole pushes can be dropped.
 
 #![allow(
     dead_code,
@@ -36,6 +41,8 @@ pub struct FaultProxy {
     /// Bumped by [`FaultProxy::reset`]; every connection ends when it changes.
     generation: watch::Sender<u64>,
     accepted: Arc<AtomicUsize>,
+    /// Connections accepted before this number are starved.
+    starve_below: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -47,19 +54,26 @@ impl FaultProxy {
         let (link, link_rx) = watch::channel(Link::Up);
         let (generation, generation_rx) = watch::channel(0u64);
         let accepted = Arc::new(AtomicUsize::new(0));
+        let starve_below = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&accepted);
+        let starving = Arc::clone(&starve_below);
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                counter.fetch_add(1, Ordering::SeqCst);
+                let index = counter.fetch_add(1, Ordering::SeqCst);
+                let starved = {
+                    let starving = Arc::clone(&starving);
+                    move || index < starving.load(Ordering::SeqCst)
+                };
                 connections.spawn(connection(
                     client,
                     upstream,
                     link_rx.clone(),
                     generation_rx.clone(),
+                    starved,
                 ));
                 while connections.try_join_next().is_some() {}
             }
@@ -69,6 +83,7 @@ impl FaultProxy {
             link,
             generation,
             accepted,
+            starve_below,
             task,
         }
     }
@@ -93,6 +108,12 @@ impl FaultProxy {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// From now on, the connections open now get no `message` or `pmessage` push.
+    pub fn starve(&self) {
+        self.starve_below
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
@@ -112,6 +133,7 @@ async fn connection(
     upstream: u16,
     link: watch::Receiver<Link>,
     mut generation: watch::Receiver<u64>,
+    starved: impl Fn() -> bool + Send + Sync + 'static,
 ) {
     generation.mark_unchanged();
     let run = async {
@@ -123,9 +145,15 @@ async fn connection(
         let _ = server.set_nodelay(true);
         let (client_read, client_write) = client.into_split();
         let (server_read, server_write) = server.into_split();
+        let keep = move |frame: &[u8]| !(starved() && is_message_push(frame));
         tokio::join!(
-            pump(client_read, server_write, link.clone()),
-            pump(server_read, client_write, link.clone()),
+            pump(client_read, server_write, link.clone(), None),
+            pump(
+                server_read,
+                client_write,
+                link.clone(),
+                Some(Box::new(keep))
+            ),
         );
     };
     tokio::select! {
@@ -134,13 +162,19 @@ async fn connection(
     }
 }
 
-/// Copies `from` to `to`, holding every chunk (and the final FIN) while the link is down.
+/// Which RESP frames a pump passes on.
+type Keep = Box<dyn Fn(&[u8]) -> bool + Send>;
+
+/// Copies `from` to `to`, holding every chunk (and the final FIN) while the link is down. With
+/// `keep`, the stream is cut into RESP frames and only the frames it keeps are passed on.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     link: watch::Receiver<Link>,
+    keep: Option<Keep>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
     loop {
         wait_up(link.clone()).await;
         let n = match from.read(&mut buf).await {
@@ -153,10 +187,77 @@ async fn pump(
             let _ = to.shutdown().await;
             return;
         }
-        if to.write_all(&buf[..n]).await.is_err() {
+        let written = match &keep {
+            None => to.write_all(&buf[..n]).await,
+            Some(keep) => {
+                pending.extend_from_slice(&buf[..n]);
+                let mut kept = Vec::with_capacity(pending.len());
+                let mut at = 0;
+                while let Some(len) = resp_frame_len(&pending[at..]) {
+                    let frame = &pending[at..at + len];
+                    if keep(frame) {
+                        kept.extend_from_slice(frame);
+                    }
+                    at += len;
+                }
+                pending.drain(..at);
+                to.write_all(&kept).await
+            }
+        };
+        if written.is_err() {
             return;
         }
     }
+}
+
+/// The length of the first complete RESP2/RESP3 frame at the start of `buf`, or `None` while it
+/// is incomplete.
+fn resp_frame_len(buf: &[u8]) -> Option<usize> {
+    let line = buf.windows(2).position(|w| w == b"\r\n")?;
+    let after = line + 2;
+    let number = || -> i64 {
+        std::str::from_utf8(&buf[1..line])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not RESP: {:?}", String::from_utf8_lossy(&buf[..line])))
+    };
+    match buf[0] {
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Some(after),
+        b'$' | b'!' | b'=' => match usize::try_from(number()) {
+            Err(_) => Some(after),
+            Ok(n) => (buf.len() >= after + n + 2).then_some(after + n + 2),
+        },
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            let Ok(n) = usize::try_from(number()) else {
+                return Some(after);
+            };
+            // Maps and attributes hold pairs; an attribute is followed by the value it annotates.
+            let mut items = if matches!(buf[0], b'%' | b'|') {
+                2 * n
+            } else {
+                n
+            };
+            if buf[0] == b'|' {
+                items += 1;
+            }
+            let mut at = after;
+            for _ in 0..items {
+                at += resp_frame_len(&buf[at..])?;
+            }
+            Some(at)
+        }
+        other => panic!("not RESP: first byte {other:?}"),
+    }
+}
+
+/// A RESP3 pub/sub delivery: `>3 message ...` or `>4 pmessage ...`.
+fn is_message_push(frame: &[u8]) -> bool {
+    let Some(line) = frame.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    let rest = &frame[line + 2..];
+    frame[0] == b'>'
+        && (rest.starts_with(b"$7\r\nmessage\r\n") || rest.starts_with(b"$8\r\npmessage\r\n"))
 }
 
 /// Returns once the link is up.

@@ -21,7 +21,10 @@
 //! everything the registry holds. A subscriber whose ping times out (a black-holed or half-open
 //! connection, which no error would ever reveal) is replaced by a fresh connection, and
 //! whatever the old one still delivers is ignored: after a partition heals, fresh messages flow
-//! at once instead of queueing behind a stale backlog. Anything undecodable that arrives is dropped, counted and
+//! at once instead of queueing behind a stale backlog. A connection can also answer pings and
+//! yet receive no messages (a proxy or a Redis that lost its subscriptions): each shard
+//! therefore publishes a probe to its own pattern every ping interval, and a subscriber that
+//! misses two probes in a row is replaced the same way. Anything undecodable that arrives is dropped, counted and
 //! logged. Messages published while a subscriber is disconnected are lost (at most once), as
 //! with channels_redis.
 
@@ -143,6 +146,9 @@ struct Names {
     specific: String,
     /// `{prefix}specific.{replica}!*`
     pattern: String,
+    /// `{prefix}specific.{replica}!~probe`: inside the pattern, never a local channel's name
+    /// (`~` is not allowed in channel names), published to by this replica only.
+    probe: String,
 }
 
 impl Names {
@@ -180,6 +186,8 @@ struct Router {
     /// Per shard: the generation of the current subscriber connection; pushes from older
     /// (replaced) connections are ignored.
     generation: Vec<AtomicU64>,
+    /// Per shard: the number of the latest liveness probe that came back.
+    probe_seen: Vec<AtomicU64>,
 }
 
 impl Router {
@@ -204,7 +212,11 @@ impl Router {
                     redis::Value::BulkString(payload),
                 ] = &push.data[..]
                 {
-                    self.route(ch, payload);
+                    if *ch == self.names.probe.as_bytes() {
+                        self.probe_returned(shard, payload);
+                    } else {
+                        self.route(ch, payload);
+                    }
                 }
             }
             PushKind::Disconnection => {
@@ -215,6 +227,16 @@ impl Router {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A liveness probe came back through the subscriber of `shard`.
+    fn probe_returned(&self, shard: usize, payload: &[u8]) {
+        if let Some(n) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|p| p.parse().ok())
+        {
+            self.probe_seen[shard].fetch_max(n, Ordering::SeqCst);
         }
     }
 
@@ -396,6 +418,7 @@ impl RedisPubSubChannelLayer {
         let names = Names {
             group: group_channel_prefix(&config.prefix),
             pattern: format!("{specific}!*"),
+            probe: format!("{specific}!~probe"),
             specific,
         };
         let registry = Registry::new(config.local.clone());
@@ -408,6 +431,7 @@ impl RedisPubSubChannelLayer {
             connected: (0..n).map(|_| AtomicBool::new(false)).collect(),
             resync: (0..n).map(|_| AtomicBool::new(true)).collect(),
             generation: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            probe_seen: (0..n).map(|_| AtomicU64::new(0)).collect(),
         });
         let shards = config
             .hosts
@@ -463,7 +487,27 @@ impl Inner {
 
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<(), LayerError> {
         let shard = &self.shards[self.shard_of(channel)];
-        let result = bounded(&shard.host, self.timeout, "PUBLISH", async {
+        match self.publish_on(shard, channel, payload).await {
+            Ok(_receivers) => Ok(()),
+            Err(error) => {
+                self.router
+                    .counters
+                    .publish_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, %channel, "publish failed");
+                Err(error)
+            }
+        }
+    }
+
+    /// One `PUBLISH` on `shard` through its pool, within the timeout.
+    async fn publish_on(
+        &self,
+        shard: &Shard,
+        channel: &str,
+        payload: impl redis::ToRedisArgs + Send + Sync,
+    ) -> Result<i64, LayerError> {
+        bounded(&shard.host, self.timeout, "PUBLISH", async {
             let mut conn = shard.pool.get().await.map_err(|e| {
                 redis::RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::NotConnected,
@@ -476,18 +520,7 @@ impl Inner {
                 .query_async::<i64>(&mut conn)
                 .await
         })
-        .await;
-        match result {
-            Ok(_receivers) => Ok(()),
-            Err(error) => {
-                self.router
-                    .counters
-                    .publish_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, %channel, "publish failed");
-                Err(error)
-            }
-        }
+        .await
     }
 
     /// Subscribes to `channel` unless already subscribed.
@@ -593,10 +626,11 @@ impl Inner {
 }
 
 /// Pings shard `i`'s subscriber; marks it disconnected on failure, and resubscribes everything
-/// when it answers again.
+/// when it answers again. While it answers, the [`Probe`] checks that it also receives.
 async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe = Probe::default();
     loop {
         ticker.tick().await;
         let Some(inner) = inner.upgrade() else { return };
@@ -638,6 +672,16 @@ async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) {
                         tracing::info!(host = shard.host.display(), "redis subscriber connected");
                     }
                 }
+                // It answers; does it also hear?
+                if let Err(error) = probe.check(&inner, i).await {
+                    if let Err(error) = shard.replace_subscriber() {
+                        tracing::error!(%error, "cannot replace the redis subscriber");
+                    }
+                    if router.connected[i].swap(false, Ordering::SeqCst) {
+                        router.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::error!(%error, "redis subscriber gets no messages: connection replaced");
+                }
             }
             Err(error) => {
                 router.resync[i].store(true, Ordering::SeqCst);
@@ -647,6 +691,56 @@ async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) {
                 }
             }
         }
+    }
+}
+
+/// The liveness probe of one shard: every ping interval, one `PUBLISH` to this replica's own
+/// pattern through the publisher pool, which must come back through the subscriber.
+#[derive(Debug, Default)]
+struct Probe {
+    /// The number of the latest probe sent (0: none since the subscriber last connected).
+    sent: u64,
+    /// The latest probe seen back at the previous tick.
+    seen_before: u64,
+    /// Ticks in a row at which a probe was outstanding and none came back.
+    misses: u32,
+}
+
+impl Probe {
+    /// Counts a miss when a probe is outstanding and nothing came back since the previous
+    /// tick, fails at two misses in a row, and sends the next probe. Does nothing while the
+    /// subscriber is (re)connecting. A slow but live subscriber keeps returning probes, late
+    /// or not, and is never replaced.
+    async fn check(&mut self, inner: &Inner, i: usize) -> Result<(), LayerError> {
+        let router = &inner.router;
+        if !router.connected[i].load(Ordering::SeqCst) || router.resync[i].load(Ordering::SeqCst) {
+            *self = Probe::default();
+            return Ok(());
+        }
+        let seen = router.probe_seen[i].load(Ordering::SeqCst);
+        if self.sent > seen && seen == self.seen_before {
+            self.misses += 1;
+            if self.misses >= 2 {
+                *self = Probe::default();
+                return Err(inner.shards[i].host.unavailable(
+                    "two liveness probes in a row did not come back through the subscriber",
+                ));
+            }
+        } else {
+            self.misses = 0;
+        }
+        self.seen_before = seen;
+        let next = self.sent.max(seen) + 1;
+        let published = inner
+            .publish_on(&inner.shards[i], &router.names.probe, next.to_string())
+            .await;
+        match published {
+            Ok(_) => self.sent = next,
+            // Publishing is the pool's problem (group sends report it); only a probe that
+            // reached Redis is waited for.
+            Err(error) => tracing::debug!(%error, "liveness probe not sent"),
+        }
+        Ok(())
     }
 }
 
