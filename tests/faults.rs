@@ -349,6 +349,33 @@ fn group_subscribers(redis: &RedisServer, group: &str) -> i64 {
     redis.numsub(&[&format!("asgi__group__{group}")])[0]
 }
 
+/// The steady load of the fault tests: `members` join `group`, one publisher on `publisher`
+/// sends 50 messages/s, and the load runs until every member's replica is subscribed and
+/// `warmup` has passed.
+async fn steady_load(
+    redis: &RedisServer,
+    group: &str,
+    members: &[&Replica],
+    publisher: &Replica,
+    warmup: Duration,
+) -> Load {
+    let mut load = Load::start(group, members).await;
+    load.publish(publisher, Pace::Every(Duration::from_millis(20)))
+        .await;
+    load.go();
+    let replicas: HashSet<&str> = members
+        .iter()
+        .chain([&publisher])
+        .map(|r| r.name.as_str())
+        .collect();
+    eventually("subscribed", Duration::from_secs(5), || {
+        group_subscribers(redis, group) == replicas.len() as i64
+    })
+    .await;
+    tokio::time::sleep(warmup).await;
+    load
+}
+
 /// R-01 `redis_restart_resubscribes`: Redis goes away for 5 s under load and comes back on the
 /// same port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,15 +388,14 @@ async fn redis_restart_under_load_fails_fast_and_resubscribes() {
         start_replica("c", &url).await,
     ];
     let [a, b, c] = &replicas;
-    let mut load = Load::start("phoenix", &[a, a, b, b, c, c]).await;
-    load.publish(b, Pace::Every(Duration::from_millis(20)))
-        .await;
-    load.go();
-    eventually("subscribed", Duration::from_secs(5), || {
-        group_subscribers(&redis, "phoenix") == 3
-    })
+    let mut load = steady_load(
+        &redis,
+        "phoenix",
+        &[a, a, b, b, c, c],
+        b,
+        Duration::from_millis(500),
+    )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let stopping = Instant::now();
     redis.stop();
@@ -433,15 +459,14 @@ async fn killed_pubsub_connections_come_back_and_lose_only_the_reconnect_window(
         start_replica("c", &url).await,
     ];
     let [a, b, c] = &replicas;
-    let mut load = Load::start("kill", &[a, a, b, b, c, c]).await;
-    load.publish(b, Pace::Every(Duration::from_millis(20)))
-        .await;
-    load.go();
-    eventually("subscribed", Duration::from_secs(5), || {
-        group_subscribers(&redis, "kill") == 3
-    })
+    let load = steady_load(
+        &redis,
+        "kill",
+        &[a, a, b, b, c, c],
+        b,
+        Duration::from_millis(500),
+    )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let killed_at = Instant::now();
     let killed: i64 = redis.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"));
@@ -485,15 +510,14 @@ async fn a_partitioned_replica_is_detected_and_recovers_and_the_others_lose_noth
     let a = start_replica("a", &proxy.redis_url()).await;
     let b = start_replica("b", &redis.url()).await;
     let c = start_replica("c", &redis.url()).await;
-    let mut load = Load::start("island", &[&a, &a, &a, &b, &b, &c, &c]).await;
-    load.publish(&b, Pace::Every(Duration::from_millis(20)))
-        .await;
-    load.go();
-    eventually("subscribed", Duration::from_secs(5), || {
-        group_subscribers(&redis, "island") == 3
-    })
+    let load = steady_load(
+        &redis,
+        "island",
+        &[&a, &a, &a, &b, &b, &c, &c],
+        &b,
+        Duration::from_millis(500),
+    )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     proxy.blackhole();
     let cut = Instant::now();
@@ -532,15 +556,14 @@ async fn a_subscriber_that_hears_nothing_is_replaced_and_delivery_resumes() {
     let proxy = FaultProxy::start(redis.port()).await;
     let a = start_replica("a", &proxy.redis_url()).await;
     let b = start_replica("b", &redis.url()).await;
-    let mut load = Load::start("deaf", &[&a, &a, &b]).await;
-    load.publish(&b, Pace::Every(Duration::from_millis(20)))
-        .await;
-    load.go();
-    eventually("subscribed", Duration::from_secs(5), || {
-        group_subscribers(&redis, "deaf") == 2
-    })
+    let load = steady_load(
+        &redis,
+        "deaf",
+        &[&a, &a, &b],
+        &b,
+        Duration::from_millis(1500),
+    )
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let disconnects =
         |m: std::collections::HashMap<String, f64>| m["channels_layer_disconnects_total"];
     let before = disconnects(metrics(a.port).await);
