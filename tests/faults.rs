@@ -42,6 +42,16 @@ async fn start_replica(name: &str, redis_url: &str) -> Replica {
     Replica::start(name, &args, &[]).await
 }
 
+/// Replicas `a`, `b` and `c` on `redis`.
+async fn three_replicas(redis: &RedisServer) -> [Replica; 3] {
+    let url = redis.url();
+    [
+        start_replica("a", &url).await,
+        start_replica("b", &url).await,
+        start_replica("c", &url).await,
+    ]
+}
+
 /// One delivery as a member saw it: publisher `p` sent it as its `seq`-th message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Seen {
@@ -381,12 +391,7 @@ async fn steady_load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_under_load_fails_fast_and_resubscribes() {
     let mut redis = RedisServer::start();
-    let url = redis.url();
-    let replicas = [
-        start_replica("a", &url).await,
-        start_replica("b", &url).await,
-        start_replica("c", &url).await,
-    ];
+    let replicas = three_replicas(&redis).await;
     let [a, b, c] = &replicas;
     let mut load = steady_load(
         &redis,
@@ -452,12 +457,7 @@ async fn redis_restart_under_load_fails_fast_and_resubscribes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_pubsub_connections_come_back_and_lose_only_the_reconnect_window() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let replicas = [
-        start_replica("a", &url).await,
-        start_replica("b", &url).await,
-        start_replica("c", &url).await,
-    ];
+    let replicas = three_replicas(&redis).await;
     let [a, b, c] = &replicas;
     let load = steady_load(
         &redis,
@@ -599,12 +599,7 @@ async fn a_subscriber_that_hears_nothing_is_replaced_and_delivery_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_member_sees_each_publisher_in_order_and_all_see_one_interleaving() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let replicas = [
-        start_replica("a", &url).await,
-        start_replica("b", &url).await,
-        start_replica("c", &url).await,
-    ];
+    let replicas = three_replicas(&redis).await;
     let [a, b, c] = &replicas;
 
     // one publisher, 10,000 messages as fast as the server takes them.
