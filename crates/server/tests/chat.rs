@@ -230,3 +230,35 @@ async fn a_client_close_gets_the_servers_close_reply() {
     }
     server.stop().await.unwrap();
 }
+
+/// A member that sends without pause still gets every group message, its own echoes included:
+/// handling its frames must not starve its inbox (whose capacity is 100) until it overflows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_sends_without_pause_still_gets_every_group_message() {
+    use futures_util::{SinkExt, StreamExt};
+    const COUNT: usize = 2_000;
+    let mut config = channels_server::Config::default();
+    config.max_messages_per_second = 0;
+    let server = support::spawn_with(config, channels_server::chat::routes()).await;
+    let client = server.ws("/group/busy/").await;
+    let (mut sink, mut stream) = client.0.split();
+    let sender = tokio::spawn(async move {
+        for seq in 0..COUNT {
+            sink.send(Frame::text(format!("{seq}"))).await.unwrap();
+        }
+        sink
+    });
+    for seq in 0..COUNT {
+        let frame = tokio::time::timeout(support::TIMEOUT, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("echo {seq} of {COUNT} never came"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            frame.into_text().unwrap().as_str(),
+            format!("组内主动推送消息:{seq}")
+        );
+    }
+    let _sink = sender.await.unwrap();
+    assert_eq!(server.layer.stats().dropped_full, 0);
+}

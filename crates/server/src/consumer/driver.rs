@@ -131,7 +131,7 @@ pub(crate) async fn run<C: Consumer>(
                     // in the inbox here, a client that sends without pause would starve its
                     // own inbox until it overflowed.
                     match Box::pin(on_frame(&mut consumer, &mut cx, frame)).await {
-                        Ok(()) => Box::pin(drain_inbox(&mut consumer, &mut cx, &mut inbox)).await,
+                        Ok(()) => drain_inbox(&mut consumer, &mut cx, &mut inbox).await,
                         Err(end) => Err(end),
                     }
                 }
