@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+#[path = "metrics_text.rs"]
+mod metrics_text;
 #[path = "ws_client.rs"]
 mod ws_client;
 pub use ws_client::Client;
@@ -159,13 +161,7 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 pub async fn metrics(port: u16) -> std::collections::HashMap<String, f64> {
     let (status, body) = http_get(port, "/metrics").await.unwrap();
     assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (name, value) = l.rsplit_once(' ').unwrap();
-            (name.to_owned(), value.parse().unwrap())
-        })
-        .collect()
+    metrics_text::parse(&body)
 }
 
 /// Waits until the replica's `/readyz` answers `status`, at most `within`; returns how long it

@@ -24,9 +24,9 @@
 //! at once instead of queueing behind a stale backlog. A connection can also answer pings and
 //! yet receive no messages (a proxy or a Redis that lost its subscriptions): each shard
 //! therefore publishes a probe to its own pattern every ping interval, and a subscriber that
-//! misses two probes in a row is replaced the same way. Anything undecodable that arrives is dropped, counted and
-//! logged. Messages published while a subscriber is disconnected are lost (at most once), as
-//! with channels_redis.
+//! misses two probes in a row is replaced the same way. Anything undecodable that arrives is
+//! dropped, counted and logged. Messages published while a subscriber is disconnected are lost
+//! (at most once), as with channels_redis.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -680,7 +680,7 @@ async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) {
                     if router.connected[i].swap(false, Ordering::SeqCst) {
                         router.counters.disconnects.fetch_add(1, Ordering::Relaxed);
                     }
-                    tracing::error!(%error, "redis subscriber gets no messages: connection replaced");
+                    tracing::error!(%error, "redis subscriber hears nothing: connection replaced");
                 }
             }
             Err(error) => {

@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+#[path = "../../../../tests/support/metrics_text.rs"]
+mod metrics_text;
 #[path = "../../../../tests/support/ws_client.rs"]
 mod ws_client;
 pub use ws_client::Client;
@@ -113,13 +115,7 @@ pub async fn metrics(addr: SocketAddr) -> std::collections::HashMap<String, f64>
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
     let (_, body) = raw.split_once("\r\n\r\n").unwrap();
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (name, value) = l.rsplit_once(' ').unwrap();
-            (name.to_owned(), value.parse().unwrap())
-        })
-        .collect()
+    metrics_text::parse(body)
 }
 
 /// A metric's value, 0 when it has no sample yet.
