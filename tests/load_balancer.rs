@@ -95,9 +95,17 @@ async fn group_chat_through_nginx_spans_the_replicas_and_metrics_count_it() {
     for client in &mut clients {
         expect_chat(client, "hello").await;
     }
-    // Pages go through the same nginx.
+    // Pages go through the same nginx; the metrics do not (review defect 9).
     assert_eq!(
         replica::http_status(lb.nginx.port, "/chatgroup?groupID=lb").await,
+        Some(200)
+    );
+    assert_eq!(
+        replica::http_status(lb.nginx.port, "/metrics").await,
+        Some(404)
+    );
+    assert_eq!(
+        replica::http_status(lb.replicas[0].port, "/metrics").await,
         Some(200)
     );
 

@@ -54,6 +54,78 @@ pub(crate) fn encode_map(out: &mut Vec<u8>, map: &Map) {
     }
 }
 
+/// The number of bytes [`encode_value`] writes for `value`, without writing them.
+pub(crate) fn encoded_len(value: &Value) -> usize {
+    match value {
+        Value::Nil | Value::Bool(_) => 1,
+        Value::Int(i) => int_len(*i),
+        Value::UInt(u) => uint_len(*u),
+        Value::Float(_) => 9,
+        Value::Str(s) => str_header_len(s.len()) + s.len(),
+        Value::Bytes(b) => bin_header_len(b.len()) + b.len(),
+        Value::List(items) => {
+            container_header_len(items.len()) + items.iter().map(encoded_len).sum::<usize>()
+        }
+        Value::Map(map) => map_encoded_len(map),
+    }
+}
+
+/// The number of bytes [`encode_map`] writes for `map`.
+pub(crate) fn map_encoded_len(map: &Map) -> usize {
+    container_header_len(map.len())
+        + map
+            .iter()
+            .map(|(k, v)| str_header_len(k.len()) + k.len() + encoded_len(v))
+            .sum::<usize>()
+}
+
+fn uint_len(u: u64) -> usize {
+    match u {
+        0..=0x7f => 1,
+        0x80..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+fn int_len(i: i64) -> usize {
+    // rmp's write_sint: non-negative values take the unsigned encodings.
+    match i {
+        0.. => uint_len(i.unsigned_abs()),
+        -32..=-1 => 1,
+        -128..=-33 => 2,
+        -32_768..=-129 => 3,
+        -2_147_483_648..=-32_769 => 5,
+        _ => 9,
+    }
+}
+
+fn str_header_len(len: usize) -> usize {
+    match len {
+        0..=31 => 1,
+        32..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    }
+}
+
+fn bin_header_len(len: usize) -> usize {
+    match len {
+        0..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
+    }
+}
+
+fn container_header_len(len: usize) -> usize {
+    match len {
+        0..=15 => 1,
+        16..=0xffff => 3,
+        _ => 5,
+    }
+}
+
 fn len_u32(len: usize) -> u32 {
     // A message over 4 GiB cannot be built from a bounded WebSocket frame or a Redis payload.
     u32::try_from(len).expect("msgpack containers hold fewer than 2^32 entries")
@@ -246,6 +318,52 @@ mod tests {
         let mut out = Vec::new();
         encode_value(&mut out, v);
         out
+    }
+
+    #[test]
+    fn encoded_len_is_what_the_encoder_writes() {
+        let mut values = vec![Value::Nil, Value::Bool(false), Value::Float(1.5)];
+        for i in [
+            0i64,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            4_294_967_295,
+            4_294_967_296,
+            -1,
+            -32,
+            -33,
+            -128,
+            -129,
+            -32_768,
+            -32_769,
+            -2_147_483_648,
+            -2_147_483_649,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            values.push(Value::Int(i));
+        }
+        for u in [0u64, 127, 128, 256, 70_000, u64::MAX] {
+            values.push(Value::UInt(u));
+        }
+        for n in [0usize, 31, 32, 255, 256, 65_535, 65_536] {
+            values.push(Value::Str("x".repeat(n)));
+            values.push(Value::Bytes(vec![0; n]));
+            values.push(Value::List(vec![Value::Nil; n.min(70_000)]));
+            let map: Map = (0..n.min(20))
+                .map(|i| (format!("k{i}"), Value::Nil))
+                .collect();
+            values.push(Value::Map(map));
+        }
+        values.push(Value::List(values.clone()));
+        for v in &values {
+            assert_eq!(encoded_len(v), encode(v).len(), "{v:?}");
+        }
     }
 
     #[test]

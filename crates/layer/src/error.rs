@@ -30,6 +30,16 @@ pub enum LayerError {
     /// reader.
     #[error("channel {0} already has an inbox: a channel has one reader")]
     ChannelInUse(ChannelName),
+    /// The message is larger than the layer's `max_message_size`; it was not sent.
+    #[error(
+        "message of {size} bytes is over the channel layer's limit of {max} bytes: it was not sent"
+    )]
+    TooLarge {
+        /// The message's encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The layer was closed with `close()`.
     #[error("the channel layer is closed")]
     Closed,

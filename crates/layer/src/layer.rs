@@ -98,6 +98,11 @@ pub struct LayerConfig {
     pub capacity: usize,
     /// Capacities by channel-name glob; the first match wins (Channels' `channel_capacity`).
     pub channel_capacity: Vec<ChannelCapacity>,
+    /// The largest message (its msgpack encoding, before encryption) the layer carries, in
+    /// bytes; 0: no limit (Channels has none). Sending a larger one fails with
+    /// [`LayerError::TooLarge`]; a larger one arriving from Redis is dropped once for the whole
+    /// process (not once per member), counted in [`LayerStats::oversized`] and logged.
+    pub max_message_size: usize,
 }
 
 impl Default for LayerConfig {
@@ -107,6 +112,7 @@ impl Default for LayerConfig {
             group_expiry: DEFAULT_GROUP_EXPIRY,
             capacity: 100,
             channel_capacity: Vec::new(),
+            max_message_size: 0,
         }
     }
 }
@@ -134,4 +140,19 @@ pub struct LayerStats {
     pub publish_errors: u64,
     /// Times a backend connection was lost.
     pub disconnects: u64,
+    /// Messages refused or dropped for being over `max_message_size`.
+    pub oversized: u64,
+}
+
+impl LayerConfig {
+    /// `Err(TooLarge)` when a message of `size` encoded bytes is over the limit.
+    pub fn check_size(&self, size: usize) -> Result<(), LayerError> {
+        if self.max_message_size > 0 && size > self.max_message_size {
+            return Err(LayerError::TooLarge {
+                size,
+                max: self.max_message_size,
+            });
+        }
+        Ok(())
+    }
 }

@@ -13,6 +13,7 @@
 //! * [`ChannelLayer`]: the trait, with the delivery contract in its docs.
 //! * [`Inbox`]: the receiving end of a channel; dropping it leaves its groups.
 //! * [`InMemoryChannelLayer`]: the single-process backend.
+//! * [`ratelog`]: [`log_limited!`] for log lines that outsiders can trigger.
 //! * `testing` (feature `testing`): the conformance suite every backend runs.
 //!
 //! # Example
@@ -42,6 +43,7 @@ mod layer;
 mod memory;
 pub mod message;
 pub mod name;
+pub mod ratelog;
 pub mod redis;
 mod registry;
 #[cfg(feature = "testing")]

@@ -88,6 +88,7 @@ impl ChannelLayer for InMemoryChannelLayer {
     }
 
     async fn send(&self, channel: &ChannelName, msg: Message) -> Result<(), LayerError> {
+        self.registry.check_message(&msg)?;
         self.registry.send(channel, msg).map(drop)
     }
 
@@ -108,6 +109,7 @@ impl ChannelLayer for InMemoryChannelLayer {
         if self.registry.is_closed() {
             return Err(LayerError::Closed);
         }
+        self.registry.check_message(&msg)?;
         self.registry.deliver_group(group, &msg);
         Ok(())
     }

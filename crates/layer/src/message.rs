@@ -339,6 +339,11 @@ impl Message {
         out
     }
 
+    /// The length of [`to_msgpack`](Self::to_msgpack)'s bytes, without encoding.
+    pub fn encoded_len(&self) -> usize {
+        codec::map_encoded_len(&self.0)
+    }
+
     /// Decodes msgpack bytes that hold exactly one map with str keys.
     pub fn from_msgpack(bytes: &[u8]) -> Result<Self, MessageError> {
         match codec::decode_exact(bytes)? {

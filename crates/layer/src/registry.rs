@@ -35,6 +35,7 @@ pub(crate) struct Counters {
     dropped_full: AtomicU64,
     dropped_no_receiver: AtomicU64,
     expired: AtomicU64,
+    oversized: AtomicU64,
 }
 
 impl Counters {
@@ -87,6 +88,34 @@ impl Registry {
 
     pub(crate) fn config(&self) -> &LayerConfig {
         &self.config
+    }
+
+    /// Refuses a message to send that is over the configured size limit, counting it. The
+    /// caller of a `send` or `group_send` gets the error and reports it.
+    pub(crate) fn check_message(&self, msg: &Message) -> Result<(), LayerError> {
+        if self.config.max_message_size == 0 {
+            return Ok(());
+        }
+        self.check_size(msg.encoded_len())
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), LayerError> {
+        self.config.check_size(size).inspect_err(|_| {
+            Counters::add(&self.counters.oversized, 1);
+        })
+    }
+
+    /// Whether a message of `size` bytes that arrived for `channel` (a group's or a channel's
+    /// Redis channel) may be delivered; one over the limit is counted and logged (rate-limited)
+    /// here, once for the whole process, before any member gets a copy.
+    pub(crate) fn accept_size(&self, channel: &str, size: usize) -> bool {
+        match self.check_size(size) {
+            Ok(()) => true,
+            Err(error) => {
+                crate::log_limited!(warn, %channel, %error, "oversized layer message dropped");
+                false
+            }
+        }
     }
 
     /// Creates the inbox of `name`.
@@ -251,7 +280,8 @@ impl Registry {
         if result.dropped > 0 {
             Counters::add(&self.counters.dropped_full, result.dropped as u64);
             // Channels logs the same fact at INFO: "%s of %s channels over capacity in group %s".
-            tracing::warn!(
+            crate::log_limited!(
+                warn,
                 %group,
                 dropped = result.dropped,
                 members = result.members,
@@ -332,6 +362,7 @@ impl Registry {
             dropped_full: c.dropped_full.load(Ordering::Relaxed),
             dropped_no_receiver: c.dropped_no_receiver.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
+            oversized: c.oversized.load(Ordering::Relaxed),
             ..LayerStats::default()
         }
     }

@@ -59,6 +59,7 @@ macro_rules! conformance_suite {
             several_receivers,
             per_publisher_order,
             messages_keep_every_python_type,
+            oversized_messages_are_refused_and_counted,
             close_refuses_further_calls
         );
     };
@@ -497,6 +498,38 @@ pub async fn messages_keep_every_python_type(make: Make) {
         .await
         .expect("group_send");
     assert_eq!(recv(&mut inbox).await, sent);
+}
+
+/// With `max_message_size` set, a larger `send` or `group_send` fails with `TooLarge`,
+/// delivers nothing and is counted; a message of exactly the limit goes through.
+pub async fn oversized_messages_are_refused_and_counted(make: Make) {
+    let small = msg(1);
+    let limit = small.encoded_len() + 100;
+    let layer = make(LayerConfig {
+        max_message_size: limit,
+        ..LayerConfig::default()
+    })
+    .await;
+    let mut inbox = new_channel(&layer).await;
+    let g = group("big");
+    layer.group_add(&g, inbox.name()).await.expect("group_add");
+    // Exactly at the limit: a str of the right length.
+    let base = msg(1).with("pad", "");
+    let exact = msg(1).with("pad", "x".repeat(limit - base.encoded_len() - 1));
+    assert_eq!(exact.encoded_len(), limit);
+    layer.group_send(&g, exact).await.expect("at the limit");
+    assert_eq!(n_of(&recv(&mut inbox).await), 1);
+    let big = msg(2).with("pad", "x".repeat(limit));
+    assert!(matches!(
+        layer.group_send(&g, big.clone()).await,
+        Err(LayerError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        layer.send(inbox.name(), big).await,
+        Err(LayerError::TooLarge { .. })
+    ));
+    assert_empty(&mut inbox).await;
+    assert_eq!(layer.stats().oversized, 2);
 }
 
 /// close() is idempotent and every later call fails with Closed.

@@ -601,3 +601,25 @@ async fn an_outage_fails_fast_and_delivery_resumes_with_memberships_restored() {
     }
     assert!(a.stats().disconnects >= 1 && a.stats().publish_errors >= 1);
 }
+
+/// Review defect 4, from Redis: a message over the receiving replica's limit (here sent by a
+/// replica without one) is dropped once, counted, and the next message still arrives.
+#[tokio::test]
+async fn an_oversized_payload_from_redis_is_dropped_and_counted() {
+    let redis = server();
+    let prefix = unique_prefix();
+    let mut limited = config(vec![redis.url()], &prefix);
+    limited.local.max_message_size = 1000;
+    let limited = layer_with(limited).await;
+    let open = layer_with(config(vec![redis.url()], &prefix)).await;
+    let g = group("oversized");
+    let mut inbox = limited.new_channel().await.unwrap();
+    limited.group_add(&g, inbox.name()).await.unwrap();
+    open.group_send(&g, Message::new("big").with("text", "x".repeat(100_000)))
+        .await
+        .unwrap();
+    open.group_send(&g, Message::new("small")).await.unwrap();
+    assert_eq!(recv(&mut inbox).await.message_type(), Some("small"));
+    assert_eq!(limited.stats().oversized, 1);
+    assert_empty(&mut inbox).await;
+}

@@ -302,3 +302,39 @@ async fn an_outage_fails_fast_and_recovery_restores_every_subscription() {
     }
     assert!(a.stats().disconnects >= 1 && a.stats().publish_errors >= 1);
 }
+
+/// Review defect 4, from Redis: a payload over the receiving replica's limit (here published by
+/// a replica without one) is dropped once for that replica, before any member gets a copy, and
+/// counted; the members stay subscribed and get the next message.
+#[tokio::test]
+async fn an_oversized_payload_from_redis_is_dropped_once_and_counted() {
+    let redis = server();
+    let prefix = unique_prefix();
+    let mut limited = RedisPubSubConfig::new(vec![redis.url()]);
+    limited.prefix.clone_from(&prefix);
+    limited.local.max_message_size = 1000;
+    let limited = layer_with(limited).await;
+    let mut open = RedisPubSubConfig::new(vec![redis.url()]);
+    open.prefix = prefix;
+    let open = layer_with(open).await;
+    let g = group("oversized");
+    let mut members = Vec::new();
+    for _ in 0..20 {
+        let inbox = limited.new_channel().await.unwrap();
+        limited.group_add(&g, inbox.name()).await.unwrap();
+        members.push(inbox);
+    }
+    open.group_send(&g, Message::new("big").with("text", "x".repeat(100_000)))
+        .await
+        .unwrap();
+    open.group_send(&g, Message::new("small")).await.unwrap();
+    for inbox in &mut members {
+        assert_eq!(recv(inbox).await.message_type(), Some("small"));
+    }
+    assert_eq!(
+        limited.stats().oversized,
+        1,
+        "once for the replica, not per member"
+    );
+    assert_eq!(limited.stats().undecodable, 0);
+}

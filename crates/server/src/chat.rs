@@ -49,8 +49,8 @@ impl Consumer for ChatConsumer {
         }
     }
 
-    async fn event(&mut self, _cx: &mut Context, event: Message) -> Result<(), Close> {
-        tracing::debug!(msg_type = ?event.message_type(), "echo chat ignores layer events");
+    async fn event(&mut self, cx: &mut Context, event: Message) -> Result<(), Close> {
+        cx.ignore_event(&event, "no_handler");
         Ok(())
     }
 }
@@ -75,14 +75,19 @@ impl Consumer for GroupChatConsumer {
             Ok(group) => group,
             Err(error) => {
                 // The seed accepts and then fails in group_add; we accept and close with a code.
-                tracing::info!(%error, group_len = raw.chars().count(), "invalid group id");
+                channels_layer::log_limited!(
+                    info,
+                    %error,
+                    group_len = raw.chars().count(),
+                    "invalid group id"
+                );
                 cx.close(Close::INVALID_GROUP);
                 return Ok(());
             }
         };
         if let Err(error) = cx.group_add(&group).await {
             // Accept, then tell the client why: it should come back later.
-            tracing::warn!(%error, %group, "group_add failed");
+            channels_layer::log_limited!(warn, %error, %group, "group_add failed");
             cx.close(layer_failure(&error));
             return Ok(());
         }
@@ -105,7 +110,7 @@ impl Consumer for GroupChatConsumer {
         let group = self.group()?;
         let event = Message::new("send_msg").with("message", receive);
         if let Err(error) = cx.group_send(group, event).await {
-            tracing::warn!(%error, %group, "group_send failed");
+            channels_layer::log_limited!(warn, %error, %group, "group_send failed");
             return Err(layer_failure(&error));
         }
         Ok(())
@@ -116,12 +121,12 @@ impl Consumer for GroupChatConsumer {
             Ok("send_msg") => send_msg(cx, &event),
             // Channels would raise "No handler for message type" and drop the connection; one bad
             // message from another process should not disconnect every member.
-            Ok(other) => {
-                tracing::warn!(msg_type = other, "no handler for layer message: ignored");
+            Ok(_) => {
+                cx.ignore_event(&event, "no_handler");
                 Ok(())
             }
-            Err(error) => {
-                tracing::warn!(%error, "malformed layer message: ignored");
+            Err(_) => {
+                cx.ignore_event(&event, "malformed");
                 Ok(())
             }
         }
@@ -149,7 +154,7 @@ fn send_msg(cx: &mut Context, event: &Message) -> Result<(), Close> {
         (Some(text), _) => cx.send_text(format!("{GROUP_PREFIX}{text}")),
         (None, Some(bytes)) => cx.send_bytes(bytes),
         (None, None) => {
-            tracing::warn!("send_msg without message text or bytes: ignored");
+            cx.ignore_event(event, "no_text");
             Ok(())
         }
     }

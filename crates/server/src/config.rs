@@ -88,8 +88,14 @@ pub struct Config {
     #[arg(long = "log-format", env = "CHANNELS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Largest WebSocket message a client may send, in bytes; larger ones close with 1009.
-    #[arg(long, env = "CHANNELS_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024)]
+    /// Largest WebSocket message a client may send, in bytes (at least 1); larger ones close
+    /// with 1009.
+    #[arg(
+        long,
+        env = "CHANNELS_MAX_MESSAGE_SIZE",
+        default_value_t = 64 * 1024,
+        value_parser = positive_size
+    )]
     pub max_message_size: usize,
 
     /// Messages a connection's inbox holds while its client is slow (Channels' `capacity`);
@@ -102,8 +108,11 @@ pub struct Config {
     #[arg(long, env = "CHANNELS_WRITE_TIMEOUT", default_value_t = 10)]
     pub write_timeout_secs: u64,
 
-    /// Bytes of messages waiting for one client (written by the server, not yet taken by the
-    /// operating system) above which the connection is closed with 4008 as a slow consumer.
+    /// Bytes of messages that may wait for one client (written by the server, not yet taken
+    /// by the operating system). At this much the connection takes no new messages until the
+    /// client reads (its inbox holds them, up to --capacity); if it stays there for
+    /// --write-timeout-secs, it is closed with 4008 as a slow consumer. Layer messages larger
+    /// than this are refused once for the replica. 0: no budget.
     #[arg(long, env = "CHANNELS_MAX_QUEUED_BYTES", default_value_t = 1024 * 1024)]
     pub max_queued_bytes: usize,
 
@@ -120,8 +129,21 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
-    /// Messages per second a client may send on one connection (a token bucket with a burst of
-    /// twice this); past it the connection is closed with 1008. 0: no limit.
+    /// Host names this server serves (Django's ALLOWED_HOSTS), comma-separated: `example.com`
+    /// exactly, `.example.com` it and its subdomains, `*` any. A WebSocket handshake naming
+    /// another Host gets HTTP 400 (DNS rebinding). Empty (the default): IP addresses and
+    /// `localhost` only, and no check at all when --allowed-origins is set.
+    #[arg(
+        long = "allowed-hosts",
+        env = "CHANNELS_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_parser = crate::hosts::validate_pattern
+    )]
+    pub allowed_hosts: Vec<String>,
+
+    /// Frames per second a client may send on one connection, every frame counted (pings,
+    /// pongs, and continuation frames under 1 KiB too): a token bucket with a burst of twice
+    /// this; past it the connection is closed with 1008. 0: no limit.
     #[arg(long, env = "CHANNELS_MAX_MESSAGES_PER_SECOND", default_value_t = 20)]
     pub max_messages_per_second: u32,
 
@@ -135,6 +157,27 @@ pub struct Config {
     /// limit per client at the proxy.
     #[arg(long, env = "CHANNELS_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
     pub max_connections_per_ip: usize,
+
+    /// HTTP connections (not yet upgraded to WebSocket, or serving pages) this replica holds at
+    /// most; further ones are answered 503 and closed. 0: no limit.
+    #[arg(long, env = "CHANNELS_MAX_HTTP_CONNECTIONS", default_value_t = 4096)]
+    pub max_http_connections: usize,
+
+    /// HTTP connections (not yet upgraded) one client address may hold at most; further ones
+    /// are answered 429 and closed. Behind a proxy use 0 (no limit), as for
+    /// --max-connections-per-ip.
+    #[arg(
+        long,
+        env = "CHANNELS_MAX_HTTP_CONNECTIONS_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_http_connections_per_ip: usize,
+
+    /// Serve `/metrics` on this address only (for example `127.0.0.1:9090`, or a private
+    /// interface), not on --bind. Without it `/metrics` is on --bind: keep it away from the
+    /// internet at the proxy (the shipped nginx refuses it).
+    #[arg(long, env = "CHANNELS_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
 
     /// Seconds a client may take to send a request's headers (the WebSocket handshake included);
     /// slower connections are closed (slowloris). 0: no limit.
@@ -189,9 +232,13 @@ impl Default for Config {
             write_timeout_secs: 10,
             max_queued_bytes: 1024 * 1024,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             max_messages_per_second: 20,
             max_connections: 100_000,
             max_connections_per_ip: 1000,
+            max_http_connections: 4096,
+            max_http_connections_per_ip: 64,
+            metrics_bind: None,
             handshake_timeout_secs: 10,
             ping_interval_secs: 25,
             pong_timeout_secs: 10,
@@ -200,6 +247,15 @@ impl Default for Config {
             workers: 0,
             healthcheck: false,
         }
+    }
+}
+
+/// A byte size that must be at least 1 (clap's value parser).
+fn positive_size(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 byte: there is no unlimited setting".to_owned()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(format!("{value:?} is not a number of bytes ({error})")),
     }
 }
 
@@ -231,10 +287,7 @@ impl Config {
     /// Builds the configured channel layer. A Redis layer starts even while Redis is down; it
     /// reports not ready until it connects.
     pub async fn build_layer(&self) -> Result<Arc<dyn ChannelLayer>, LayerError> {
-        let local = LayerConfig {
-            capacity: self.capacity,
-            ..LayerConfig::default()
-        };
+        let local = self.layer_config();
         Ok(match self.layer_kind() {
             LayerKind::Memory => Arc::new(InMemoryChannelLayer::new(local)),
             LayerKind::RedisPubsub => {
@@ -263,6 +316,18 @@ impl Config {
                 Arc::new(RedisChannelLayer::connect(config).await?)
             }
         })
+    }
+
+    /// The local settings every layer backend takes: capacity and the message size limit.
+    pub fn layer_config(&self) -> LayerConfig {
+        LayerConfig {
+            capacity: self.capacity,
+            // A message larger than a client's whole budget would only make every member
+            // format its own copy and then wait for a client that cannot take it: refuse it
+            // once instead.
+            max_message_size: self.max_queued_bytes,
+            ..LayerConfig::default()
+        }
     }
 
     /// How long shutdown waits for connections to close.
@@ -381,5 +446,13 @@ mod tests {
         assert_eq!(c.bind.port(), 9000);
         assert_eq!(c.layer_kind(), LayerKind::Memory);
         assert_eq!(c.log_level, "debug");
+    }
+
+    #[test]
+    fn a_zero_message_size_is_refused_at_start() {
+        let err = Config::try_parse_from(["channels-server", "--max-message-size", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 1 byte"), "{err}");
     }
 }

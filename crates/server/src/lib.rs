@@ -18,6 +18,7 @@ pub mod chat;
 pub mod cli;
 mod config;
 pub mod consumer;
+mod hosts;
 mod metrics;
 mod origin;
 pub mod routing;

@@ -21,6 +21,8 @@ pub(crate) enum Refusal {
     Denied,
     LayerUnavailable,
     Origin,
+    Host,
+    BadHandshake,
     MaxConnections,
     MaxConnectionsPerIp,
 }
@@ -33,8 +35,55 @@ impl Refusal {
             Refusal::Denied => "denied",
             Refusal::LayerUnavailable => "layer_unavailable",
             Refusal::Origin => "origin",
+            Refusal::Host => "host",
+            Refusal::BadHandshake => "bad_handshake",
             Refusal::MaxConnections => "max_connections",
             Refusal::MaxConnectionsPerIp => "max_connections_per_ip",
+        }
+    }
+}
+
+/// The `code` label of a close: a bounded set of values, whatever clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum CloseLabel {
+    /// A code the server sent, or one of the few codes below 3000 a client may send.
+    Code(u16),
+    /// A client's code in the registered range 3000–3999.
+    Registered,
+    /// A client's code in the private range 4000–4999.
+    Private,
+    /// A close frame with a code that RFC 6455 does not allow (1005, 1006, 1015, 1014,
+    /// 1016–2999, below 1000, 5000 and up).
+    Invalid,
+    /// The connection ended without a close frame.
+    None,
+}
+
+impl CloseLabel {
+    /// The label of a client's close frame (`None`: the connection ended without one).
+    pub(crate) fn of_client(frame: Option<&tungstenite::protocol::CloseFrame>) -> Self {
+        use tungstenite::protocol::frame::coding::CloseCode;
+        let Some(frame) = frame else {
+            return CloseLabel::None;
+        };
+        match frame.code {
+            CloseCode::Iana(_) => CloseLabel::Registered,
+            CloseCode::Library(_) => CloseLabel::Private,
+            // tungstenite replaces a code that is not allowed with exactly this frame (and
+            // answers it with 1002).
+            CloseCode::Protocol if frame.reason == "Protocol violation" => CloseLabel::Invalid,
+            code if code.is_allowed() => CloseLabel::Code(code.into()),
+            _ => CloseLabel::Invalid,
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            CloseLabel::Code(code) => code.to_string(),
+            CloseLabel::Registered => "3000-3999".to_owned(),
+            CloseLabel::Private => "4000-4999".to_owned(),
+            CloseLabel::Invalid => "invalid".to_owned(),
+            CloseLabel::None => "none".to_owned(),
         }
     }
 }
@@ -50,8 +99,12 @@ pub(crate) struct Metrics {
     group_send_errors: AtomicU64,
     header_timeouts: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
-    /// Close codes: sent by the server, or received from clients (`None`: no close frame).
-    closes: Mutex<BTreeMap<(&'static str, Option<u16>), u64>>,
+    /// Close codes: sent by the server, or received from clients.
+    closes: Mutex<BTreeMap<(&'static str, CloseLabel), u64>>,
+    /// HTTP connections refused at accept, by cap.
+    http_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Layer messages consumers did not handle, by reason.
+    events_ignored: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
@@ -96,11 +149,21 @@ impl Metrics {
     }
 
     pub(crate) fn closed_by_server(&self, code: u16) {
-        bump(&self.closes, ("server", Some(code)));
+        bump(&self.closes, ("server", CloseLabel::Code(code)));
     }
 
-    pub(crate) fn closed_by_client(&self, code: Option<u16>) {
-        bump(&self.closes, ("client", code));
+    pub(crate) fn closed_by_client(&self, label: CloseLabel) {
+        bump(&self.closes, ("client", label));
+    }
+
+    /// An HTTP connection was refused at accept (`reason`: the cap's flag name).
+    pub(crate) fn http_refused(&self, reason: &'static str) {
+        bump(&self.http_refused, reason);
+    }
+
+    /// A consumer ignored a layer message (`reason`: a short fixed word).
+    pub(crate) fn event_ignored(&self, reason: &'static str) {
+        bump(&self.events_ignored, reason);
     }
 
     /// The Prometheus text exposition of these counters and of the layer's.
@@ -173,20 +236,48 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rows: Vec<(String, u64)> = closes
             .iter()
-            .map(|((by, code), n)| {
-                let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
-                (format!("by=\"{by}\",code=\"{code}\""), *n)
-            })
+            .map(|((by, code), n)| (format!("by=\"{by}\",code=\"{}\"", code.label()), *n))
             .collect();
         drop(closes);
         labelled(
             &mut out,
             "channels_closes_total",
-            "WebSocket closes by side and close code (code=\"none\": no close frame).",
+            "WebSocket closes by side and close code (clients' codes 3000-4999 in two ranges; \
+             code=\"none\": no close frame; \"invalid\": a code RFC 6455 does not allow).",
+            &rows,
+        );
+        let http_refused = self
+            .http_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rows: Vec<(String, u64)> = http_refused
+            .iter()
+            .map(|(reason, n)| (format!("reason=\"{reason}\""), *n))
+            .collect();
+        drop(http_refused);
+        labelled(
+            &mut out,
+            "channels_http_connections_refused_total",
+            "HTTP connections refused when accepted, by cap.",
+            &rows,
+        );
+        let ignored = self
+            .events_ignored
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rows: Vec<(String, u64)> = ignored
+            .iter()
+            .map(|(reason, n)| (format!("reason=\"{reason}\""), *n))
+            .collect();
+        drop(ignored);
+        labelled(
+            &mut out,
+            "channels_events_ignored_total",
+            "Layer messages a consumer did not handle, by reason (one per member).",
             &rows,
         );
         let stats = layer.stats();
-        let layer_counters: [(&str, &str, u64); 7] = [
+        let layer_counters: [(&str, &str, u64); 8] = [
             (
                 "channels_layer_delivered_total",
                 "Messages queued for local inboxes.",
@@ -216,6 +307,12 @@ impl Metrics {
                 "channels_layer_publish_errors_total",
                 "Publishes to Redis that failed.",
                 stats.publish_errors,
+            ),
+            (
+                "channels_layer_oversized_total",
+                "Layer messages over the size limit (--max-queued-bytes), refused or dropped \
+                 once for the replica.",
+                stats.oversized,
             ),
             (
                 "channels_layer_disconnects_total",
@@ -284,7 +381,8 @@ mod tests {
         m.connection_opened();
         m.message_in();
         m.closed_by_server(1001);
-        m.closed_by_client(None);
+        m.closed_by_client(CloseLabel::None);
+        m.closed_by_client(CloseLabel::Private);
         m.refused(Refusal::NotFound);
         let text = m.render(&InMemoryChannelLayer::default(), false);
         assert!(
@@ -292,6 +390,7 @@ mod tests {
         );
         assert!(text.contains("channels_closes_total{by=\"server\",code=\"1001\"} 1\n"));
         assert!(text.contains("channels_closes_total{by=\"client\",code=\"none\"} 1\n"));
+        assert!(text.contains("channels_closes_total{by=\"client\",code=\"4000-4999\"} 1\n"));
         assert!(text.contains("channels_handshakes_refused_total{reason=\"not_found\"} 1\n"));
         assert!(text.contains("channels_layer_ready 1\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -13,8 +13,9 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
-use crate::caps::ConnectionCaps;
+use crate::caps::{CapRefusal, ConnectionCaps};
 use crate::config::Config;
+use crate::hosts::HostPolicy;
 use crate::origin::OriginPolicy;
 use crate::routing::WsRouter;
 use crate::state::{Admission, AppState};
@@ -38,7 +39,15 @@ pub struct Server {
     state: AppState,
     drain_timeout: Duration,
     handshake_timeout: Option<Duration>,
+    /// Caps on HTTP connections not (yet) upgraded.
+    http_caps: Arc<ConnectionCaps>,
+    /// Where `/metrics` is served instead of the main listener, if set.
+    metrics_listener: Option<TcpListener>,
 }
+
+/// The most bytes of request headers an HTTP connection may buffer (hyper's read buffer): room
+/// for large cookies, and a bound on what a client that trickles headers can pin.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 impl Server {
     /// A server for `routes` over `layer`, with the limits from `config`.
@@ -46,22 +55,40 @@ impl Server {
         let replica = config.clone().replica_id();
         let admission = Admission {
             origins: OriginPolicy::new(&config.allowed_origins),
+            hosts: HostPolicy::new(&config.allowed_hosts, !config.allowed_origins.is_empty()),
             caps: ConnectionCaps::new(config.max_connections, config.max_connections_per_ip),
         };
         Self {
             state: AppState::new(layer, routes, config.limits(), replica, admission),
             drain_timeout: config.drain_timeout(),
             handshake_timeout: config.handshake_timeout(),
+            http_caps: Arc::new(ConnectionCaps::new(
+                config.max_http_connections,
+                config.max_http_connections_per_ip,
+            )),
+            metrics_listener: None,
         }
+    }
+
+    /// Serves `/metrics` on `listener` (a private address) instead of the main listener.
+    #[must_use]
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
     }
 
     /// The axum router: WebSocket handshakes go to the consumers, other requests to the pages
     /// and `/healthz`.
     pub fn router(&self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz).with_state(self.state.clone()))
-            .route("/metrics", get(metrics).with_state(self.state.clone()))
+            .route("/readyz", get(readyz).with_state(self.state.clone()));
+        let router = if self.metrics_listener.is_none() {
+            router.route("/metrics", get(metrics).with_state(self.state.clone()))
+        } else {
+            router
+        };
+        router
             .merge(channels_web::router())
             .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") })
             .layer(axum::middleware::from_fn_with_state(
@@ -78,15 +105,27 @@ impl Server {
     /// every WebSocket with 1001, waits up to the drain timeout for them to end, and closes the
     /// channel layer.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let token = self.state.shutdown().clone();
+        let router = self.router();
+        let metrics_server = self.metrics_listener.take().map(|listener| {
+            let router = Router::new()
+                .route("/metrics", get(metrics))
+                .with_state(self.state.clone());
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "the metrics listener failed");
+                }
+            })
+        });
         let mut http = tokio::spawn(accept(
             listener,
-            self.router(),
+            router,
             self.state.clone(),
+            Arc::clone(&self.http_caps),
             self.handshake_timeout,
         ));
         let early = tokio::select! {
@@ -115,6 +154,9 @@ impl Server {
             },
         };
         self.state.layer().close().await?;
+        if let Some(task) = metrics_server {
+            task.abort();
+        }
         tracing::info!("shutdown complete");
         match http_result {
             Ok(result) => Ok(result?),
@@ -137,12 +179,14 @@ async fn accept(
     listener: TcpListener,
     router: Router,
     state: AppState,
+    caps: Arc<ConnectionCaps>,
     header_timeout: Option<Duration>,
 ) -> std::io::Result<()> {
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
     let http1 = Arc::new(http1);
     let stop = state.shutdown().clone();
     let connections = tokio_util::task::TaskTracker::new();
@@ -156,6 +200,15 @@ async fn accept(
                     continue;
                 }
             },
+        };
+        // An HTTP connection holds a place until it ends or becomes a WebSocket (which then
+        // counts under the WebSocket caps instead).
+        let place = match caps.admit(Some(peer.ip())) {
+            Ok(place) => place,
+            Err(refusal) => {
+                refuse_connection(&state, stream, refusal);
+                continue;
+            }
         };
         // Frames are small and latency matters: no Nagle delay waiting for the peer's ACK.
         if let Err(error) = stream.set_nodelay(true) {
@@ -172,6 +225,7 @@ async fn accept(
         let stop = stop.clone();
         let state = state.clone();
         connections.spawn(async move {
+            let _place = place;
             let conn = http1
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .with_upgrades();
@@ -197,6 +251,27 @@ async fn accept(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// Answers a connection over an HTTP connection cap with a fixed response (if the socket takes
+/// it at once) and closes it; nothing of the request is read.
+fn refuse_connection(state: &AppState, stream: tokio::net::TcpStream, refusal: CapRefusal) {
+    let (reason, response): (_, &[u8]) = match refusal {
+        CapRefusal::Replica => (
+            "max_http_connections",
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 21\r\nConnection: close\r\n\r\n\
+              too many connections\n",
+        ),
+        CapRefusal::PerAddress => (
+            "max_http_connections_per_ip",
+            b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 40\r\nConnection: close\r\n\r\n\
+              too many connections from this address\n",
+        ),
+    };
+    state.metrics().http_refused(reason);
+    channels_layer::log_limited!(info, reason, "http connection refused: cap reached");
+    // Best effort: a socket that cannot take 100 bytes at once is not worth waiting for.
+    let _ = stream.try_write(response);
 }
 
 /// An `accept` error: a failed handshake of one connection is skipped; anything else (out of
@@ -277,7 +352,11 @@ pub async fn run(
     // One id for the layer's channel names and the server's header.
     config.replica_id();
     let layer = config.build_layer().await?;
-    Server::new(&config, layer, crate::chat::routes())
-        .serve(listener, shutdown)
-        .await
+    let mut server = Server::new(&config, layer, crate::chat::routes());
+    if let Some(addr) = config.metrics_bind {
+        let metrics = TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "serving /metrics");
+        server = server.with_metrics_listener(metrics);
+    }
+    server.serve(listener, shutdown).await
 }

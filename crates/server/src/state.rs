@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::caps::ConnectionCaps;
+use crate::hosts::HostPolicy;
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
 use crate::routing::WsRouter;
@@ -36,7 +37,7 @@ pub(crate) struct Limits {
     pub(crate) drain_spread: Duration,
     /// Bytes waiting for a client above which it is closed as slow (4008).
     pub(crate) max_queued_bytes: usize,
-    /// Messages per second a client may send (burst: twice this); 0: no limit.
+    /// Frames per second a client may send (burst: twice this); 0: no limit.
     pub(crate) max_messages_per_second: u32,
     /// Silence from the client after which the server pings it; `None`: no pings.
     pub(crate) ping_interval: Option<Duration>,
@@ -60,6 +61,7 @@ struct Shared {
     metrics: Metrics,
     replica: String,
     origins: OriginPolicy,
+    hosts: HostPolicy,
     caps: Arc<ConnectionCaps>,
 }
 
@@ -67,6 +69,7 @@ struct Shared {
 #[derive(Debug)]
 pub(crate) struct Admission {
     pub(crate) origins: OriginPolicy,
+    pub(crate) hosts: HostPolicy,
     pub(crate) caps: ConnectionCaps,
 }
 
@@ -89,6 +92,7 @@ impl AppState {
             metrics: Metrics::default(),
             replica,
             origins: admission.origins,
+            hosts: admission.hosts,
             caps: Arc::new(admission.caps),
         }))
     }
@@ -122,6 +126,11 @@ impl AppState {
     /// The Origin rules of WebSocket handshakes.
     pub(crate) fn origins(&self) -> &OriginPolicy {
         &self.0.origins
+    }
+
+    /// The Host rules of WebSocket handshakes.
+    pub(crate) fn hosts(&self) -> &HostPolicy {
+        &self.0.hosts
     }
 
     /// The connection caps.

@@ -1,30 +1,42 @@
-//! The WebSocket handshake: route, build the scope, run `connect`, then upgrade.
+//! The WebSocket handshake: check it, route it, build the scope, run `connect`, then upgrade.
 //!
 //! Every request passes through [`dispatch`] first, the way Channels' `ProtocolTypeRouter`
-//! splits `websocket` from `http`: a WebSocket handshake is routed with the [`WsRouter`] (no
-//! route: HTTP 404, before any upgrade), everything else goes on to the HTTP routes.
+//! splits `websocket` from `http`: a WebSocket handshake is checked (Host, Origin, RFC 6455's
+//! required headers) and routed with the [`WsRouter`] (no route: HTTP 404, before any upgrade),
+//! everything else goes on to the HTTP routes.
+//!
+//! The upgrade itself is done here rather than by axum's `WebSocketUpgrade`, so that the
+//! handshake is validated strictly (one `Sec-WebSocket-Version: 13`, a `Sec-WebSocket-Key` of 16
+//! base64 bytes) and the socket is metered below tungstenite ([`FrameMeter`]).
 //!
 //! [`WsRouter`]: crate::routing::WsRouter
+//! [`FrameMeter`]: crate::consumer::meter::FrameMeter
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use hyper::upgrade::OnUpgrade;
+use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
+use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::caps::{CapGuard, CapRefusal};
 use crate::consumer::driver;
+use crate::consumer::meter::FrameMeter;
 use crate::consumer::{Consumer, Context, Scope};
 use crate::metrics::Refusal;
 use crate::state::AppState;
 
 /// A handshake on its way to a consumer.
 pub(crate) struct Connecting {
-    ws: WebSocketUpgrade,
+    upgrade: OnUpgrade,
+    /// The `Sec-WebSocket-Accept` value of the 101 response.
+    accept: HeaderValue,
     scope: Scope,
     state: AppState,
     /// This connection's places under the connection caps, held until it ends.
@@ -36,6 +48,93 @@ fn is_websocket_handshake(req: &Request) -> bool {
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// A refusal before the upgrade: a status and a one-line body that says why.
+fn refuse(status: StatusCode, body: &'static str) -> Response {
+    (status, body).into_response()
+}
+
+/// Why a WebSocket handshake is malformed.
+#[derive(Debug, Clone, Copy)]
+enum BadHandshake {
+    NotGet,
+    NoConnectionUpgrade,
+    Version,
+    Key,
+}
+
+impl BadHandshake {
+    fn into_response(self) -> Response {
+        match self {
+            BadHandshake::NotGet => refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "a WebSocket handshake is a GET request\n",
+            ),
+            BadHandshake::NoConnectionUpgrade => refuse(
+                StatusCode::BAD_REQUEST,
+                "a WebSocket handshake needs Connection: Upgrade\n",
+            ),
+            BadHandshake::Version => {
+                let mut response = refuse(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "this server speaks WebSocket version 13 only (one Sec-WebSocket-Version: 13)\n",
+                );
+                response.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+                response
+            }
+            BadHandshake::Key => refuse(
+                StatusCode::BAD_REQUEST,
+                "Sec-WebSocket-Key must be one base64-encoded 16-byte value\n",
+            ),
+        }
+    }
+}
+
+/// RFC 6455 §4.2.1: GET, `Connection: Upgrade`, exactly one `Sec-WebSocket-Version: 13` (§4.4:
+/// otherwise 426 naming the version we speak) and exactly one `Sec-WebSocket-Key` that is the
+/// base64 of 16 bytes. Returns the `Sec-WebSocket-Accept` value.
+fn check_handshake(parts: &Parts) -> Result<HeaderValue, BadHandshake> {
+    if parts.method != Method::GET {
+        return Err(BadHandshake::NotGet);
+    }
+    let connection_upgrade = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return Err(BadHandshake::NoConnectionUpgrade);
+    }
+    let mut versions = parts.headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    let version_ok = versions.next().is_some_and(|v| v == "13") && versions.next().is_none();
+    if !version_ok {
+        return Err(BadHandshake::Version);
+    }
+    let mut keys = parts.headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    match (keys.next(), keys.next()) {
+        (Some(key), None) if is_valid_key(key.as_bytes()) => {
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            // The accept key is base64: always a valid header value.
+            HeaderValue::from_str(&accept).map_err(|_| BadHandshake::Key)
+        }
+        _ => Err(BadHandshake::Key),
+    }
+}
+
+/// Whether `key` is the base64 encoding of 16 bytes: 22 base64 characters, the last of which
+/// carries only 2 bits (so its low 4 bits are 0: one of `AQgw`), then `==`.
+fn is_valid_key(key: &[u8]) -> bool {
+    let is_b64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24
+        && key[..22].iter().all(is_b64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
 }
 
 /// Middleware in front of every route: WebSocket handshakes go to their consumer.
@@ -52,6 +151,25 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
+    if !state.hosts().allows(&parts.headers) {
+        let host = parts.headers.get(header::HOST).map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(100)
+                .collect::<String>()
+        });
+        channels_layer::log_limited!(
+            info,
+            ?host,
+            peer = ?peer.map(|p| p.ip()),
+            "websocket handshake refused: host not in --allowed-hosts"
+        );
+        state.metrics().refused(Refusal::Host);
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "host not allowed: add it to --allowed-hosts (CHANNELS_ALLOWED_HOSTS)\n",
+        );
+    }
     if let Err(refusal) = state.origins().check(&parts.headers) {
         // The origin (shortened, escaped) and the peer: enough to diagnose a misconfigured
         // allowlist, without the other headers (cookies, tokens).
@@ -61,7 +179,8 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
                 .take(100)
                 .collect::<String>()
         });
-        tracing::info!(
+        channels_layer::log_limited!(
+            info,
             reason = refusal.as_str(),
             ?origin,
             peer = ?peer.map(|p| p.ip()),
@@ -71,6 +190,13 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
         state.metrics().refused(Refusal::Origin);
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
+    let accept = match check_handshake(&parts) {
+        Ok(accept) => accept,
+        Err(bad) => {
+            state.metrics().refused(Refusal::BadHandshake);
+            return bad.into_response();
+        }
+    };
     let Ok(path) = percent_encoding::percent_decode_str(parts.uri.path()).decode_utf8() else {
         return (StatusCode::BAD_REQUEST, "path is not valid UTF-8\n").into_response();
     };
@@ -83,12 +209,16 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
     let cap = match state.caps().admit(peer.map(|p| p.ip())) {
         Ok(cap) => cap,
         Err(CapRefusal::Replica) => {
-            tracing::info!("websocket handshake refused: --max-connections reached");
+            channels_layer::log_limited!(
+                info,
+                "websocket handshake refused: --max-connections reached"
+            );
             state.metrics().refused(Refusal::MaxConnections);
             return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
         }
         Err(CapRefusal::PerAddress) => {
-            tracing::info!(
+            channels_layer::log_limited!(
+                info,
                 peer = ?peer.map(|p| p.ip()),
                 "websocket handshake refused: --max-connections-per-ip reached"
             );
@@ -100,9 +230,11 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
                 .into_response();
         }
     };
-    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+    let Some(upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "this connection cannot be upgraded (HTTP/1.1 is needed)\n",
+        );
     };
     let scope = Scope {
         path,
@@ -113,7 +245,8 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
     };
     endpoint
         .start(Connecting {
-            ws,
+            upgrade,
+            accept,
             scope,
             state,
             cap,
@@ -124,7 +257,8 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
 /// Creates the connection's channel, runs `connect`, and upgrades if it accepted.
 pub(crate) async fn start<C: Consumer>(mut consumer: C, connecting: Connecting) -> Response {
     let Connecting {
-        ws,
+        upgrade,
+        accept,
         scope,
         state,
         cap,
@@ -135,7 +269,11 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, connecting: Connecting) 
         let inbox = match state.layer().new_channel().await {
             Ok(inbox) => inbox,
             Err(error) => {
-                tracing::error!(%error, "new_channel failed: refusing the connection");
+                channels_layer::log_limited!(
+                    error,
+                    %error,
+                    "new_channel failed: refusing the connection"
+                );
                 state.metrics().refused(Refusal::LayerUnavailable);
                 return Err((
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -160,24 +298,36 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, connecting: Connecting) 
         Err(refusal) => return refusal.into_response(),
     };
     // Tracked from here, so a shutdown waits for this connection even before the upgrade
-    // completes (axum's graceful shutdown does not cover upgraded sockets).
+    // completes (hyper's graceful shutdown does not cover upgraded sockets).
     let token = state.tracker().token();
-    let failed_span = span.clone();
-    ws.read_buffer_size(limits.read_buffer_size)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(limits.read_buffer_size)
         .write_buffer_size(0)
         .max_write_buffer_size(limits.max_write_buffer_size)
-        .max_message_size(limits.max_message_size)
-        .max_frame_size(limits.max_message_size)
-        .on_failed_upgrade(move |error| {
-            failed_span.in_scope(|| tracing::debug!(%error, "upgrade failed"));
-        })
-        .on_upgrade(move |socket| {
-            async move {
-                let _tracked = (token, cap);
-                driver::run(socket, consumer, cx, inbox).await;
-            }
-            .instrument(span)
-        })
+        .max_message_size(Some(limits.max_message_size))
+        .max_frame_size(Some(limits.max_message_size));
+    tokio::spawn(
+        async move {
+            let _tracked = (token, cap);
+            let io = match upgrade.await {
+                Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
+                Err(error) => {
+                    tracing::debug!(%error, "upgrade failed");
+                    return;
+                }
+            };
+            let io = FrameMeter::new(io, limits.max_messages_per_second);
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            driver::run(socket, consumer, cx, inbox).await;
+        }
+        .instrument(span),
+    );
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
 }
 
 /// A copy of `headers` that owns its bytes. hyper's header values are slices of the connection's
@@ -196,6 +346,22 @@ fn compact(headers: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_must_be_16_bytes_of_base64() {
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in [
+            &b""[..],
+            b"dGhlIHNhbXBsZSBub25jZQ=",
+            b"dGhlIHNhbXBsZSBub25jZR==",
+            b"dGhlIHNhbXBsZSBub25jZ===",
+            b"dGhlIHNhbXBsZSBub25j!Q==",
+            b"dGhlIHNhbXBsZSBub25jZQ==AA",
+            b"AAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert!(!is_valid_key(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn compacted_headers_keep_every_value_in_order_and_sensitivity() {

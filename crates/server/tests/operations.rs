@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use channels_server::Config;
-use support::{eventually, spawn, spawn_with};
+use support::{eventually, raw_handshake, spawn, spawn_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `GET path`: status, headers (lower-case names) and body.
@@ -153,5 +153,142 @@ async fn a_drain_closes_connections_in_batches() {
         "{at:?}"
     );
     assert!(at[4] >= Duration::from_millis(380), "{at:?}");
+    server.stop().await.unwrap();
+}
+
+/// The closes counted so far, by label set.
+async fn closes(addr: std::net::SocketAddr) -> HashMap<String, f64> {
+    samples(&get(addr, "/metrics").await.2)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("channels_closes_total"))
+        .collect()
+}
+
+/// Review defect 7: close codes chosen by clients are bucketed (3000-3999, 4000-4999), a code
+/// RFC 6455 does not allow is `invalid`, and a connection that ends without a close frame is
+/// the client's doing (`none`), not a server 1002.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_close_codes_make_a_bounded_set_of_series() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let server = spawn().await;
+    for code in (4000..4100).chain(3000..3050) {
+        let mut client = server.ws("/room/c/").await;
+        client
+            .0
+            .close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: "bye".into(),
+            }))
+            .await
+            .unwrap();
+        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut client.0).await {}
+    }
+    // Without a close frame: the TCP connection just ends.
+    for _ in 0..5 {
+        let client = server.ws("/room/c/").await;
+        let stream = client.0.into_inner();
+        drop(stream);
+    }
+    // Close frames with codes that are not allowed, sent raw (clients refuse to send them).
+    for code in [999u16, 1005, 1006, 1015, 2000, 5000] {
+        let (status, mut stream) = raw_handshake(server.addr, "/room/c/", "localhost", b"").await;
+        assert_eq!(status, 101);
+        let mut frame = vec![0x88, 0x80 | 2, 0, 0, 0, 0];
+        frame.extend_from_slice(&code.to_be_bytes());
+        stream.write_all(&frame).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+    }
+    let expected = [
+        (
+            "channels_closes_total{by=\"client\",code=\"4000-4999\"}",
+            100.0,
+        ),
+        (
+            "channels_closes_total{by=\"client\",code=\"3000-3999\"}",
+            50.0,
+        ),
+        ("channels_closes_total{by=\"client\",code=\"none\"}", 5.0),
+        ("channels_closes_total{by=\"client\",code=\"invalid\"}", 6.0),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = closes(server.addr).await;
+    while expected.iter().any(|(k, v)| seen.get(*k) != Some(v)) {
+        assert!(Instant::now() < deadline, "{seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = closes(server.addr).await;
+    }
+    assert_eq!(seen.len(), expected.len(), "no other series: {seen:?}");
+    server.stop().await.unwrap();
+}
+
+/// A `tracing` writer that keeps every line in memory.
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Review defect 5: 2,000 layer messages of a type the consumer has no handler for, sent to a
+/// 50-member group, are counted (100,000 ignored events) but logged only a few times, not once
+/// per member per message.
+#[tokio::test]
+async fn unhandled_layer_messages_are_counted_and_their_log_is_rate_limited() {
+    use channels_layer::{ChannelLayer, GroupName, Message};
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // This test runs on one thread (tokio's current-thread runtime): every task logs here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut config = Config::default();
+    config.capacity = 5_000;
+    let server = spawn_with(config, channels_server::chat::routes()).await;
+    let mut members = Vec::new();
+    for _ in 0..50 {
+        members.push(server.ws("/group/flood/").await);
+    }
+    eventually("fifty members", || server.layer.stats().channels == 50).await;
+    let group = GroupName::new("flood").unwrap();
+    for i in 0..2000 {
+        server
+            .layer
+            .group_send(&group, Message::new("no.such.handler").with("n", i as i64))
+            .await
+            .unwrap();
+        if i % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = samples(&get(server.addr, "/metrics").await.2);
+        let ignored = m
+            .get("channels_events_ignored_total{reason=\"no_handler\"}")
+            .copied()
+            .unwrap_or(0.0);
+        if ignored == 100_000.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {ignored} counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let logged = text
+        .lines()
+        .filter(|l| l.contains("layer message") && l.contains("ignored"))
+        .count();
+    // Ten lines a window per call site; the test may straddle two windows.
+    assert!((1..=20).contains(&logged), "{logged} lines logged");
     server.stop().await.unwrap();
 }

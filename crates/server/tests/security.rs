@@ -53,6 +53,24 @@ async fn origin_default_allows_the_pages_own_host_and_no_origin() {
         let got = origin_status(server.addr, &host, origin.map(str::as_bytes)).await;
         assert_eq!(got, *expected, "Origin {origin:?}, Host {host}");
     }
+    assert_eq!(
+        metric(
+            server.addr,
+            "channels_handshakes_refused_total{reason=\"origin\"}"
+        )
+        .await,
+        5.0
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn origin_default_with_allowed_hosts_compares_with_the_public_host() {
+    let server = spawn_with(
+        config(|c| c.allowed_hosts = vec!["app.example.com".to_owned()]),
+        channels_server::chat::routes(),
+    )
+    .await;
     // Behind nginx the Host is the public one (`$http_host`).
     let public = "app.example.com:8080";
     let cases = [
@@ -84,8 +102,61 @@ async fn origin_default_allows_the_pages_own_host_and_no_origin() {
             "channels_handshakes_refused_total{reason=\"origin\"}"
         )
         .await,
-        10.0
+        5.0
     );
+    server.stop().await.unwrap();
+}
+
+/// Defect 8 of the review: a DNS-rebinding page (its name re-pointed at the server's address)
+/// sends a Host and an Origin that agree; by default only addresses and localhost are hosts the
+/// server serves, so the handshake is refused with 400 before any consumer runs.
+#[tokio::test]
+async fn a_dns_rebinding_handshake_is_refused_by_default() {
+    let server = spawn().await;
+    let port = server.addr.port();
+    let rebound = format!("evil.example:{port}");
+    let origin = format!("http://{rebound}");
+    assert_eq!(
+        origin_status(server.addr, &rebound, Some(origin.as_bytes())).await,
+        400
+    );
+    // Without an Origin too (the check is on the Host).
+    assert_eq!(origin_status(server.addr, &rebound, None).await, 400);
+    // The server's own names still work.
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let origin = format!("http://{host}");
+        assert_eq!(
+            origin_status(server.addr, &host, Some(origin.as_bytes())).await,
+            101,
+            "{host}"
+        );
+    }
+    assert_eq!(
+        metric(
+            server.addr,
+            "channels_handshakes_refused_total{reason=\"host\"}"
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        metric(server.addr, "channels_connections_total").await,
+        2.0,
+        "no consumer ran for the refused ones"
+    );
+    // Named in --allowed-hosts, the name is served.
+    let named = spawn_with(
+        config(|c| c.allowed_hosts = vec![".example".to_owned()]),
+        channels_server::chat::routes(),
+    )
+    .await;
+    let host = format!("evil.example:{}", named.addr.port());
+    let origin = format!("http://{host}");
+    assert_eq!(
+        origin_status(named.addr, &host, Some(origin.as_bytes())).await,
+        101
+    );
+    named.stop().await.unwrap();
     server.stop().await.unwrap();
 }
 
@@ -427,7 +498,7 @@ async fn a_peer_that_does_not_answer_pings_is_closed_with_4009() {
         channels_server::chat::routes(),
     )
     .await;
-    let (status, mut dead) = raw_handshake(server.addr, "/room/1/", "x", b"").await;
+    let (status, mut dead) = raw_handshake(server.addr, "/room/1/", "localhost", b"").await;
     assert_eq!(status, 101);
     let mut alive = server.ws("/room/2/").await;
     let started = Instant::now();
@@ -472,4 +543,287 @@ async fn a_peer_that_does_not_answer_pings_is_closed_with_4009() {
         1.0
     );
     server.stop().await.unwrap();
+}
+
+/// A TCP connection from a given loopback source address.
+async fn tcp_from(server: &support::TestServer, source: [u8; 4]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(server.addr).await.unwrap()
+}
+
+/// Everything the server sends until it closes (or 5 s pass), as text.
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("still open after 5 s: {:?}", String::from_utf8_lossy(&out)),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /healthz` from a loopback source address; the status.
+async fn healthz_from(server: &support::TestServer, source: [u8; 4]) -> u16 {
+    let mut stream = tcp_from(server, source).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_to_close(&mut stream).await;
+    text.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Review defect 6: unfinished HTTP requests count against caps per address and in total
+/// (answered 429 and 503 at accept), and the request headers one connection may send are
+/// bounded (431), so trickled headers cannot pin memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_requests_are_capped_per_address_in_total_and_in_bytes() {
+    let server = spawn_with(
+        config(|c| {
+            c.max_http_connections = 8;
+            c.max_http_connections_per_ip = 3;
+        }),
+        channels_server::chat::routes(),
+    )
+    .await;
+    // Three connections from one address, each in the middle of its headers.
+    let mut pending = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tcp_from(&server, [127, 0, 0, 1]).await;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+            .await
+            .unwrap();
+        pending.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = tcp_from(&server, [127, 0, 0, 1]).await;
+    assert!(read_to_close(&mut fourth).await.starts_with("HTTP/1.1 429"));
+    // Another address still gets in, until the total of 8 is reached.
+    assert_eq!(healthz_from(&server, [127, 0, 0, 2]).await, 200);
+    for source in 2..7u8 {
+        let mut stream = tcp_from(&server, [127, 0, 0, source]).await;
+        stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        pending.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut ninth = tcp_from(&server, [127, 0, 0, 9]).await;
+    assert!(read_to_close(&mut ninth).await.starts_with("HTTP/1.1 503"));
+    // Places come back when the connections end.
+    pending.clear();
+    let mut status = 0;
+    for _ in 0..100 {
+        status = healthz_from(&server, [127, 0, 0, 1]).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200, "places given back");
+    // Headers past 32 KiB: refused with 431 and closed, whatever more the client sends.
+    let mut stream = tcp_from(&server, [127, 0, 0, 10]).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: ")
+        .await
+        .unwrap();
+    let chunk = vec![b'a'; 1024];
+    let mut sent = 0;
+    for _ in 0..380 {
+        if stream.write_all(&chunk).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let answer = read_to_close(&mut stream).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "after {sent} bytes: {answer:?}"
+    );
+    let m = support::metrics(server.addr).await;
+    // At least the fourth (the retries above may have been refused too).
+    assert!(
+        m["channels_http_connections_refused_total{reason=\"max_http_connections_per_ip\"}"] >= 1.0
+    );
+    assert_eq!(
+        m["channels_http_connections_refused_total{reason=\"max_http_connections\"}"],
+        1.0
+    );
+    server.stop().await.unwrap();
+}
+
+/// A raw handshake to the echo chat with these extra header lines; the status.
+async fn handshake_status(server: &support::TestServer, request: &str) -> u16 {
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The connection stays open (keep-alive): read the status line only.
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    String::from_utf8_lossy(&head[9..]).parse().unwrap()
+}
+
+/// Review defect 9: RFC 6455's handshake rules are enforced: one `Sec-WebSocket-Version: 13`
+/// (426 otherwise, naming 13), one `Sec-WebSocket-Key` of 16 base64 bytes (400 otherwise).
+#[tokio::test]
+async fn malformed_handshakes_are_refused_before_the_upgrade() {
+    let server = spawn().await;
+    let request = |version: &str, key: &str| {
+        format!(
+            "GET /room/1/ HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\n{version}{key}\r\n"
+        )
+    };
+    let good_key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let v13 = "Sec-WebSocket-Version: 13\r\n";
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(request(v13, good_key).as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101", "the well-formed one upgrades");
+    let cases = [
+        (request(&format!("{v13}{v13}"), good_key), 426),
+        (request("Sec-WebSocket-Version: 12\r\n", good_key), 426),
+        (request("", good_key), 426),
+        (request(v13, ""), 400),
+        (request(v13, "Sec-WebSocket-Key: short==\r\n"), 400),
+        (
+            request(v13, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZR==\r\n"),
+            400,
+        ),
+        (
+            request(
+                v13,
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            ),
+            400,
+        ),
+    ];
+    for (request, expected) in &cases {
+        assert_eq!(
+            handshake_status(&server, request).await,
+            *expected,
+            "{request}"
+        );
+    }
+    assert_eq!(
+        metric(
+            server.addr,
+            "channels_handshakes_refused_total{reason=\"bad_handshake\"}"
+        )
+        .await,
+        cases.len() as f64
+    );
+    server.stop().await.unwrap();
+}
+
+/// One masked client frame (mask key 0: the payload goes as is).
+fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut out = vec![
+        opcode | if fin { 0x80 } else { 0 },
+        0x80 | payload.len() as u8,
+    ];
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The close frame the server sent on `stream` (after any other frames): its code and reason.
+async fn server_close(stream: &mut TcpStream) -> Option<(u16, String)> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    let mut at = 0;
+    while at + 2 <= bytes.len() {
+        let (opcode, len) = (bytes[at] & 0x0f, usize::from(bytes[at + 1] & 0x7f));
+        let (header, len) = match len {
+            126 => (
+                4,
+                usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+            ),
+            127 => (10, 0),
+            _ => (2, len),
+        };
+        let payload = bytes.get(at + header..at + header + len)?;
+        if opcode == 0x8 {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            return Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+        }
+        at += header + len;
+    }
+    None
+}
+
+/// Review defect 9: continuation frames cost a token each, like every other frame, so a client
+/// cannot send an endless message of empty fragments past the rate limit.
+#[tokio::test]
+async fn a_flood_of_continuation_frames_is_rate_limited() {
+    let server = spawn().await;
+    let (status, mut stream) = raw_handshake(server.addr, "/room/1/", "localhost", b"").await;
+    assert_eq!(status, 101);
+    let mut flood = client_frame(0x1, false, b"a");
+    for _ in 0..500 {
+        flood.extend(client_frame(0x0, false, b""));
+    }
+    // The server may close before taking all of it.
+    let _ = stream.write_all(&flood).await;
+    assert_eq!(
+        server_close(&mut stream).await,
+        Some((1008, "rate limit".to_owned()))
+    );
+    server.stop().await.unwrap();
+}
+
+/// Review defect 9: `/metrics` can live on its own (private) address; the public one then
+/// answers 404 for it.
+#[tokio::test]
+async fn metrics_can_be_served_on_their_own_address_only() {
+    use channels_layer::{ChannelLayer, InMemoryChannelLayer};
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let private = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (public_addr, private_addr) = (public.local_addr().unwrap(), private.local_addr().unwrap());
+    let layer: std::sync::Arc<dyn ChannelLayer> =
+        std::sync::Arc::new(InMemoryChannelLayer::default());
+    let server =
+        channels_server::Server::new(&Config::default(), layer, channels_server::chat::routes())
+            .with_metrics_listener(private);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal = stop.clone();
+    let task = tokio::spawn(server.serve(public, async move { signal.cancelled().await }));
+    let get = |addr: SocketAddr, path: &'static str| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        read_to_close(&mut stream).await
+    };
+    assert!(
+        get(public_addr, "/metrics")
+            .await
+            .starts_with("HTTP/1.1 404")
+    );
+    assert!(
+        get(public_addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let metrics = get(private_addr, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("channels_connections_open 0"));
+    stop.cancel();
+    task.await.unwrap().unwrap();
 }

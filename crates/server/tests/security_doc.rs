@@ -17,6 +17,8 @@ fn code_default(flag: &str) -> Option<String> {
         "--max-messages-per-second" => c.max_messages_per_second.to_string(),
         "--max-connections" => c.max_connections.to_string(),
         "--max-connections-per-ip" => c.max_connections_per_ip.to_string(),
+        "--max-http-connections" => c.max_http_connections.to_string(),
+        "--max-http-connections-per-ip" => c.max_http_connections_per_ip.to_string(),
         "--handshake-timeout-secs" => c.handshake_timeout_secs.to_string(),
         "--ping-interval-secs" => c.ping_interval_secs.to_string(),
         "--pong-timeout-secs" => c.pong_timeout_secs.to_string(),
@@ -29,11 +31,13 @@ fn code_default(flag: &str) -> Option<String> {
     })
 }
 
-const LIMIT_FLAGS: [&str; 12] = [
+const LIMIT_FLAGS: [&str; 14] = [
     "--max-message-size",
     "--max-messages-per-second",
     "--max-connections",
     "--max-connections-per-ip",
+    "--max-http-connections",
+    "--max-http-connections-per-ip",
     "--handshake-timeout-secs",
     "--ping-interval-secs",
     "--pong-timeout-secs",

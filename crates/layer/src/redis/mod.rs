@@ -52,6 +52,18 @@ impl Serializer {
         }
     }
 
+    /// The largest payload from Redis that can hold a message of at most `max` msgpack bytes
+    /// (0: no limit): room for the core layer's 12-byte prefix, and for Fernet's base64 and
+    /// framing when keys are set. Larger payloads are dropped before they are decrypted or
+    /// decoded.
+    pub(crate) fn payload_limit(&self, max: usize) -> usize {
+        match (max, &self.fernet) {
+            (0, _) => usize::MAX,
+            (max, None) => max.saturating_add(12),
+            (max, Some(_)) => max.saturating_add(12 + 16).saturating_mul(4) / 3 + 128,
+        }
+    }
+
     pub(crate) fn deserialize(&self, payload: &[u8]) -> Result<Message, PayloadError> {
         match &self.fernet {
             Some(f) => Ok(Message::from_msgpack(&f.decrypt(payload, self.ttl)?)?),

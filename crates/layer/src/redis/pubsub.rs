@@ -246,6 +246,12 @@ impl Router {
         let Ok(channel) = std::str::from_utf8(channel) else {
             return self.undecodable("?", "channel name is not UTF-8");
         };
+        let limit = self
+            .serializer
+            .payload_limit(self.registry.config().max_message_size);
+        if payload.len() > limit && !self.registry.accept_size(channel, payload.len()) {
+            return;
+        }
         let msg = match self.serializer.deserialize(payload) {
             Ok(msg) => msg,
             Err(error) => return self.undecodable(channel, error),
@@ -260,7 +266,7 @@ impl Router {
         } else if let Ok(name) = ChannelName::new(channel)
             && let Err(error) = self.registry.send(&name, msg)
         {
-            tracing::warn!(%error, channel = %name, "message for a local channel dropped");
+            crate::log_limited!(warn, %error, channel = %name, "message for a local channel dropped");
         }
     }
 
@@ -494,7 +500,7 @@ impl Inner {
                     .counters
                     .publish_errors
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, %channel, "publish failed");
+                crate::log_limited!(warn, %error, %channel, "publish failed");
                 Err(error)
             }
         }
@@ -790,6 +796,7 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         }
         // A channel of this process gets the message directly, which keeps Channels'
         // ChannelFull; anything else is published as named.
+        self.inner.registry.check_message(&msg)?;
         if self.inner.registry.has_channel(channel) {
             return self.inner.registry.send(channel, msg).map(drop);
         }
@@ -818,6 +825,7 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         if self.inner.registry.is_closed() {
             return Err(LayerError::Closed);
         }
+        self.inner.registry.check_message(&msg)?;
         let payload = self.inner.router.serializer.serialize(&msg);
         self.inner
             .publish(&self.inner.router.names.group_channel(group), payload)

@@ -4,13 +4,15 @@
 //! |---|---|---|---|
 //! | 1000 | [`Close::NORMAL`] | the consumer ended the conversation (the seed's `exit`) | no |
 //! | 1001 | [`Close::GOING_AWAY`] | the server is shutting down or draining | yes, at once (another replica) |
+//! | 1002 | [`Close::PROTOCOL`] | the client broke the WebSocket protocol (unmasked frame, bad opcode, ...) | no |
 //! | 1003 | [`Close::UNSUPPORTED`] | a frame type the consumer does not take (binary to the echo chat) | no |
+//! | 1007 | [`Close::INVALID_DATA`] | a text message that is not UTF-8 | no |
 //! | 1008 | [`Close::POLICY`] | the client broke a rule | no |
-//! | 1008 | [`Close::RATE_LIMIT`] (reason `rate limit`) | the client sent more than `--max-messages-per-second` (burst: twice that) | no (not at once: the limit holds for a new connection too) |
+//! | 1008 | [`Close::RATE_LIMIT`] (reason `rate limit`) | the client sent more than `--max-messages-per-second` frames a second (burst: twice that; every frame counts: pings, pongs and continuations under 1 KiB too) | no (not at once: the limit holds for a new connection too) |
 //! | 1009 | [`Close::TOO_BIG`] | a message over the size limit (64 KiB by default) | no |
 //! | 1011 | [`Close::INTERNAL`] | a server error; details are logged, never sent | yes, with backoff |
 //! | 1013 | [`Close::TRY_AGAIN_LATER`] | the channel layer (Redis) is unavailable: a group message could not be sent, or the group could not be joined | yes, with backoff |
-//! | 4008 | [`Close::SLOW`] | the client did not read its messages fast enough: more than `--max-queued-bytes` waited for it, or a write stayed blocked for `--write-timeout-secs` | yes, with backoff |
+//! | 4008 | [`Close::SLOW`] | the client did not read its messages: a write stayed blocked for `--write-timeout-secs`, or more than `--max-queued-bytes` waited for it that long | yes, with backoff |
 //! | 4009 | [`Close::NO_PONG`] | the client did not answer a server ping within `--pong-timeout-secs` (dead peer, suspended tab, broken network) | yes, with backoff |
 //! | 4400 | [`Close::INVALID_GROUP`] | the URL names a group that Channels would reject (non-ASCII, 100+ characters) | no |
 //!
@@ -34,8 +36,12 @@ impl Close {
     pub const NORMAL: Close = Close::new(1000, "");
     /// 1001: the server is going away (shutdown, drain).
     pub const GOING_AWAY: Close = Close::new(1001, "server shutting down");
+    /// 1002: the client broke the WebSocket protocol.
+    pub const PROTOCOL: Close = Close::new(1002, "protocol error");
     /// 1003: the consumer does not accept this kind of frame.
     pub const UNSUPPORTED: Close = Close::new(1003, "unsupported data");
+    /// 1007: a text message that is not valid UTF-8.
+    pub const INVALID_DATA: Close = Close::new(1007, "invalid utf-8");
     /// 1008: policy violation.
     pub const POLICY: Close = Close::new(1008, "policy violation");
     /// 1009: message too big.

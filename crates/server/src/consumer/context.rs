@@ -76,6 +76,8 @@ pub struct Context {
     state: AppState,
     groups: Vec<GroupName>,
     pub(crate) outgoing: VecDeque<Outgoing>,
+    /// Payload bytes in `outgoing`.
+    outgoing_bytes: usize,
     max_outgoing: usize,
     pub(crate) close: Option<Close>,
 }
@@ -89,6 +91,7 @@ impl Context {
             state,
             groups: Vec::new(),
             outgoing: VecDeque::new(),
+            outgoing_bytes: 0,
             close: None,
         }
     }
@@ -132,8 +135,22 @@ impl Context {
         if self.outgoing.len() >= self.max_outgoing {
             return Err(Close::SLOW);
         }
+        self.outgoing_bytes += match &frame {
+            Outgoing::Text(text) => text.len(),
+            Outgoing::Bytes(bytes) => bytes.len(),
+        };
         self.outgoing.push_back(frame);
         Ok(())
+    }
+
+    /// Payload bytes queued by handlers and not yet moved to the connection's outbox.
+    pub(crate) fn outgoing_bytes(&self) -> usize {
+        self.outgoing_bytes
+    }
+
+    /// The queued frames were moved to the outbox.
+    pub(crate) fn clear_outgoing_bytes(&mut self) {
+        self.outgoing_bytes = 0;
     }
 
     /// Closes the connection with `close` once the handler returns (Channels' `self.close()`).
@@ -164,11 +181,30 @@ impl Context {
         result
     }
 
+    /// Records that this consumer did not handle a layer message: counts it in
+    /// `channels_events_ignored_total{reason}` and logs it, rate-limited (one message sent to a
+    /// large group would otherwise log once per member). `reason` is a short fixed word such
+    /// as `no_handler` or `malformed`.
+    pub fn ignore_event(&self, event: &Message, reason: &'static str) {
+        self.state.metrics().event_ignored(reason);
+        channels_layer::log_limited!(
+            warn,
+            reason,
+            msg_type = ?event.message_type().map(|t| t.chars().take(100).collect::<String>()),
+            "layer message not handled: ignored"
+        );
+    }
+
     /// Leaves every joined group; used by the runtime when the connection ends.
     pub(crate) async fn discard_all_groups(&mut self) {
         for group in std::mem::take(&mut self.groups) {
             if let Err(error) = self.layer().group_discard(&group, &self.channel).await {
-                tracing::warn!(%error, %group, "group_discard at disconnect failed");
+                channels_layer::log_limited!(
+                    warn,
+                    %error,
+                    %group,
+                    "group_discard at disconnect failed"
+                );
             }
         }
     }

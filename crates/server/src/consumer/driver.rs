@@ -16,32 +16,55 @@
 
 use std::task::Poll;
 
-use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket};
 use channels_layer::{Inbox, Message};
-use futures_util::StreamExt;
+use futures_util::{Sink, Stream, StreamExt};
 use tokio::time::Instant;
+use tungstenite::Message as Frame;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::context::{ClientMessage, Context, Outgoing};
+use super::meter::RateLimited;
 use super::outbox::Outbox;
-use super::watch::{Keepalive, Liveness, RateLimit};
+use super::watch::{Keepalive, Liveness};
 use super::{Close, Consumer};
+use crate::metrics::CloseLabel;
 use crate::state::Limits;
+
+/// A WebSocket as the driver uses it: tungstenite's messages in and out.
+pub(crate) trait Socket:
+    Stream<Item = Result<Frame, tungstenite::Error>>
+    + Sink<Frame, Error = tungstenite::Error>
+    + Unpin
+    + Send
+{
+}
+
+impl<S> Socket for S where
+    S: Stream<Item = Result<Frame, tungstenite::Error>>
+        + Sink<Frame, Error = tungstenite::Error>
+        + Unpin
+        + Send
+{
+}
 
 enum Event {
     /// The server began shutting down: pick this connection's drain time.
     ShutdownBegan,
     /// The connection's timer: the drain time, a keepalive check or a write check is due.
     Timer,
-    Frame(Option<Result<Frame, axum::Error>>),
+    /// The client took enough of its queue to be under its budget again.
+    Resumed,
+    Frame(Option<Result<Frame, tungstenite::Error>>),
     /// Writing to the socket failed: the connection is gone.
-    WriteFailed(axum::Error),
+    WriteFailed(tungstenite::Error),
     Layer(Option<Message>),
 }
 
 /// How the loop ended.
 enum End {
-    /// The client closed (with its code, if any) or the connection dropped.
-    ByClient(Option<u16>),
+    /// The client closed (with its close frame, if any) or the connection dropped.
+    ByClient(Option<CloseFrame>),
     /// The server closes with this code.
     ByServer(Close),
     /// The socket is unusable; nothing more can be sent.
@@ -50,7 +73,7 @@ enum End {
 
 /// Runs the connection to its end. `cx` comes from `connect`, which already accepted.
 pub(crate) async fn run<C: Consumer>(
-    mut socket: WebSocket,
+    mut socket: impl Socket,
     mut consumer: C,
     mut cx: Context,
     mut inbox: Inbox,
@@ -65,17 +88,14 @@ pub(crate) async fn run<C: Consumer>(
     state.metrics().connection_opened();
     tracing::debug!(channel = %cx.channel_name(), "connected");
     let now = Instant::now();
-    let mut outbox = Outbox::new(limits.write_timeout);
-    let mut rate = RateLimit::new(limits.max_messages_per_second, now);
+    let mut outbox = Outbox::new(limits.write_timeout, limits.max_queued_bytes);
     let mut keepalive = Keepalive::new(limits.ping_interval, limits.pong_timeout, now);
     let timer = tokio::time::sleep_until(now);
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     // Frames queued by `connect`, and a close it asked for.
-    let mut end = match queue(&mut outbox, &mut cx, &limits) {
-        Err(end) => Some(end),
-        Ok(()) => cx.close.take().map(End::ByServer),
-    };
+    queue(&mut outbox, &mut cx);
+    let mut end = cx.close.take().map(End::ByServer);
     let mut drain_at: Option<Instant> = None;
     while end.is_none() {
         let due = [drain_at, keepalive.check_at(), outbox.check_at()]
@@ -88,6 +108,10 @@ pub(crate) async fn run<C: Consumer>(
             timer.as_mut().reset(due);
             armed = Some(due);
         }
+        // Over its budget, the connection takes nothing new (no client frame, no inbox
+        // message) until the client has read enough; the inbox holds what arrives meanwhile,
+        // up to its capacity.
+        let open = !outbox.over_budget();
         let event = tokio::select! {
             biased;
             () = &mut shutdown, if drain_at.is_none() => Event::ShutdownBegan,
@@ -97,9 +121,16 @@ pub(crate) async fn run<C: Consumer>(
                 if let Err(error) = outbox.poll_write(&mut socket, task) {
                     return Poll::Ready(Event::WriteFailed(error));
                 }
+                if outbox.over_budget() {
+                    return Poll::Pending;
+                }
+                if !open {
+                    // Back under the budget: take the inbox again (its branch was off).
+                    return Poll::Ready(Event::Resumed);
+                }
                 socket.poll_next_unpin(task).map(Event::Frame)
             }) => event,
-            msg = inbox.recv() => Event::Layer(msg),
+            msg = inbox.recv(), if open => Event::Layer(msg),
         };
         let handled = match event {
             Event::ShutdownBegan => {
@@ -107,33 +138,23 @@ pub(crate) async fn run<C: Consumer>(
                 drain_at = Some(Instant::now() + state.drain_delay());
                 Ok(())
             }
+            Event::Resumed => Ok(()),
             Event::Timer => {
                 // Never earlier than the time the timer was set for.
                 let now = armed.map_or_else(Instant::now, |at| Instant::now().max(at));
                 on_timer(now, drain_at, &mut outbox, &mut keepalive)
             }
             Event::Frame(frame) => {
-                let now = Instant::now();
-                keepalive.seen(now);
-                let data = matches!(frame, Some(Ok(Frame::Text(_) | Frame::Binary(_))));
-                if data {
+                keepalive.seen(Instant::now());
+                if matches!(frame, Some(Ok(Frame::Text(_) | Frame::Binary(_)))) {
                     state.metrics().message_in();
                 }
-                let counted = data || matches!(frame, Some(Ok(Frame::Ping(_) | Frame::Pong(_))));
-                if counted && !rate.take(now) {
-                    tracing::info!(
-                        close_code = Close::RATE_LIMIT.code,
-                        "client over its message rate: closing"
-                    );
-                    Err(End::ByServer(Close::RATE_LIMIT))
-                } else {
-                    // The socket branch comes first in the select: without taking what waits
-                    // in the inbox here, a client that sends without pause would starve its
-                    // own inbox until it overflowed.
-                    match Box::pin(on_frame(&mut consumer, &mut cx, frame)).await {
-                        Ok(()) => drain_inbox(&mut consumer, &mut cx, &mut inbox).await,
-                        Err(end) => Err(end),
-                    }
+                // The socket branch comes first in the select: without taking what waits in
+                // the inbox here, a client that sends without pause would starve its own inbox
+                // until it overflowed.
+                match Box::pin(on_frame(&mut consumer, &mut cx, frame)).await {
+                    Ok(()) => drain_inbox(&mut consumer, &mut cx, &mut inbox, &outbox).await,
+                    Err(end) => Err(end),
                 }
             }
             Event::WriteFailed(error) => {
@@ -141,7 +162,9 @@ pub(crate) async fn run<C: Consumer>(
                 Err(End::Broken)
             }
             // Not boxed: the hot path of a fan-out (and a small future).
-            Event::Layer(Some(msg)) => on_layer(&mut consumer, &mut cx, &mut inbox, msg).await,
+            Event::Layer(Some(msg)) => {
+                on_layer(&mut consumer, &mut cx, &mut inbox, &outbox, msg).await
+            }
             Event::Layer(None) => {
                 // The layer was flushed or closed under us: this connection cannot get group
                 // messages any more, so it should reconnect.
@@ -149,12 +172,10 @@ pub(crate) async fn run<C: Consumer>(
                 Err(End::ByServer(Close::INTERNAL))
             }
         };
+        queue(&mut outbox, &mut cx);
         end = match handled {
             Err(e) => Some(e),
-            Ok(()) => match queue(&mut outbox, &mut cx, &limits) {
-                Err(e) => Some(e),
-                Ok(()) => cx.close.take().map(End::ByServer),
-            },
+            Ok(()) => cx.close.take().map(End::ByServer),
         };
     }
     // Channels' websocket_disconnect: leave the groups, then tell the consumer. The groups are
@@ -165,10 +186,12 @@ pub(crate) async fn run<C: Consumer>(
     // (a group send through Redis).
     Box::pin(cx.discard_all_groups()).await;
     let code = match end {
-        Some(End::ByClient(code)) => {
-            state.metrics().closed_by_client(code);
+        Some(End::ByClient(frame)) => {
+            state
+                .metrics()
+                .closed_by_client(CloseLabel::of_client(frame.as_ref()));
             Box::pin(finish_client_close(&mut socket, &limits)).await;
-            code
+            frame.map(|f| u16::from(f.code))
         }
         Some(End::ByServer(close)) => {
             state.metrics().closed_by_server(close.code);
@@ -176,7 +199,7 @@ pub(crate) async fn run<C: Consumer>(
             None
         }
         Some(End::Broken) | None => {
-            state.metrics().closed_by_client(None);
+            state.metrics().closed_by_client(CloseLabel::None);
             None
         }
     };
@@ -196,11 +219,12 @@ fn on_timer(
     if drain_at.is_some_and(|at| at <= now) {
         return Err(End::ByServer(Close::GOING_AWAY));
     }
-    if outbox.stalled(now) {
-        tracing::info!(
+    if let Some(stall) = outbox.stalled(now) {
+        channels_layer::log_limited!(
+            info,
             close_code = Close::SLOW.code,
             queued_bytes = outbox.bytes(),
-            "client not reading: write blocked past the write timeout, closing"
+            "client not reading: {stall}, closing"
         );
         return Err(End::ByServer(Close::SLOW));
     }
@@ -211,7 +235,8 @@ fn on_timer(
             Ok(())
         }
         Liveness::Dead => {
-            tracing::info!(
+            channels_layer::log_limited!(
+                info,
                 close_code = Close::NO_PONG.code,
                 "client did not answer a ping: closing"
             );
@@ -223,15 +248,15 @@ fn on_timer(
 async fn on_frame<C: Consumer>(
     consumer: &mut C,
     cx: &mut Context,
-    frame: Option<Result<Frame, axum::Error>>,
+    frame: Option<Result<Frame, tungstenite::Error>>,
 ) -> Result<(), End> {
     let msg = match frame {
         None => return Err(End::ByClient(None)),
         Some(Ok(Frame::Text(text))) => ClientMessage::Text(text.as_str().to_owned()),
         Some(Ok(Frame::Binary(bytes))) => ClientMessage::Bytes(bytes.to_vec()),
         // tungstenite answers pings itself and queues the pong for the next write.
-        Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => return Ok(()),
-        Some(Ok(Frame::Close(frame))) => return Err(End::ByClient(frame.map(|f| f.code))),
+        Some(Ok(Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_))) => return Ok(()),
+        Some(Ok(Frame::Close(frame))) => return Err(End::ByClient(frame)),
         Some(Err(error)) => return Err(read_error(error)),
     };
     consumer.receive(cx, msg).await.map_err(End::ByServer)
@@ -243,19 +268,22 @@ async fn on_layer<C: Consumer>(
     consumer: &mut C,
     cx: &mut Context,
     inbox: &mut Inbox,
+    outbox: &Outbox,
     msg: Message,
 ) -> Result<(), End> {
     consumer.event(cx, msg).await.map_err(End::ByServer)?;
-    drain_inbox(consumer, cx, inbox).await
+    drain_inbox(consumer, cx, inbox, outbox).await
 }
 
-/// Handles the layer messages already waiting in the inbox, up to a write batch; never waits.
+/// Handles the layer messages already waiting in the inbox, up to a write batch or the
+/// connection's byte budget; never waits.
 async fn drain_inbox<C: Consumer>(
     consumer: &mut C,
     cx: &mut Context,
     inbox: &mut Inbox,
+    outbox: &Outbox,
 ) -> Result<(), End> {
-    while cx.outgoing.len() < WRITE_BATCH {
+    while cx.outgoing.len() < WRITE_BATCH && !outbox.over_budget_with(cx.outgoing_bytes()) {
         let Some(next) = inbox.try_recv() else { break };
         consumer.event(cx, next).await.map_err(End::ByServer)?;
     }
@@ -267,53 +295,59 @@ const WRITE_BATCH: usize = 64;
 
 /// Maps a read error: an oversized message gets 1009, a protocol violation 1002, and anything
 /// else means the connection is gone.
-fn read_error(error: axum::Error) -> End {
-    let inner = error.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(reason)) => {
-            tracing::info!(%reason, "client message over the size limit");
+fn read_error(error: tungstenite::Error) -> End {
+    use tungstenite::error::ProtocolError;
+    match error {
+        tungstenite::Error::Capacity(reason) => {
+            channels_layer::log_limited!(info, %reason, "client message over the size limit");
             End::ByServer(Close::TOO_BIG)
         }
-        Some(tungstenite::Error::Protocol(reason)) => {
-            tracing::info!(%reason, "client broke the WebSocket protocol");
-            End::ByServer(Close::new(1002, "protocol error"))
+        // The TCP connection ended without a close frame: the client went away (a closed tab,
+        // a lost network), which is not a protocol violation.
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            tracing::debug!("connection closed without a close frame");
+            End::ByClient(None)
         }
-        Some(tungstenite::Error::Utf8(_)) => End::ByServer(Close::new(1007, "invalid utf-8")),
-        _ => {
-            tracing::debug!(error = %inner, "connection lost");
+        tungstenite::Error::Protocol(reason) => {
+            channels_layer::log_limited!(info, %reason, "client broke the WebSocket protocol");
+            End::ByServer(Close::PROTOCOL)
+        }
+        tungstenite::Error::Utf8(_) => End::ByServer(Close::INVALID_DATA),
+        tungstenite::Error::Io(error) if error.get_ref().is_some_and(|e| e.is::<RateLimited>()) => {
+            channels_layer::log_limited!(
+                info,
+                close_code = Close::RATE_LIMIT.code,
+                "client over its frame rate: closing"
+            );
+            End::ByServer(Close::RATE_LIMIT)
+        }
+        error => {
+            tracing::debug!(%error, "connection lost");
             End::ByClient(None)
         }
     }
 }
 
-/// Moves the frames the handler queued to the outbox, and applies the queue budget.
-fn queue(outbox: &mut Outbox, cx: &mut Context, limits: &Limits) -> Result<(), End> {
+/// Moves the frames the handler queued to the outbox.
+fn queue(outbox: &mut Outbox, cx: &mut Context) {
     if cx.outgoing.is_empty() {
-        return Ok(());
+        return;
     }
     cx.state().metrics().messages_out(cx.outgoing.len());
+    cx.clear_outgoing_bytes();
     for frame in cx.outgoing.drain(..) {
         outbox.push(match frame {
             Outgoing::Text(text) => Frame::Text(text.into()),
             Outgoing::Bytes(bytes) => Frame::Binary(bytes.into()),
         });
     }
-    if limits.max_queued_bytes > 0 && outbox.bytes() > limits.max_queued_bytes {
-        tracing::info!(
-            close_code = Close::SLOW.code,
-            queued_bytes = outbox.bytes(),
-            "client not reading: over its queue budget, closing"
-        );
-        return Err(End::ByServer(Close::SLOW));
-    }
-    Ok(())
 }
 
 /// The client closed first: tungstenite has queued our close reply, which only goes out on the
 /// next read or write. Read on (bounded) until the stream ends, so the client gets a clean close
 /// instead of a dropped connection (its 1006).
-async fn finish_client_close(socket: &mut WebSocket, limits: &Limits) {
-    let drain = async { while let Some(Ok(_)) = socket.recv().await {} };
+async fn finish_client_close(socket: &mut impl Socket, limits: &Limits) {
+    let drain = async { while let Some(Ok(_)) = socket.next().await {} };
     if tokio::time::timeout(limits.close_timeout, drain)
         .await
         .is_err()
@@ -324,11 +358,17 @@ async fn finish_client_close(socket: &mut WebSocket, limits: &Limits) {
 
 /// Writes what the handlers queued before the close (unless the client is not reading), sends
 /// our close frame and waits (bounded) for the client's, so the close is clean.
-async fn close_socket(socket: &mut WebSocket, outbox: &mut Outbox, close: &Close, limits: &Limits) {
+async fn close_socket(
+    socket: &mut impl Socket,
+    outbox: &mut Outbox,
+    close: &Close,
+    limits: &Limits,
+) {
+    use futures_util::SinkExt;
     tracing::debug!(close_code = close.code, reason = %close.reason, "closing");
     let frame = Frame::Close(Some(CloseFrame {
-        code: close.code,
-        reason: Utf8Bytes::from(close.reason.as_ref()),
+        code: CloseCode::from(close.code),
+        reason: close.reason.as_ref().into(),
     }));
     let handshake = async {
         if close.code != Close::SLOW.code && outbox.write_all(socket).await.is_err() {
@@ -338,7 +378,7 @@ async fn close_socket(socket: &mut WebSocket, outbox: &mut Outbox, close: &Close
             return;
         }
         // Read until the client's close frame (or the end), discarding anything else.
-        while let Some(Ok(frame)) = socket.recv().await {
+        while let Some(Ok(frame)) = socket.next().await {
             if matches!(frame, Frame::Close(_)) {
                 break;
             }

@@ -18,6 +18,7 @@
 mod close;
 mod context;
 pub(crate) mod driver;
+pub(crate) mod meter;
 mod outbox;
 mod watch;
 

@@ -2,13 +2,17 @@
 //!
 //! Handlers queue frames here instead of waiting for the socket, so the connection keeps taking
 //! its inbox while a client is slow to read, and what waits for the client is counted in bytes.
-//! The driver closes the connection with [`Close::SLOW`](super::Close::SLOW) (4008) when
-//! either
+//! The rule judges what the client fails to take, not how much arrived at once:
 //!
-//! * more than `--max-queued-bytes` wait (frames not yet taken by the operating system: the
-//!   client stopped reading while messages keep coming), or
-//! * the writes made no progress for `--write-timeout-secs` while something waits (the client
-//!   stopped reading, whatever the traffic).
+//! * While more than `--max-queued-bytes` wait (frames not yet taken by the operating system),
+//!   the connection takes nothing new: its inbox keeps what arrives, up to its capacity (past
+//!   it, group messages are dropped for this client and counted), and its client frames wait in
+//!   the socket. A burst larger than the budget thus reaches a client that reads, however large
+//!   the burst, and memory stays bounded.
+//! * The driver closes the connection with [`Close::SLOW`](super::Close::SLOW) (4008) when the
+//!   writes made no progress for `--write-timeout-secs` while something waits (the client
+//!   stopped reading), or when the queue stayed over its budget for that long (the client
+//!   reads, but far slower than its messages come).
 //!
 //! Writing happens while the driver waits for its next event, in the same poll as the socket
 //! read ([`Outbox::poll_write`]), so one task serves both directions.
@@ -18,9 +22,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{Message as Frame, WebSocket};
-use futures_util::Sink;
 use tokio::time::Instant;
+use tungstenite::Message as Frame;
+
+use super::driver::Socket;
 
 /// Frames for one client, in order.
 #[derive(Debug)]
@@ -37,11 +42,15 @@ pub(super) struct Outbox {
     /// When the write stall is checked next: set when data begins to wait, moved on by the
     /// check itself, so steady traffic does not reset a timer per frame.
     check_at: Option<Instant>,
+    /// Since when more than the budget waits.
+    over_since: Option<Instant>,
     write_timeout: Duration,
+    /// `--max-queued-bytes`; 0: no budget.
+    budget: usize,
 }
 
 impl Outbox {
-    pub(super) fn new(write_timeout: Duration) -> Self {
+    pub(super) fn new(write_timeout: Duration, budget: usize) -> Self {
         Self {
             frames: VecDeque::new(),
             bytes: 0,
@@ -49,7 +58,9 @@ impl Outbox {
             unflushed: false,
             progress_at: Instant::now(),
             check_at: None,
+            over_since: None,
             write_timeout,
+            budget,
         }
     }
 
@@ -62,6 +73,20 @@ impl Outbox {
         }
         self.bytes += payload_len(&frame);
         self.frames.push_back(frame);
+        if self.over_since.is_none() && self.over_budget() {
+            self.over_since = Some(Instant::now());
+        }
+    }
+
+    /// Whether as much as the budget waits: the connection takes nothing new until the client
+    /// has read some of it.
+    pub(super) fn over_budget(&self) -> bool {
+        self.over_budget_with(0)
+    }
+
+    /// Whether as much as the budget would wait with `extra` more bytes.
+    pub(super) fn over_budget_with(&self, extra: usize) -> bool {
+        self.budget > 0 && self.bytes + extra >= self.budget
     }
 
     /// Queues a control frame (a ping) ahead of the data frames not yet started, so a client
@@ -86,31 +111,36 @@ impl Outbox {
         self.check_at
     }
 
-    /// Whether the writes have made no progress for the write timeout while data waits. Called
-    /// when the check time has come; moves the next check on.
-    pub(super) fn stalled(&mut self, now: Instant) -> bool {
+    /// Why the client counts as slow, if it does: the writes made no progress for the write
+    /// timeout while data waits, or the queue stayed over its budget that long. Called when the
+    /// check time has come; moves the next check on.
+    pub(super) fn stalled(&mut self, now: Instant) -> Option<&'static str> {
         if self.check_at.is_none_or(|at| at > now) {
-            return false;
+            return None;
         }
         if self.is_idle() {
             self.check_at = None;
-            return false;
+            return None;
         }
-        let deadline = self.progress_at + self.write_timeout;
-        if deadline <= now {
-            return true;
+        let stuck = self.progress_at + self.write_timeout;
+        if stuck <= now {
+            return Some("write blocked past the write timeout");
         }
-        self.check_at = Some(deadline);
-        false
+        let behind = self.over_since.map(|since| since + self.write_timeout);
+        if behind.is_some_and(|at| at <= now) {
+            return Some("over its queue budget for the write timeout");
+        }
+        self.check_at = Some(behind.map_or(stuck, |at| at.min(stuck)));
+        None
     }
 
     /// Writes as much as the socket takes now; registers for a wake-up when it takes no more.
     /// Returns the socket's error, if any.
     pub(super) fn poll_write(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut impl Socket,
         cx: &mut Context<'_>,
-    ) -> Result<(), axum::Error> {
+    ) -> Result<(), tungstenite::Error> {
         loop {
             if self.frames.is_empty() {
                 if !self.unflushed {
@@ -142,7 +172,10 @@ impl Outbox {
     }
 
     /// Writes everything that waits (for a clean close).
-    pub(super) async fn write_all(&mut self, socket: &mut WebSocket) -> Result<(), axum::Error> {
+    pub(super) async fn write_all(
+        &mut self,
+        socket: &mut impl Socket,
+    ) -> Result<(), tungstenite::Error> {
         std::future::poll_fn(|cx| {
             self.poll_write(socket, cx)?;
             if self.is_idle() {
@@ -159,6 +192,9 @@ impl Outbox {
         if let Some(len) = self.in_flight.take() {
             self.bytes -= len;
             self.progress_at = Instant::now();
+            if self.over_since.is_some() && !self.over_budget() {
+                self.over_since = None;
+            }
         }
     }
 }
@@ -168,5 +204,6 @@ fn payload_len(frame: &Frame) -> usize {
         Frame::Text(text) => text.len(),
         Frame::Binary(bytes) | Frame::Ping(bytes) | Frame::Pong(bytes) => bytes.len(),
         Frame::Close(close) => close.as_ref().map_or(0, |c| c.reason.len() + 2),
+        Frame::Frame(frame) => frame.len(),
     }
 }

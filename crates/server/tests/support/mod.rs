@@ -45,7 +45,7 @@ pub async fn spawn() -> TestServer {
 pub async fn spawn_with(config: Config, routes: WsRouter) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let layer = Arc::new(InMemoryChannelLayer::default());
+    let layer = Arc::new(InMemoryChannelLayer::new(config.layer_config()));
     let server = Server::new(&config, Arc::clone(&layer) as Arc<dyn ChannelLayer>, routes);
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

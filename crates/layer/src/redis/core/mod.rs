@@ -100,11 +100,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Logs the first ten occurrences, then every thousandth: garbage must not flood the logs.
-fn rate_limited(count: u64) -> bool {
-    count <= 10 || count.is_multiple_of(1000)
-}
-
 #[derive(Debug)]
 struct Inner {
     registry: Arc<Registry>,

@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::wire::{self, POP};
-use super::{Inner, lock, rate_limited};
+use super::{Inner, lock};
 use crate::error::LayerError;
 use crate::name::ChannelName;
 use crate::redis::conn::bounded;
@@ -207,10 +207,29 @@ impl Inner {
     /// Delivers one popped payload to the local inboxes it is for. Never blocks: a full inbox
     /// drops (and counts) the message.
     pub(super) fn deliver(&self, target: &Target, key: &str, payload: &[u8], score: f64) {
+        // The payload also carries the routing key (`__asgi_channel__`: one name, or the names
+        // of every member behind one message key), so the message's own size is checked after
+        // decoding; only a payload far over any message the limit allows is dropped unread.
+        let max = self.registry.config().max_message_size;
+        let limit = self
+            .serializer
+            .payload_limit(max)
+            .saturating_mul(2)
+            .saturating_add(1 << 20);
+        if payload.len() > limit && !self.registry.accept_size(key, payload.len()) {
+            return;
+        }
         let decoded = match wire::decode(&self.serializer, payload) {
             Ok(decoded) => decoded,
             Err(error) => return self.undecodable(key, &error),
         };
+        if max > 0
+            && !self
+                .registry
+                .accept_size(key, decoded.message.encoded_len())
+        {
+            return;
+        }
         let names = match (target, decoded.channels) {
             (Target::Channel(name), _) => vec![name.clone()],
             (Target::Routed, None) => {
@@ -240,18 +259,14 @@ impl Inner {
                     .send_until(name, decoded.message.clone(), deadline)
             {
                 let n = self.counters.full_logged.fetch_add(1, Ordering::Relaxed) + 1;
-                if rate_limited(n) {
-                    tracing::warn!(channel = %name, total = n, "inbox full: message dropped");
-                }
+                crate::log_limited!(warn, channel = %name, total = n, "inbox full: message dropped");
             }
         }
     }
 
     fn undecodable(&self, key: &str, error: &dyn std::fmt::Display) {
         let n = self.counters.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
-        if rate_limited(n) {
-            tracing::warn!(key, %error, total = n, "undecodable message from redis dropped");
-        }
+        crate::log_limited!(warn, key, %error, total = n, "undecodable message from redis dropped");
     }
 
     /// Starts a receive loop for each key a local channel needs besides the inbox key, and

@@ -30,6 +30,7 @@ impl Inner {
         if self.registry.is_closed() {
             return Err(LayerError::Closed);
         }
+        self.registry.check_message(&msg)?;
         if self.registry.has_channel(channel) || self.keys.is_own(channel) {
             return self.registry.send(channel, msg).map(drop);
         }
@@ -62,7 +63,7 @@ impl Inner {
             }
             Err(error) => {
                 self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, %channel, "send failed");
+                crate::log_limited!(warn, %error, %channel, "send failed");
                 Err(error)
             }
         }
@@ -86,6 +87,7 @@ impl Inner {
         group: &GroupName,
         msg: &Message,
     ) -> Result<(), LayerError> {
+        self.registry.check_message(msg)?;
         let now = wire::unix_now();
         let config = self.registry.config();
         let key = self.keys.group(group);
@@ -127,7 +129,8 @@ impl Inner {
                 .dropped_full
                 .fetch_add(over as u64, Ordering::Relaxed);
             // Python logs "%s of %s channels over capacity in group %s" at INFO.
-            tracing::warn!(
+            crate::log_limited!(
+                warn,
                 %group,
                 dropped = over,
                 members = members.len(),
@@ -139,7 +142,7 @@ impl Inner {
 
     fn group_send_failed(&self, error: &LayerError, group: &GroupName) {
         self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%error, %group, "group send failed");
+        crate::log_limited!(warn, %error, %group, "group send failed");
     }
 
     /// Groups members by message key (`prefix + non_local_name`) and keys by shard, in the
