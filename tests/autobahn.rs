@@ -72,7 +72,7 @@ async fn start(config: Config) -> Running {
     let addr = listener.local_addr().unwrap();
     let layer: Arc<dyn ChannelLayer> = Arc::new(InMemoryChannelLayer::default());
     // The seed's routes come first, as in production; the echo route only answers its path.
-    let routes = channels_server::chat::routes()
+    let routes = channels_server::tutorial::routes()
         .route("autobahn/$", Echo::default)
         .unwrap();
     let shutdown = CancellationToken::new();

@@ -1,6 +1,6 @@
 //! The tutorial's two chat pages, driven in a real headless Chromium against the real server.
 //!
-//! Each test starts `channels_server::run` in process on `127.0.0.1:0` (in-memory layer), its
+//! Each test starts `channels_server::serve` (the tutorial app) in process on `127.0.0.1:0` (in-memory layer), its
 //! own chromedriver and one Chromium per window, and waits on the page's `window.wsState` flag
 //! the way Channels' Selenium tests wait on `websocketConnected`. A missing Chromium or
 //! chromedriver fails the test with the Debian packages to install; nothing is skipped.
@@ -66,9 +66,10 @@ impl TestServer {
         let addr = listener.local_addr()?;
         let config = channels_server::Config::default();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(channels_server::run(
+        let task = tokio::spawn(channels_server::serve(
             listener,
             config,
+            channels_server::tutorial::app(),
             shutdown.clone().cancelled_owned(),
         ));
         Ok(Self {

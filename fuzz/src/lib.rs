@@ -26,7 +26,7 @@ pub fn fernet() -> &'static Fernet {
 /// The seed's WebSocket routes, built once.
 pub fn seed_routes() -> &'static WsRouter {
     static ROUTES: OnceLock<WsRouter> = OnceLock::new();
-    ROUTES.get_or_init(channels_server::chat::routes)
+    ROUTES.get_or_init(channels_server::tutorial::routes)
 }
 
 /// The seed's two patterns, compiled once, in the order `chat::routes` tries them.

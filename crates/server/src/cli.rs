@@ -1,16 +1,27 @@
-//! The command line: what the `channels-server` binary does, as a library function so that the
-//! system tests can build a binary that runs exactly this code.
+//! The command line: everything the `channels-server` binary does, for your own binary too.
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     channels_server::cli::run(channels_server::tutorial::app())
+//! }
+//! ```
+//!
+//! Your `main` passes your [`App`] instead and gets every flag and environment variable of
+//! `channels-server` (see `--help`), its log formats, `--healthcheck`, the 4096-connection
+//! accept backlog, `--workers`, the drain on SIGTERM/SIGINT, `/healthz`, `/readyz` and
+//! `/metrics`.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use crate::app::App;
 use crate::config::{Config, LogFormat};
 
-/// Parses flags and environment, sets up logging, binds, and serves until SIGTERM/SIGINT.
-/// Errors are printed to stderr with what to do about them.
-pub fn main() -> ExitCode {
+/// Parses flags and environment, sets up logging, binds, and serves `app` until
+/// SIGTERM/SIGINT. Errors are printed to stderr with what to do about them.
+pub fn run(app: App) -> ExitCode {
     let config = Config::parse();
     if config.healthcheck {
         return healthcheck(&config);
@@ -45,7 +56,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, app)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!(error = %message, "exiting");
@@ -99,7 +110,7 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
     socket.listen(4096)
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+async fn serve(config: Config, app: App) -> Result<(), String> {
     let listener = listen(config.bind).map_err(|e| {
         format!(
             "cannot listen on {} ({e}): is another server using it? Choose another address \
@@ -109,7 +120,7 @@ async fn serve(config: Config) -> Result<(), String> {
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, layer = ?config.layer_kind(), "listening");
-    crate::run(listener, config, crate::signal())
+    crate::serve(listener, config, app, crate::signal())
         .await
         .map_err(|e| e.to_string())
 }

@@ -12,7 +12,7 @@ use channels_layer::{
 };
 use clap::{Parser, ValueEnum};
 
-use crate::state::Limits;
+use crate::server_config::{ServerConfig, random_replica_id};
 
 /// Which channel layer backend carries group messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -260,18 +260,29 @@ fn positive_size(value: &str) -> Result<usize, String> {
 }
 
 impl Config {
-    /// The replica id: the configured one, or a random one (fixed for the life of this value).
-    pub fn replica_id(&mut self) -> String {
-        self.replica_id
-            .get_or_insert_with(|| {
-                use rand::Rng;
-                rand::rng()
-                    .sample_iter(rand::distr::Alphanumeric)
-                    .take(12)
-                    .map(|b| char::from(b).to_ascii_lowercase())
-                    .collect()
-            })
-            .clone()
+    /// The server's settings from these flags, with the replica id settled: the configured one
+    /// or a fresh random one. Give the same id to [`build_layer`](Self::build_layer).
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            replica_id: self.replica_id.clone().unwrap_or_else(random_replica_id),
+            max_message_size: self.max_message_size,
+            write_timeout: Duration::from_secs(self.write_timeout_secs),
+            max_queued_bytes: self.max_queued_bytes,
+            max_messages_per_second: self.max_messages_per_second,
+            ping_interval: (self.ping_interval_secs > 0)
+                .then(|| Duration::from_secs(self.ping_interval_secs)),
+            pong_timeout: Duration::from_secs(self.pong_timeout_secs),
+            handshake_timeout: (self.handshake_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.handshake_timeout_secs)),
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            drain_batch: self.drain_batch,
+            allowed_origins: self.allowed_origins.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_http_connections: self.max_http_connections,
+            max_http_connections_per_ip: self.max_http_connections_per_ip,
+        }
     }
 
     /// The backend in use: the one asked for, else redis-pubsub when Redis URLs are given, else
@@ -284,9 +295,10 @@ impl Config {
         }
     }
 
-    /// Builds the configured channel layer. A Redis layer starts even while Redis is down; it
-    /// reports not ready until it connects.
-    pub async fn build_layer(&self) -> Result<Arc<dyn ChannelLayer>, LayerError> {
+    /// Builds the configured channel layer for the replica `replica_id` (the redis-pubsub layer
+    /// names its channels after it; take it from [`server_config`](Self::server_config)). A
+    /// Redis layer starts even while Redis is down; it reports not ready until it connects.
+    pub async fn build_layer(&self, replica_id: &str) -> Result<Arc<dyn ChannelLayer>, LayerError> {
         let local = self.layer_config();
         Ok(match self.layer_kind() {
             LayerKind::Memory => Arc::new(InMemoryChannelLayer::new(local)),
@@ -298,7 +310,7 @@ impl Config {
                 }
                 let mut config = RedisPubSubConfig::new(self.redis_urls.clone());
                 config.prefix.clone_from(&self.prefix);
-                config.replica_id.clone_from(&self.replica_id);
+                config.replica_id = Some(replica_id.to_owned());
                 config.encryption_keys.clone_from(&self.encryption_keys);
                 config.local = local;
                 Arc::new(RedisPubSubChannelLayer::connect(config).await?)
@@ -328,39 +340,6 @@ impl Config {
             max_message_size: self.max_queued_bytes,
             ..LayerConfig::default()
         }
-    }
-
-    /// How long shutdown waits for connections to close.
-    pub fn drain_timeout(&self) -> Duration {
-        Duration::from_secs(self.drain_timeout_secs)
-    }
-
-    pub(crate) fn limits(&self) -> Limits {
-        Limits {
-            max_message_size: self.max_message_size,
-            max_outgoing_frames: 1024,
-            write_timeout: Duration::from_secs(self.write_timeout_secs),
-            close_timeout: Duration::from_secs(3),
-            // tungstenite allocates this per connection up front and reads at most this much
-            // per syscall. Chat frames fit in 512 bytes; a larger frame takes more reads (a
-            // 64 KiB one, 128), and an idle connection costs 3.5 KiB less than with 4 KiB.
-            read_buffer_size: 512,
-            // Room for a few maximum-size messages the client has not read yet.
-            max_write_buffer_size: 4 * self.max_message_size.max(16 * 1024),
-            drain_batch: self.drain_batch,
-            drain_interval: Duration::from_millis(200),
-            drain_spread: self.drain_timeout() / 2,
-            max_queued_bytes: self.max_queued_bytes,
-            max_messages_per_second: self.max_messages_per_second,
-            ping_interval: (self.ping_interval_secs > 0)
-                .then(|| Duration::from_secs(self.ping_interval_secs)),
-            pong_timeout: Duration::from_secs(self.pong_timeout_secs),
-        }
-    }
-
-    /// How long a client may take to send a request's headers; `None`: no limit.
-    pub fn handshake_timeout(&self) -> Option<Duration> {
-        (self.handshake_timeout_secs > 0).then(|| Duration::from_secs(self.handshake_timeout_secs))
     }
 }
 
@@ -405,7 +384,7 @@ mod tests {
     #[tokio::test]
     async fn redis_core_without_a_url_says_what_is_missing() {
         let c = Config::try_parse_from(["channels-server", "--layer", "redis-core"]).unwrap();
-        let err = c.build_layer().await.unwrap_err().to_string();
+        let err = c.build_layer("r").await.unwrap_err().to_string();
         assert!(
             err.contains("--layer redis-core needs --redis-url"),
             "{err}"
@@ -415,8 +394,22 @@ mod tests {
     #[tokio::test]
     async fn redis_pubsub_without_a_url_says_what_is_missing() {
         let c = Config::try_parse_from(["channels-server", "--layer", "redis-pubsub"]).unwrap();
-        let err = c.build_layer().await.unwrap_err().to_string();
+        let err = c.build_layer("r").await.unwrap_err().to_string();
         assert!(err.contains("--redis-url"), "{err}");
+    }
+
+    #[test]
+    fn the_server_config_of_no_flags_is_the_default_one() {
+        let from_flags = Config::default().server_config();
+        let default = ServerConfig::default();
+        // Every field but the (random) replica id.
+        let strip = |c: &ServerConfig| format!("{c:?}").replace(&c.replica_id, "");
+        assert_eq!(strip(&from_flags), strip(&default));
+        let named = Config {
+            replica_id: Some("r-1".to_owned()),
+            ..Config::default()
+        };
+        assert_eq!(named.server_config().replica_id, "r-1");
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! `channels-server`: the binary. Everything it does is in [`channels_server::cli::main`].
+//! `channels-server`: the binary. The framework's command line ([`channels_server::cli::run`])
+//! serving the tutorial app ([`channels_server::tutorial`]), exactly as your own binary serves
+//! yours.
 
 fn main() -> std::process::ExitCode {
-    channels_server::cli::main()
+    channels_server::cli::run(channels_server::tutorial::app())
 }

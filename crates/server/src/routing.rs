@@ -19,7 +19,7 @@ use axum::response::Response;
 use regex::Regex;
 
 use crate::consumer::Consumer;
-use crate::upgrade::{Connecting, start};
+use crate::handshake::{Handshake, start};
 
 /// The captures of the matched route (Channels' `scope["url_route"]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,7 +100,7 @@ pub(crate) type StartFuture = Pin<Box<dyn Future<Output = Response> + Send>>;
 
 /// Starts a connection with a fresh consumer; erases the consumer's type.
 pub(crate) trait Endpoint: Send + Sync {
-    fn start(&self, connecting: Connecting) -> StartFuture;
+    fn start(&self, handshake: Handshake) -> StartFuture;
 }
 
 struct Factory<F>(F);
@@ -110,8 +110,8 @@ where
     C: Consumer,
     F: Fn() -> C + Send + Sync,
 {
-    fn start(&self, connecting: Connecting) -> StartFuture {
-        Box::pin(start((self.0)(), connecting))
+    fn start(&self, handshake: Handshake) -> StartFuture {
+        Box::pin(start((self.0)(), handshake))
     }
 }
 
@@ -123,11 +123,21 @@ struct Route {
 /// The WebSocket URL patterns (Channels' `websocket_urlpatterns` in a `URLRouter`).
 ///
 /// ```
-/// use channels_server::chat::{ChatConsumer, GroupChatConsumer};
 /// use channels_server::routing::WsRouter;
+/// # use channels_server::consumer::{ClientMessage, Close, Consumer, Context};
+/// # #[derive(Default)] struct Room;
+/// # #[derive(Default)] struct Group;
+/// # impl Consumer for Room {
+/// #     async fn receive(&mut self, _: &mut Context, _: ClientMessage) -> Result<(), Close> { Ok(()) }
+/// #     async fn event(&mut self, _: &mut Context, _: channels_layer::Message) -> Result<(), Close> { Ok(()) }
+/// # }
+/// # impl Consumer for Group {
+/// #     async fn receive(&mut self, _: &mut Context, _: ClientMessage) -> Result<(), Close> { Ok(()) }
+/// #     async fn event(&mut self, _: &mut Context, _: channels_layer::Message) -> Result<(), Close> { Ok(()) }
+/// # }
 /// let routes = WsRouter::new()
-///     .route("room/", ChatConsumer::default)?
-///     .route(r"group/(?P<groupID>\w+)/$", GroupChatConsumer::default)?;
+///     .route("room/", Room::default)?
+///     .route(r"group/(?P<groupID>\w+)/$", Group::default)?;
 /// assert!(routes.resolves("/room/123/"));
 /// assert!(!routes.resolves("/nowhere/"));
 /// # Ok::<(), regex::Error>(())
@@ -232,9 +242,34 @@ mod tests {
         assert_eq!(m.kwarg("b"), Some("2"));
     }
 
+    /// A consumer that does nothing, for routes.
+    #[derive(Default)]
+    struct Idle;
+
+    impl Consumer for Idle {
+        async fn receive(
+            &mut self,
+            _: &mut crate::consumer::Context,
+            _: crate::consumer::ClientMessage,
+        ) -> Result<(), crate::consumer::Close> {
+            Ok(())
+        }
+
+        async fn event(
+            &mut self,
+            _: &mut crate::consumer::Context,
+            _: channels_layer::Message,
+        ) -> Result<(), crate::consumer::Close> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn first_matching_route_wins_and_leading_slashes_are_stripped() {
-        let routes = crate::chat::routes();
+        let routes = WsRouter::new()
+            .route("room/", Idle::default)
+            .and_then(|r| r.route(r"group/(?P<groupID>\w+)/$", Idle::default))
+            .unwrap();
         assert!(routes.resolves("/room/123/"));
         assert!(routes.resolves("//group/1/"));
         assert!(!routes.resolves("/group/1"));

@@ -13,11 +13,14 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
+use crate::app::App;
 use crate::caps::{CapRefusal, ConnectionCaps};
 use crate::config::Config;
 use crate::hosts::HostPolicy;
+use crate::hub::Hub;
 use crate::origin::OriginPolicy;
 use crate::routing::WsRouter;
+use crate::server_config::ServerConfig;
 use crate::state::{Admission, AppState};
 use crate::upgrade::dispatch;
 
@@ -33,10 +36,35 @@ pub enum ServerError {
     Layer(#[from] LayerError),
 }
 
-/// A configured server: pages, health, and WebSocket consumers over one channel layer.
+/// A configured server: health, readiness, metrics, your HTTP routes, and WebSocket consumers
+/// over one channel layer.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use channels_layer::InMemoryChannelLayer;
+/// use channels_server::routing::WsRouter;
+/// use channels_server::{Server, ServerConfig};
+/// # use channels_server::consumer::{ClientMessage, Close, Consumer, Context};
+/// # #[derive(Default)] struct Echo;
+/// # impl Consumer for Echo {
+/// #     async fn receive(&mut self, cx: &mut Context, m: ClientMessage) -> Result<(), Close> { Ok(()) }
+/// #     async fn event(&mut self, cx: &mut Context, e: channels_layer::Message) -> Result<(), Close> { Ok(()) }
+/// # }
+/// let server = Server::builder(ServerConfig::default())
+///     .layer(Arc::new(InMemoryChannelLayer::default()))
+///     .routes(WsRouter::new().route("echo/$", Echo::default)?)
+///     .build();
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// server.serve(listener, channels_server::signal()).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Server {
     state: AppState,
+    /// The HTTP routes besides health, readiness and metrics.
+    http: Router,
     drain_timeout: Duration,
     handshake_timeout: Option<Duration>,
     /// Caps on HTTP connections not (yet) upgraded.
@@ -49,25 +77,93 @@ pub struct Server {
 /// for large cookies, and a bound on what a client that trickles headers can pin.
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
-impl Server {
-    /// A server for `routes` over `layer`, with the limits from `config`.
-    pub fn new(config: &Config, layer: Arc<dyn ChannelLayer>, routes: WsRouter) -> Self {
-        let replica = config.clone().replica_id();
+/// Builds a [`Server`]: its settings, channel layer, WebSocket routes and extra HTTP routes.
+#[derive(Debug)]
+#[must_use]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    layer: Option<Arc<dyn ChannelLayer>>,
+    routes: WsRouter,
+    http: Router,
+    metrics_listener: Option<TcpListener>,
+}
+
+impl ServerBuilder {
+    /// The channel layer the consumers share (default: a fresh in-memory layer, for one
+    /// replica).
+    pub fn layer(mut self, layer: Arc<dyn ChannelLayer>) -> Self {
+        self.layer = Some(layer);
+        self
+    }
+
+    /// The WebSocket routes (Channels' `websocket_urlpatterns`).
+    pub fn routes(mut self, routes: WsRouter) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// HTTP routes served beside `/healthz`, `/readyz` and `/metrics` (pages, assets, your own
+    /// endpoints); merged with those given before.
+    pub fn http_routes(mut self, router: Router) -> Self {
+        self.http = std::mem::take(&mut self.http).merge(router);
+        self
+    }
+
+    /// Serves `/metrics` on `listener` (a private address) instead of the main listener.
+    pub fn metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
+    /// The server.
+    pub fn build(self) -> Server {
+        let config = self.config;
+        let layer = self
+            .layer
+            .unwrap_or_else(|| Arc::new(channels_layer::InMemoryChannelLayer::default()));
+        let hub = Arc::new(Hub::new(layer, config.limits(), config.replica_id.clone()));
         let admission = Admission {
             origins: OriginPolicy::new(&config.allowed_origins),
             hosts: HostPolicy::new(&config.allowed_hosts, !config.allowed_origins.is_empty()),
-            caps: ConnectionCaps::new(config.max_connections, config.max_connections_per_ip),
+            caps: Arc::new(ConnectionCaps::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            )),
         };
-        Self {
-            state: AppState::new(layer, routes, config.limits(), replica, admission),
-            drain_timeout: config.drain_timeout(),
-            handshake_timeout: config.handshake_timeout(),
+        Server {
+            state: AppState::new(hub, self.routes, admission),
+            http: self.http,
+            drain_timeout: config.drain_timeout,
+            handshake_timeout: config.handshake_timeout,
             http_caps: Arc::new(ConnectionCaps::new(
                 config.max_http_connections,
                 config.max_http_connections_per_ip,
             )),
+            metrics_listener: self.metrics_listener,
+        }
+    }
+}
+
+impl Server {
+    /// A builder with these settings.
+    pub fn builder(config: ServerConfig) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            layer: None,
+            routes: WsRouter::new(),
+            http: Router::new(),
             metrics_listener: None,
         }
+    }
+
+    /// A server for `routes` over `layer`, with the settings of the command-line `config`
+    /// (its replica id, or a random one) and no other HTTP routes: shorthand for
+    /// [`Server::builder`].
+    pub fn new(config: &Config, layer: Arc<dyn ChannelLayer>, routes: WsRouter) -> Self {
+        Self::builder(config.server_config())
+            .layer(layer)
+            .routes(routes)
+            .build()
     }
 
     /// Serves `/metrics` on `listener` (a private address) instead of the main listener.
@@ -77,8 +173,13 @@ impl Server {
         self
     }
 
-    /// The axum router: WebSocket handshakes go to the consumers, other requests to the pages
-    /// and `/healthz`.
+    /// This server's replica id.
+    pub fn replica_id(&self) -> &str {
+        self.state.hub().replica()
+    }
+
+    /// The axum router: WebSocket handshakes go to the consumers, other requests to the HTTP
+    /// routes, `/healthz`, `/readyz` and (unless it has its own listener) `/metrics`.
     pub fn router(&self) -> Router {
         let router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
@@ -89,7 +190,7 @@ impl Server {
             router
         };
         router
-            .merge(channels_web::router())
+            .merge(self.http.clone())
             .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") })
             .layer(axum::middleware::from_fn_with_state(
                 self.state.clone(),
@@ -109,7 +210,7 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let token = self.state.shutdown().clone();
+        let token = self.state.hub().shutdown().clone();
         let router = self.router();
         let metrics_server = self.metrics_listener.take().map(|listener| {
             let router = Router::new()
@@ -134,7 +235,7 @@ impl Server {
         };
         tracing::info!("shutting down: closing connections");
         token.cancel();
-        let tracker = self.state.tracker();
+        let tracker = self.state.hub().tracker();
         tracker.close();
         if tokio::time::timeout(self.drain_timeout, tracker.wait())
             .await
@@ -153,7 +254,7 @@ impl Server {
                 Err(_) => Ok(Ok(())),
             },
         };
-        self.state.layer().close().await?;
+        self.state.hub().layer().close().await?;
         if let Some(task) = metrics_server {
             task.abort();
         }
@@ -188,7 +289,7 @@ async fn accept(
         .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEADER_BYTES);
     let http1 = Arc::new(http1);
-    let stop = state.shutdown().clone();
+    let stop = state.hub().shutdown().clone();
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -239,7 +340,7 @@ async fn accept(
             };
             if let Err(error) = result {
                 if error.is_timeout() {
-                    state.metrics().header_timeout();
+                    state.hub().metrics().header_timeout();
                     tracing::debug!(%peer, "request headers not received in time: closed");
                 } else {
                     tracing::debug!(%peer, %error, "http connection ended with an error");
@@ -268,7 +369,7 @@ fn refuse_connection(state: &AppState, stream: tokio::net::TcpStream, refusal: C
               too many connections from this address\n",
         ),
     };
-    state.metrics().http_refused(reason);
+    state.hub().metrics().http_refused(reason);
     channels_layer::log_limited!(info, reason, "http connection refused: cap reached");
     // Best effort: a socket that cannot take 100 bytes at once is not worth waiting for.
     let _ = stream.try_write(response);
@@ -294,9 +395,9 @@ async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> (axum::http::StatusCode, &'static str) {
     use axum::http::StatusCode;
-    if state.shutdown().is_cancelled() {
+    if state.hub().shutdown().is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else if !state.layer().is_ready() {
+    } else if !state.hub().layer().is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "channel layer disconnected\n",
@@ -310,9 +411,10 @@ async fn readyz(
 async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> impl axum::response::IntoResponse {
-    let body = state
-        .metrics()
-        .render(state.layer().as_ref(), state.shutdown().is_cancelled());
+    let body = state.hub().metrics().render(
+        state.hub().layer().as_ref(),
+        state.hub().shutdown().is_cancelled(),
+    );
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -328,35 +430,39 @@ async fn replica_header(
     axum::extract::State(state): axum::extract::State<AppState>,
     mut response: axum::response::Response,
 ) -> axum::response::Response {
-    if let Ok(value) = axum::http::HeaderValue::from_str(state.replica()) {
+    if let Ok(value) = axum::http::HeaderValue::from_str(state.hub().replica()) {
         response.headers_mut().insert("x-channels-replica", value);
     }
     response
 }
 
-/// Runs the seed's chat server with `config` on `listener` until `shutdown` resolves.
+/// Serves `app` with the command-line `config` on `listener` until `shutdown` resolves: builds
+/// the configured channel layer (with the replica id settled once for the layer and the
+/// server), binds `--metrics-bind` if given, and serves. What [`cli::run`](crate::cli::run)
+/// does after logging and the runtime are set up; tests call it on `127.0.0.1:0`.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 /// let config = channels_server::Config::default();
-/// channels_server::run(listener, config, channels_server::signal()).await?;
+/// let app = channels_server::tutorial::app();
+/// channels_server::serve(listener, config, app, channels_server::signal()).await?;
 /// # Ok(())
 /// # }
 /// ```
-pub async fn run(
+pub async fn serve(
     listener: TcpListener,
-    mut config: Config,
+    config: Config,
+    app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    // One id for the layer's channel names and the server's header.
-    config.replica_id();
-    let layer = config.build_layer().await?;
-    let mut server = Server::new(&config, layer, crate::chat::routes());
+    let server_config = config.server_config();
+    let layer = config.build_layer(&server_config.replica_id).await?;
+    let mut builder = app.into_builder(Server::builder(server_config).layer(layer));
     if let Some(addr) = config.metrics_bind {
         let metrics = TcpListener::bind(addr).await?;
         tracing::info!(%addr, "serving /metrics");
-        server = server.with_metrics_listener(metrics);
+        builder = builder.metrics_listener(metrics);
     }
-    server.serve(listener, shutdown).await
+    builder.build().serve(listener, shutdown).await
 }

@@ -10,7 +10,7 @@
 //! base64 bytes) and the socket is metered below tungstenite ([`FrameMeter`]).
 //!
 //! [`WsRouter`]: crate::routing::WsRouter
-//! [`FrameMeter`]: crate::consumer::meter::FrameMeter
+//! [`FrameMeter`]: crate::connection::meter::FrameMeter
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,27 +21,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
-use tokio_tungstenite::WebSocketStream;
-use tracing::Instrument;
-use tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::caps::{CapGuard, CapRefusal};
-use crate::consumer::driver;
-use crate::consumer::meter::FrameMeter;
-use crate::consumer::{Consumer, Context, Scope};
+use crate::caps::CapRefusal;
+use crate::consumer::Scope;
+use crate::handshake::Handshake;
 use crate::metrics::Refusal;
 use crate::state::AppState;
-
-/// A handshake on its way to a consumer.
-pub(crate) struct Connecting {
-    upgrade: OnUpgrade,
-    /// The `Sec-WebSocket-Accept` value of the 101 response.
-    accept: HeaderValue,
-    scope: Scope,
-    state: AppState,
-    /// This connection's places under the connection caps, held until it ends.
-    cap: CapGuard,
-}
 
 fn is_websocket_handshake(req: &Request) -> bool {
     req.headers()
@@ -142,8 +127,8 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
     if !is_websocket_handshake(&req) {
         return next.run(req).await;
     }
-    if state.shutdown().is_cancelled() {
-        state.metrics().refused(Refusal::Draining);
+    if state.hub().shutdown().is_cancelled() {
+        state.hub().metrics().refused(Refusal::Draining);
         return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down\n").into_response();
     }
     let (mut parts, _body) = req.into_parts();
@@ -164,7 +149,7 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
             peer = ?peer.map(|p| p.ip()),
             "websocket handshake refused: host not in --allowed-hosts"
         );
-        state.metrics().refused(Refusal::Host);
+        state.hub().metrics().refused(Refusal::Host);
         return refuse(
             StatusCode::BAD_REQUEST,
             "host not allowed: add it to --allowed-hosts (CHANNELS_ALLOWED_HOSTS)\n",
@@ -187,13 +172,13 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
             path = parts.uri.path(),
             "websocket handshake refused: origin"
         );
-        state.metrics().refused(Refusal::Origin);
+        state.hub().metrics().refused(Refusal::Origin);
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     let accept = match check_handshake(&parts) {
         Ok(accept) => accept,
         Err(bad) => {
-            state.metrics().refused(Refusal::BadHandshake);
+            state.hub().metrics().refused(Refusal::BadHandshake);
             return bad.into_response();
         }
     };
@@ -203,7 +188,7 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
     let path = path.into_owned();
     let Some((endpoint, url_route)) = state.routes().resolve(&path) else {
         tracing::debug!(%path, "no websocket route");
-        state.metrics().refused(Refusal::NotFound);
+        state.hub().metrics().refused(Refusal::NotFound);
         return (StatusCode::NOT_FOUND, "no WebSocket route for this path\n").into_response();
     };
     let cap = match state.caps().admit(peer.map(|p| p.ip())) {
@@ -213,7 +198,7 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
                 info,
                 "websocket handshake refused: --max-connections reached"
             );
-            state.metrics().refused(Refusal::MaxConnections);
+            state.hub().metrics().refused(Refusal::MaxConnections);
             return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
         }
         Err(CapRefusal::PerAddress) => {
@@ -222,7 +207,7 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
                 peer = ?peer.map(|p| p.ip()),
                 "websocket handshake refused: --max-connections-per-ip reached"
             );
-            state.metrics().refused(Refusal::MaxConnectionsPerIp);
+            state.hub().metrics().refused(Refusal::MaxConnectionsPerIp);
             return (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many connections from this address\n",
@@ -244,90 +229,14 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
         url_route,
     };
     endpoint
-        .start(Connecting {
+        .start(Handshake {
             upgrade,
             accept,
             scope,
-            state,
+            hub: Arc::clone(state.hub()),
             cap,
         })
         .await
-}
-
-/// Creates the connection's channel, runs `connect`, and upgrades if it accepted.
-pub(crate) async fn start<C: Consumer>(mut consumer: C, connecting: Connecting) -> Response {
-    let Connecting {
-        upgrade,
-        accept,
-        scope,
-        state,
-        cap,
-    } = connecting;
-    let span = tracing::info_span!("ws", conn_id = state.next_conn_id(), path = %scope.path);
-    let limits = *state.limits();
-    let accepted = async {
-        let inbox = match state.layer().new_channel().await {
-            Ok(inbox) => inbox,
-            Err(error) => {
-                channels_layer::log_limited!(
-                    error,
-                    %error,
-                    "new_channel failed: refusing the connection"
-                );
-                state.metrics().refused(Refusal::LayerUnavailable);
-                return Err((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "channel layer unavailable\n",
-                ));
-            }
-        };
-        let mut cx = Context::new(Arc::new(scope), inbox.name().clone(), state.clone());
-        match consumer.connect(&mut cx).await {
-            Ok(()) => Ok((cx, inbox)),
-            Err(close) => {
-                tracing::debug!(close_code = close.code, "connection denied");
-                state.metrics().refused(Refusal::Denied);
-                Err((StatusCode::FORBIDDEN, "connection denied\n"))
-            }
-        }
-    }
-    .instrument(span.clone())
-    .await;
-    let (cx, inbox) = match accepted {
-        Ok(accepted) => accepted,
-        Err(refusal) => return refusal.into_response(),
-    };
-    // Tracked from here, so a shutdown waits for this connection even before the upgrade
-    // completes (hyper's graceful shutdown does not cover upgraded sockets).
-    let token = state.tracker().token();
-    let config = WebSocketConfig::default()
-        .read_buffer_size(limits.read_buffer_size)
-        .write_buffer_size(0)
-        .max_write_buffer_size(limits.max_write_buffer_size)
-        .max_message_size(Some(limits.max_message_size))
-        .max_frame_size(Some(limits.max_message_size));
-    tokio::spawn(
-        async move {
-            let _tracked = (token, cap);
-            let io = match upgrade.await {
-                Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
-                Err(error) => {
-                    tracing::debug!(%error, "upgrade failed");
-                    return;
-                }
-            };
-            let io = FrameMeter::new(io, limits.max_messages_per_second);
-            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            driver::run(socket, consumer, cx, inbox).await;
-        }
-        .instrument(span),
-    );
-    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    response
 }
 
 /// A copy of `headers` that owns its bytes. hyper's header values are slices of the connection's

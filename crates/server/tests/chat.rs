@@ -239,7 +239,7 @@ async fn a_member_that_sends_without_pause_still_gets_every_group_message() {
     const COUNT: usize = 2_000;
     let mut config = channels_server::Config::default();
     config.max_messages_per_second = 0;
-    let server = support::spawn_with(config, channels_server::chat::routes()).await;
+    let server = support::spawn_with(config, channels_server::tutorial::routes()).await;
     let client = server.ws("/group/busy/").await;
     let (mut sink, mut stream) = client.0.split();
     let sender = tokio::spawn(async move {

@@ -56,7 +56,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
 async fn health_readiness_and_the_replica_header() {
     let mut config = Config::default();
     config.replica_id = Some("replica-7".to_owned());
-    let server = spawn_with(config, channels_server::chat::routes()).await;
+    let server = spawn_with(config, channels_server::tutorial::routes()).await;
     let (status, headers, body) = get(server.addr, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     assert_eq!(headers["x-channels-replica"], "replica-7");
@@ -127,7 +127,7 @@ async fn a_drain_closes_connections_in_batches() {
     let mut config = Config::default();
     config.drain_batch = 2;
     config.drain_timeout_secs = 4;
-    let server = spawn_with(config, channels_server::chat::routes()).await;
+    let server = spawn_with(config, channels_server::tutorial::routes()).await;
     let mut clients = Vec::new();
     for i in 0..6 {
         clients.push(server.ws(&format!("/room/{i}/")).await);
@@ -253,7 +253,7 @@ async fn unhandled_layer_messages_are_counted_and_their_log_is_rate_limited() {
     let _guard = tracing::subscriber::set_default(subscriber);
     let mut config = Config::default();
     config.capacity = 5_000;
-    let server = spawn_with(config, channels_server::chat::routes()).await;
+    let server = spawn_with(config, channels_server::tutorial::routes()).await;
     let mut members = Vec::new();
     for _ in 0..50 {
         members.push(server.ws("/group/flood/").await);

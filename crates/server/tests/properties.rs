@@ -23,7 +23,7 @@ fn config() -> ProptestConfig {
 
 // Compiled once: compiling a regex per case would cost more than the properties.
 /// The seed's routes.
-static ROUTES: LazyLock<WsRouter> = LazyLock::new(channels_server::chat::routes);
+static ROUTES: LazyLock<WsRouter> = LazyLock::new(channels_server::tutorial::routes);
 /// The seed's echo route pattern.
 static ROOM: LazyLock<RePath> = LazyLock::new(|| RePath::new("room/").unwrap());
 /// The seed's group route pattern.

@@ -68,7 +68,7 @@ async fn origin_default_allows_the_pages_own_host_and_no_origin() {
 async fn origin_default_with_allowed_hosts_compares_with_the_public_host() {
     let server = spawn_with(
         config(|c| c.allowed_hosts = vec!["app.example.com".to_owned()]),
-        channels_server::chat::routes(),
+        channels_server::tutorial::routes(),
     )
     .await;
     // Behind nginx the Host is the public one (`$http_host`).
@@ -147,7 +147,7 @@ async fn a_dns_rebinding_handshake_is_refused_by_default() {
     // Named in --allowed-hosts, the name is served.
     let named = spawn_with(
         config(|c| c.allowed_hosts = vec![".example".to_owned()]),
-        channels_server::chat::routes(),
+        channels_server::tutorial::routes(),
     )
     .await;
     let host = format!("evil.example:{}", named.addr.port());
@@ -170,7 +170,7 @@ async fn origin_allowlist_has_channels_semantics() {
                 "partner.example".to_owned(),
             ]
         }),
-        channels_server::chat::routes(),
+        channels_server::tutorial::routes(),
     )
     .await;
     let host = "app.example.com";
@@ -212,7 +212,7 @@ async fn origin_allowlist_has_channels_semantics() {
 async fn origin_star_allows_any_origin() {
     let server = spawn_with(
         config(|c| c.allowed_origins = vec!["*".to_owned()]),
-        channels_server::chat::routes(),
+        channels_server::tutorial::routes(),
     )
     .await;
     for origin in ["https://evil.example", "null", "whatever"] {
@@ -230,7 +230,7 @@ async fn origin_star_allows_any_origin() {
 async fn header_smuggling_bytes_inside_origin_are_refused() {
     let server = spawn_with(
         config(|c| c.allowed_origins = vec!["https://app.example.com".to_owned()]),
-        channels_server::chat::routes(),
+        channels_server::tutorial::routes(),
     )
     .await;
     for byte in [0x0b_u8, 0x0c, 0x1c, 0x1d, 0x1e, 0x85] {
@@ -366,7 +366,7 @@ async fn connection_caps_refuse_before_the_upgrade() {
             c.max_connections = 3;
             c.max_connections_per_ip = 2;
         }),
-        channels_server::chat::routes(),
+        channels_server::tutorial::routes(),
     )
     .await;
     let mut a1 = ws_from(&server, [127, 0, 0, 1], "/room/a/").await.unwrap();
@@ -414,7 +414,7 @@ async fn connection_caps_refuse_before_the_upgrade() {
 async fn slowloris_connections_are_closed_after_the_handshake_timeout() {
     let server = spawn_with(
         config(|c| c.handshake_timeout_secs = 2),
-        channels_server::chat::routes(),
+        channels_server::tutorial::routes(),
     )
     .await;
     let started = Instant::now();
@@ -495,7 +495,7 @@ async fn a_peer_that_does_not_answer_pings_is_closed_with_4009() {
             c.ping_interval_secs = 1;
             c.pong_timeout_secs = 1;
         }),
-        channels_server::chat::routes(),
+        channels_server::tutorial::routes(),
     )
     .await;
     let (status, mut dead) = raw_handshake(server.addr, "/room/1/", "localhost", b"").await;
@@ -589,7 +589,7 @@ async fn unfinished_requests_are_capped_per_address_in_total_and_in_bytes() {
             c.max_http_connections = 8;
             c.max_http_connections_per_ip = 3;
         }),
-        channels_server::chat::routes(),
+        channels_server::tutorial::routes(),
     )
     .await;
     // Three connections from one address, each in the middle of its headers.
@@ -798,9 +798,12 @@ async fn metrics_can_be_served_on_their_own_address_only() {
     let (public_addr, private_addr) = (public.local_addr().unwrap(), private.local_addr().unwrap());
     let layer: std::sync::Arc<dyn ChannelLayer> =
         std::sync::Arc::new(InMemoryChannelLayer::default());
-    let server =
-        channels_server::Server::new(&Config::default(), layer, channels_server::chat::routes())
-            .with_metrics_listener(private);
+    let server = channels_server::Server::new(
+        &Config::default(),
+        layer,
+        channels_server::tutorial::routes(),
+    )
+    .with_metrics_listener(private);
     let stop = tokio_util::sync::CancellationToken::new();
     let signal = stop.clone();
     let task = tokio::spawn(server.serve(public, async move { signal.cancelled().await }));

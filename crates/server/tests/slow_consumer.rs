@@ -52,7 +52,7 @@ async fn read_all(client: &mut Client) -> usize {
 async fn a_client_that_stops_reading_is_closed_and_the_others_lose_nothing() {
     let mut config = Config::default();
     config.write_timeout_secs = 2;
-    let server = spawn_with(config, channels_server::chat::routes()).await;
+    let server = spawn_with(config, channels_server::tutorial::routes()).await;
     assert_eq!(Config::default().max_queued_bytes, 1024 * 1024);
     // The slow member: a raw WebSocket client that completes the handshake and never reads.
     let (status, mut slow) = raw_handshake(server.addr, "/group/r08/", "localhost", b"").await;
@@ -142,7 +142,7 @@ async fn a_write_blocked_past_the_write_timeout_closes_with_4008() {
     let mut config = Config::default();
     config.write_timeout_secs = 1;
     config.max_queued_bytes = 16 * 1024 * 1024;
-    let server = spawn_with(config, channels_server::chat::routes()).await;
+    let server = spawn_with(config, channels_server::tutorial::routes()).await;
     let (status, _slow) = raw_handshake(server.addr, "/group/stuck/", "localhost", b"").await;
     assert_eq!(status, 101);
     eventually("one member", || server.layer.stats().channels == 1).await;
@@ -190,7 +190,7 @@ async fn a_write_blocked_past_the_write_timeout_closes_with_4008() {
 async fn a_burst_larger_than_the_budget_reaches_members_that_read() {
     const SENDERS: usize = 30;
     const SIZE: usize = 64 * 1024;
-    let server = spawn_with(Config::default(), channels_server::chat::routes()).await;
+    let server = spawn_with(Config::default(), channels_server::tutorial::routes()).await;
     let mut reader = server.ws("/group/burst/").await;
     let mut senders = Vec::new();
     for _ in 0..SENDERS {
@@ -248,7 +248,7 @@ async fn a_burst_larger_than_the_budget_reaches_members_that_read() {
 /// stay connected and keep chatting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_larger_than_a_member_may_be_sent_is_refused_once() {
-    let server = spawn_with(Config::default(), channels_server::chat::routes()).await;
+    let server = spawn_with(Config::default(), channels_server::tutorial::routes()).await;
     let mut members = Vec::new();
     for _ in 0..20 {
         members.push(server.ws("/group/big/").await);

@@ -14,13 +14,16 @@
 //! | 1013 | [`Close::TRY_AGAIN_LATER`] | the channel layer (Redis) is unavailable: a group message could not be sent, or the group could not be joined | yes, with backoff |
 //! | 4008 | [`Close::SLOW`] | the client did not read its messages: a write stayed blocked for `--write-timeout-secs`, or more than `--max-queued-bytes` waited for it that long | yes, with backoff |
 //! | 4009 | [`Close::NO_PONG`] | the client did not answer a server ping within `--pong-timeout-secs` (dead peer, suspended tab, broken network) | yes, with backoff |
-//! | 4400 | [`Close::INVALID_GROUP`] | the URL names a group that Channels would reject (non-ASCII, 100+ characters) | no |
 //!
-//! Codes 4000–4999 are the application range of RFC 6455. A consumer that returns an error from
-//! `connect` before accepting gets HTTP 403 instead of a close code, as in Channels.
+//! Codes 4000–4999 are the application range of RFC 6455: apps define their own there (the
+//! tutorial's 4400, [`tutorial::INVALID_GROUP`](crate::tutorial::INVALID_GROUP)). A consumer
+//! that returns an error from `connect` before accepting gets HTTP 403 instead of a close code,
+//! as in Channels. [`Close::ALL`] lists every code the framework itself sends.
 
 use std::borrow::Cow;
 use std::fmt;
+
+use channels_layer::LayerError;
 
 /// A close code and reason: the error type of consumer handlers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +59,22 @@ impl Close {
     pub const SLOW: Close = Close::new(4008, "slow consumer");
     /// 4009: the client did not answer a ping in time.
     pub const NO_PONG: Close = Close::new(4009, "no pong");
-    /// 4400: the group named in the URL is not a valid Channels group name.
-    pub const INVALID_GROUP: Close = Close::new(4400, "invalid group name");
+
+    /// Every code the framework itself sends (apps add their own in 4000–4999).
+    pub const ALL: [Close; 12] = [
+        Close::NORMAL,
+        Close::GOING_AWAY,
+        Close::PROTOCOL,
+        Close::UNSUPPORTED,
+        Close::INVALID_DATA,
+        Close::POLICY,
+        Close::RATE_LIMIT,
+        Close::TOO_BIG,
+        Close::INTERNAL,
+        Close::TRY_AGAIN_LATER,
+        Close::SLOW,
+        Close::NO_PONG,
+    ];
 
     /// A close with `code` and a static `reason`.
     pub const fn new(code: u16, reason: &'static str) -> Self {
@@ -79,3 +96,21 @@ impl fmt::Display for Close {
 }
 
 impl std::error::Error for Close {}
+
+/// The close code for a failed channel-layer call: [`Close::TRY_AGAIN_LATER`] (1013) when the
+/// layer is unavailable (Redis down: the client should come back later), [`Close::INTERNAL`]
+/// (1011) otherwise.
+///
+/// ```
+/// use channels_server::consumer::Close;
+/// let down = channels_layer::LayerError::Unavailable { host: "r".into(), reason: "x".into() };
+/// assert_eq!(Close::from(&down), Close::TRY_AGAIN_LATER);
+/// ```
+impl From<&LayerError> for Close {
+    fn from(error: &LayerError) -> Self {
+        match error {
+            LayerError::Unavailable { .. } => Close::TRY_AGAIN_LATER,
+            _ => Close::INTERNAL,
+        }
+    }
+}

@@ -8,8 +8,8 @@ use axum::http::HeaderMap;
 use channels_layer::{ChannelLayer, ChannelName, GroupName, LayerError, Message};
 
 use super::close::Close;
+use crate::metrics::Metrics;
 use crate::routing::UrlRoute;
-use crate::state::AppState;
 
 /// The connection's scope, as Channels' ASGI `scope` for a WebSocket.
 #[derive(Debug, Clone)]
@@ -73,7 +73,8 @@ pub(crate) enum Outgoing {
 pub struct Context {
     scope: Arc<Scope>,
     channel: ChannelName,
-    state: AppState,
+    layer: Arc<dyn ChannelLayer>,
+    metrics: Arc<Metrics>,
     groups: Vec<GroupName>,
     pub(crate) outgoing: VecDeque<Outgoing>,
     /// Payload bytes in `outgoing`.
@@ -83,12 +84,19 @@ pub struct Context {
 }
 
 impl Context {
-    pub(crate) fn new(scope: Arc<Scope>, channel: ChannelName, state: AppState) -> Self {
+    pub(crate) fn new(
+        scope: Arc<Scope>,
+        channel: ChannelName,
+        layer: Arc<dyn ChannelLayer>,
+        metrics: Arc<Metrics>,
+        max_outgoing: usize,
+    ) -> Self {
         Self {
             scope,
             channel,
-            max_outgoing: state.limits().max_outgoing_frames,
-            state,
+            max_outgoing,
+            layer,
+            metrics,
             groups: Vec::new(),
             outgoing: VecDeque::new(),
             outgoing_bytes: 0,
@@ -96,8 +104,8 @@ impl Context {
         }
     }
 
-    pub(crate) fn state(&self) -> &AppState {
-        &self.state
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The connection's scope.
@@ -112,7 +120,7 @@ impl Context {
 
     /// The channel layer, for calls beyond the helpers here (e.g. `send` to another channel).
     pub fn layer(&self) -> &Arc<dyn ChannelLayer> {
-        self.state.layer()
+        &self.layer
     }
 
     /// The groups this connection joined.
@@ -177,7 +185,7 @@ impl Context {
     /// Sends `msg` to every member of `group` (this connection too, if it is a member).
     pub async fn group_send(&self, group: &GroupName, msg: Message) -> Result<(), LayerError> {
         let result = self.layer().group_send(group, msg).await;
-        self.state.metrics().group_send(result.is_ok());
+        self.metrics.group_send(result.is_ok());
         result
     }
 
@@ -186,7 +194,7 @@ impl Context {
     /// large group would otherwise log once per member). `reason` is a short fixed word such
     /// as `no_handler` or `malformed`.
     pub fn ignore_event(&self, event: &Message, reason: &'static str) {
-        self.state.metrics().event_ignored(reason);
+        self.metrics.event_ignored(reason);
         channels_layer::log_limited!(
             warn,
             reason,

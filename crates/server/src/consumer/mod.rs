@@ -17,16 +17,13 @@
 
 mod close;
 mod context;
-pub(crate) mod driver;
-pub(crate) mod meter;
-mod outbox;
-mod watch;
 
 use std::future::Future;
 
 use channels_layer::Message;
 
 pub use close::Close;
+pub(crate) use context::Outgoing;
 pub use context::{ClientMessage, Context, Scope};
 
 /// One WebSocket connection's behaviour, as Channels' `WebsocketConsumer`.

@@ -39,14 +39,19 @@ pub struct TestServer {
 
 /// The seed's chat server with default settings.
 pub async fn spawn() -> TestServer {
-    spawn_with(Config::default(), channels_server::chat::routes()).await
+    spawn_with(Config::default(), channels_server::tutorial::routes()).await
 }
 
 pub async fn spawn_with(config: Config, routes: WsRouter) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let layer = Arc::new(InMemoryChannelLayer::new(config.layer_config()));
-    let server = Server::new(&config, Arc::clone(&layer) as Arc<dyn ChannelLayer>, routes);
+    // The tutorial's pages too, as the `channels-server` binary serves them.
+    let server = Server::builder(config.server_config())
+        .layer(Arc::clone(&layer) as Arc<dyn ChannelLayer>)
+        .routes(routes)
+        .http_routes(channels_web::router())
+        .build();
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     let handle = tokio::spawn(server.serve(listener, async move { signal.cancelled().await }));

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 /// A token bucket over the frames a client sends: `per_second` tokens a second, up to twice
 /// that in reserve; each frame takes one. A client over its rate is closed with
-/// [`Close::RATE_LIMIT`](super::Close::RATE_LIMIT) (1008).
+/// [`Close::RATE_LIMIT`](crate::consumer::Close::RATE_LIMIT) (1008).
 #[derive(Debug)]
 pub(super) struct RateLimit {
     per_second: f64,
@@ -53,7 +53,7 @@ pub(super) enum Liveness {
     /// The client has been silent for the ping interval: send a ping.
     Ping,
     /// A ping got no answer within the pong timeout: close with
-    /// [`Close::NO_PONG`](super::Close::NO_PONG) (4009).
+    /// [`Close::NO_PONG`](crate::consumer::Close::NO_PONG) (4009).
     Dead,
 }
 

@@ -4,15 +4,16 @@
 //! This replaces Channels' `await_many_dispatch`. Each iteration waits for one event, hands it
 //! to the consumer, and queues the frames the handler produced in the connection's [`Outbox`],
 //! which is written while the loop waits for the next event (in the same poll as the socket
-//! read: this loop is the only place that reads the socket). A client that does not read is
-//! closed with [`Close::SLOW`] once more than `--max-queued-bytes` wait for it or its writes
-//! have been stuck for `--write-timeout-secs`, so it never holds up anyone else, and the memory
-//! it can pin is bounded.
+//! read: this loop is the only place that reads the socket). While `--max-queued-bytes` wait
+//! for the client, the loop takes nothing new; a client that takes nothing for
+//! `--write-timeout-secs` is closed with [`Close::SLOW`] ([`Outbox`] has the rule), so it never
+//! holds up anyone else, and the memory it can pin is bounded.
 //!
 //! The one timer is set to the earliest of: this connection's drain time (after a shutdown
 //! began), the keepalive check ([`Keepalive`]: ping a silent client, close with
 //! [`Close::NO_PONG`] if it does not answer) and the write-stall check. Frames from the client
-//! pass the [`RateLimit`] first ([`Close::RATE_LIMIT`] past it).
+//! are metered below tungstenite ([`FrameMeter`](super::meter::FrameMeter): past the rate,
+//! [`Close::RATE_LIMIT`]).
 
 use std::task::Poll;
 
@@ -23,13 +24,12 @@ use tungstenite::Message as Frame;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use super::context::{ClientMessage, Context, Outgoing};
 use super::meter::RateLimited;
 use super::outbox::Outbox;
 use super::watch::{Keepalive, Liveness};
-use super::{Close, Consumer};
+use crate::consumer::{ClientMessage, Close, Consumer, Context, Outgoing};
+use crate::hub::{Hub, Limits};
 use crate::metrics::CloseLabel;
-use crate::state::Limits;
 
 /// A WebSocket as the driver uses it: tungstenite's messages in and out.
 pub(crate) trait Socket:
@@ -77,15 +77,15 @@ pub(crate) async fn run<C: Consumer>(
     mut consumer: C,
     mut cx: Context,
     mut inbox: Inbox,
+    hub: &Hub,
 ) {
-    let state = cx.state().clone();
-    let limits = *state.limits();
+    let limits = *hub.limits();
     // One wait for the whole connection: a fresh `cancelled()` per loop iteration would lock the
     // token's mutex and register (and unregister) a waiter for every message.
-    let shutdown = state.shutdown().clone();
+    let shutdown = hub.shutdown().clone();
     let shutdown = shutdown.cancelled_owned();
     tokio::pin!(shutdown);
-    state.metrics().connection_opened();
+    hub.metrics().connection_opened();
     tracing::debug!(channel = %cx.channel_name(), "connected");
     let now = Instant::now();
     let mut outbox = Outbox::new(limits.write_timeout, limits.max_queued_bytes);
@@ -135,7 +135,7 @@ pub(crate) async fn run<C: Consumer>(
         let handled = match event {
             Event::ShutdownBegan => {
                 // Keep serving until this connection's batch is due.
-                drain_at = Some(Instant::now() + state.drain_delay());
+                drain_at = Some(Instant::now() + hub.drain_delay());
                 Ok(())
             }
             Event::Resumed => Ok(()),
@@ -147,7 +147,7 @@ pub(crate) async fn run<C: Consumer>(
             Event::Frame(frame) => {
                 keepalive.seen(Instant::now());
                 if matches!(frame, Some(Ok(Frame::Text(_) | Frame::Binary(_)))) {
-                    state.metrics().message_in();
+                    hub.metrics().message_in();
                 }
                 // The socket branch comes first in the select: without taking what waits in
                 // the inbox here, a client that sends without pause would starve its own inbox
@@ -187,25 +187,24 @@ pub(crate) async fn run<C: Consumer>(
     Box::pin(cx.discard_all_groups()).await;
     let code = match end {
         Some(End::ByClient(frame)) => {
-            state
-                .metrics()
+            hub.metrics()
                 .closed_by_client(CloseLabel::of_client(frame.as_ref()));
             Box::pin(finish_client_close(&mut socket, &limits)).await;
             frame.map(|f| u16::from(f.code))
         }
         Some(End::ByServer(close)) => {
-            state.metrics().closed_by_server(close.code);
+            hub.metrics().closed_by_server(close.code);
             Box::pin(close_socket(&mut socket, &mut outbox, &close, &limits)).await;
             None
         }
         Some(End::Broken) | None => {
-            state.metrics().closed_by_client(CloseLabel::None);
+            hub.metrics().closed_by_client(CloseLabel::None);
             None
         }
     };
     Box::pin(consumer.disconnect(&mut cx, code)).await;
     drop(inbox);
-    state.metrics().connection_closed();
+    hub.metrics().connection_closed();
     tracing::debug!(close_code = ?code, "disconnected");
 }
 
@@ -333,7 +332,7 @@ fn queue(outbox: &mut Outbox, cx: &mut Context) {
     if cx.outgoing.is_empty() {
         return;
     }
-    cx.state().metrics().messages_out(cx.outgoing.len());
+    cx.metrics().messages_out(cx.outgoing.len());
     cx.clear_outgoing_bytes();
     for frame in cx.outgoing.drain(..) {
         outbox.push(match frame {

@@ -1,4 +1,6 @@
-//! The seed tutorial's two consumers and their routes, with its exact texts.
+//! The tutorial app: the seed's two consumers, their routes and its pages, with its exact
+//! texts. The `channels-server` binary serves [`app`] with [`cli::run`](crate::cli::run), as
+//! your binary would serve yours; nothing in the framework names anything here.
 //!
 //! * [`ChatConsumer`] (`app01`): echoes each text `X` as `服务端主动推送消息:X`; the text `exit`
 //!   makes the server close the socket (code 1000).
@@ -9,15 +11,26 @@
 //!
 //! Where the seed would crash, these consumers close with a documented code instead:
 //! a group ID that is not a valid Channels group name (non-ASCII, 100+ characters) closes with
-//! [`Close::INVALID_GROUP`] (4400) right after accepting, and a binary frame to the echo chat
+//! [`INVALID_GROUP`] (4400) right after accepting, and a binary frame to the echo chat
 //! closes with [`Close::UNSUPPORTED`] (1003). When the channel layer is unavailable (Redis down),
 //! joining the group or sending to it closes with [`Close::TRY_AGAIN_LATER`] (1013): nothing was
 //! delivered, and the client should reconnect with backoff.
 
-use channels_layer::{GroupName, LayerError, Map, Message, Value};
+use channels_layer::{GroupName, Map, Message, Value};
 
+use crate::app::App;
 use crate::consumer::{ClientMessage, Close, Consumer, Context};
 use crate::routing::WsRouter;
+
+/// 4400: the group named in the URL is not a valid Channels group name (non-ASCII, 100+
+/// characters). The tutorial's own code, in the application range 4000–4999.
+pub const INVALID_GROUP: Close = Close::new(4400, "invalid group name");
+
+/// The tutorial app: [`routes`] and the pages of `channels-web` (`/`, `/chatone`, `/chatgroup`
+/// and their assets).
+pub fn app() -> App {
+    App::new(routes()).http_routes(channels_web::router())
+}
 
 /// The echo chat's reply prefix.
 pub const ECHO_PREFIX: &str = "服务端主动推送消息:";
@@ -81,14 +94,14 @@ impl Consumer for GroupChatConsumer {
                     group_len = raw.chars().count(),
                     "invalid group id"
                 );
-                cx.close(Close::INVALID_GROUP);
+                cx.close(INVALID_GROUP);
                 return Ok(());
             }
         };
         if let Err(error) = cx.group_add(&group).await {
             // Accept, then tell the client why: it should come back later.
             channels_layer::log_limited!(warn, %error, %group, "group_add failed");
-            cx.close(layer_failure(&error));
+            cx.close(Close::from(&error));
             return Ok(());
         }
         self.group = Some(group);
@@ -109,11 +122,10 @@ impl Consumer for GroupChatConsumer {
         };
         let group = self.group()?;
         let event = Message::new("send_msg").with("message", receive);
-        if let Err(error) = cx.group_send(group, event).await {
-            channels_layer::log_limited!(warn, %error, %group, "group_send failed");
-            return Err(layer_failure(&error));
-        }
-        Ok(())
+        // The layer logs a failure where it happens; the client learns it from the close code.
+        cx.group_send(group, event)
+            .await
+            .map_err(|error| Close::from(&error))
     }
 
     async fn event(&mut self, cx: &mut Context, event: Message) -> Result<(), Close> {
@@ -130,15 +142,6 @@ impl Consumer for GroupChatConsumer {
                 Ok(())
             }
         }
-    }
-}
-
-/// The close code for a failed layer call: 1013 when the layer is unavailable (retry later),
-/// 1011 otherwise.
-fn layer_failure(error: &LayerError) -> Close {
-    match error {
-        LayerError::Unavailable { .. } => Close::TRY_AGAIN_LATER,
-        _ => Close::INTERNAL,
     }
 }
 

@@ -9,7 +9,7 @@
 //!   it, group messages are dropped for this client and counted), and its client frames wait in
 //!   the socket. A burst larger than the budget thus reaches a client that reads, however large
 //!   the burst, and memory stays bounded.
-//! * The driver closes the connection with [`Close::SLOW`](super::Close::SLOW) (4008) when the
+//! * The driver closes the connection with [`Close::SLOW`](crate::consumer::Close::SLOW) (4008) when the
 //!   writes made no progress for `--write-timeout-secs` while something waits (the client
 //!   stopped reading), or when the queue stayed over its budget for that long (the client
 //!   reads, but far slower than its messages come).
