@@ -646,14 +646,12 @@ async fn unfinished_requests_are_capped_per_address_in_total_and_in_bytes() {
         "after {sent} bytes: {answer:?}"
     );
     let m = support::metrics(server.addr).await;
-    // At least the fourth (the retries above may have been refused too).
-    assert!(
-        m["channels_http_connections_refused_total{reason=\"max_http_connections_per_ip\"}"] >= 1.0
-    );
-    assert_eq!(
-        m["channels_http_connections_refused_total{reason=\"max_http_connections\"}"],
-        1.0
-    );
+    // At least the fourth and the ninth (the retries above, made while the server had not yet
+    // seen the pending connections end, may have been refused too).
+    for reason in ["max_http_connections_per_ip", "max_http_connections"] {
+        let refused = m[&format!("channels_http_connections_refused_total{{reason=\"{reason}\"}}")];
+        assert!(refused >= 1.0, "{reason}: {refused}");
+    }
     server.stop().await.unwrap();
 }
 
