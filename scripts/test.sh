@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every check CI runs: formatting, clippy, and the whole test suite.
+# Runs every check CI runs: formatting, clippy, the API docs, and the whole test suite.
 #
 # Some tests start their own redis-server, nginx and Chromium (with chromedriver), and fail if
 # those programs are missing. So this script first installs the Debian packages that provide
@@ -28,5 +28,7 @@ scripts/python-venv.sh
 scripts/check-deploy.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Every public item documented, no broken intra-doc link.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 scripts/fuzz.sh --short
 cargo test --workspace --locked

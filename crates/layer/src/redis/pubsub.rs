@@ -376,7 +376,8 @@ struct Inner {
 }
 
 /// A channel layer shared through Redis pub/sub, wire-compatible with channels_redis'
-/// `RedisPubSubChannelLayer`. See the [module docs](self) for the protocol.
+/// `RedisPubSubChannelLayer`: group `g` is the Redis channel `{prefix}__group__{g}`, one
+/// `SUBSCRIBE` per group with local members, one `PSUBSCRIBE` for this replica's channels.
 #[derive(Debug, Clone)]
 pub struct RedisPubSubChannelLayer {
     inner: Arc<Inner>,
