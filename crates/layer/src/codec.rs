@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use rmp::Marker;
 use rmp::encode;
 
-use crate::message::{Map, MessageError, Value};
+use crate::value::{Map, MessageError, Value};
 
 /// Maps with more keys than this find repeated keys through a hash index instead of a scan.
 const SCAN_LIMIT: usize = 16;

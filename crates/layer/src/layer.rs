@@ -1,15 +1,14 @@
-//! The `ChannelLayer` trait, its configuration and its statistics.
+//! The `ChannelLayer` trait.
 
 use std::fmt;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::capacity::ChannelCapacity;
+use crate::config::LayerStats;
 use crate::error::LayerError;
+use crate::inbox::Inbox;
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
-use crate::registry::{DEFAULT_EXPIRY, DEFAULT_GROUP_EXPIRY, Inbox};
 
 /// A channel layer: named channels, groups of channels, and messages between them, in
 /// Django Channels' vocabulary.
@@ -73,86 +72,5 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug + 'static {
     /// connected). Readiness probes report this.
     fn is_ready(&self) -> bool {
         true
-    }
-}
-
-/// Local settings shared by every backend: capacities and expiry.
-///
-/// ```
-/// use channels_layer::{ChannelCapacity, LayerConfig};
-/// let config = LayerConfig {
-///     channel_capacity: vec![ChannelCapacity::new("worker-*", 1000)?],
-///     ..LayerConfig::default()
-/// };
-/// assert_eq!(config.capacity, 100);
-/// # Ok::<(), channels_layer::InvalidPattern>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct LayerConfig {
-    /// How long a message waits unread before it is dropped (Channels' `expiry`, 60 s).
-    pub expiry: Duration,
-    /// How long a membership lasts after the latest `group_add` (Channels' `group_expiry`,
-    /// 86400 s).
-    pub group_expiry: Duration,
-    /// Messages a channel holds before `send` fails (Channels' `capacity`, 100).
-    pub capacity: usize,
-    /// Capacities by channel-name glob; the first match wins (Channels' `channel_capacity`).
-    pub channel_capacity: Vec<ChannelCapacity>,
-    /// The largest message (its msgpack encoding, before encryption) the layer carries, in
-    /// bytes; 0: no limit (Channels has none). Sending a larger one fails with
-    /// [`LayerError::TooLarge`]; a larger one arriving from Redis is dropped once for the whole
-    /// process (not once per member), counted in [`LayerStats::oversized`] and logged.
-    pub max_message_size: usize,
-}
-
-impl Default for LayerConfig {
-    fn default() -> Self {
-        Self {
-            expiry: DEFAULT_EXPIRY,
-            group_expiry: DEFAULT_GROUP_EXPIRY,
-            capacity: 100,
-            channel_capacity: Vec::new(),
-            max_message_size: 0,
-        }
-    }
-}
-
-/// A snapshot of a layer's counters (monotonic since start) and sizes (now).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LayerStats {
-    /// Channels with an inbox in this process.
-    pub channels: usize,
-    /// Groups with a member in this process.
-    pub groups: usize,
-    /// Messages queued for a local inbox.
-    pub delivered: u64,
-    /// Messages not queued because the channel was full (`send` failures and group drops).
-    pub dropped_full: u64,
-    /// Messages for a channel with no inbox.
-    pub dropped_no_receiver: u64,
-    /// Messages that expired unread.
-    pub expired: u64,
-    /// Payloads from the backend that could not be decoded (not msgpack, non-str keys, a bad
-    /// encryption token) and were dropped.
-    pub undecodable: u64,
-    /// Publishes that failed (backend unavailable).
-    pub publish_errors: u64,
-    /// Times a backend connection was lost.
-    pub disconnects: u64,
-    /// Messages refused or dropped for being over `max_message_size`.
-    pub oversized: u64,
-}
-
-impl LayerConfig {
-    /// `Err(TooLarge)` when a message of `size` encoded bytes is over the limit.
-    pub fn check_size(&self, size: usize) -> Result<(), LayerError> {
-        if self.max_message_size > 0 && size > self.max_message_size {
-            return Err(LayerError::TooLarge {
-                size,
-                max: self.max_message_size,
-            });
-        }
-        Ok(())
     }
 }

@@ -38,7 +38,9 @@
 
 mod capacity;
 pub mod codec;
+mod config;
 mod error;
+mod inbox;
 mod layer;
 mod memory;
 pub mod message;
@@ -46,14 +48,17 @@ pub mod name;
 pub mod ratelog;
 pub mod redis;
 mod registry;
+mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod value;
 
 pub use capacity::{ChannelCapacity, InvalidPattern};
+pub use config::{LayerConfig, LayerStats};
 pub use error::LayerError;
-pub use layer::{ChannelLayer, LayerConfig, LayerStats};
+pub use inbox::Inbox;
+pub use layer::ChannelLayer;
 pub use memory::InMemoryChannelLayer;
 pub use message::{HandlerNameError, Map, Message, MessageError, Value};
 pub use name::{ChannelName, GroupName, NameError, NameKind};
 pub use redis::{RedisChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer, RedisPubSubConfig};
-pub use registry::Inbox;

@@ -3,21 +3,22 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rand::Rng;
-use rand::distr::Alphabetic;
 
+use crate::config::{LayerConfig, LayerStats};
 use crate::error::LayerError;
-use crate::layer::{ChannelLayer, LayerConfig, LayerStats};
+use crate::inbox::Inbox;
+use crate::layer::ChannelLayer;
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
-use crate::registry::{Inbox, Registry};
+use crate::registry::Registry;
 
 /// A channel layer inside one process, like Channels' `InMemoryChannelLayer`: for development
 /// and for a single replica. Replicas do not see each other's groups; use a Redis layer for that.
 ///
 /// Differences from upstream, on purpose:
 /// * `channel_capacity` works (upstream never compiles it, and every `send` then fails);
-/// * new channel names are `specific.inmemory!<12 letters>` (upstream has a double dot);
+/// * new channel names are `specific.inmemory!<12 letters and digits>` (upstream has a double
+///   dot);
 /// * a channel whose message expired stays in its groups: membership ends when its inbox is
 ///   dropped, which proves the reader is gone better than a slow read does.
 ///
@@ -58,29 +59,11 @@ impl InMemoryChannelLayer {
     }
 }
 
-/// A process-local channel name `{prefix}!{12 random ASCII letters}`.
-pub(crate) fn random_channel_name(prefix: &str) -> Result<ChannelName, LayerError> {
-    let local: String = rand::rng()
-        .sample_iter(Alphabetic)
-        .take(12)
-        .map(char::from)
-        .collect();
-    Ok(ChannelName::new(&format!("{prefix}!{local}"))?)
-}
-
 #[async_trait]
 impl ChannelLayer for InMemoryChannelLayer {
     async fn new_channel(&self) -> Result<Inbox, LayerError> {
-        // 52^12 names: a collision is as good as impossible, but retrying costs nothing.
-        loop {
-            match self
-                .registry
-                .open(random_channel_name("specific.inmemory")?)
-            {
-                Err(LayerError::ChannelInUse(_)) => continue,
-                other => return other,
-            }
-        }
+        self.registry
+            .open_new("specific.inmemory!", crate::name::random_id)
     }
 
     async fn open_channel(&self, name: &ChannelName) -> Result<Inbox, LayerError> {

@@ -19,6 +19,23 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// A random id of 12 lowercase ASCII letters and digits (36^12, about 4.7e18 values): for the
+/// local part of process-local channel names and for replica ids.
+///
+/// ```
+/// let id = channels_layer::name::random_id();
+/// assert_eq!(id.len(), 12);
+/// assert!(id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+/// ```
+pub fn random_id() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(12)
+        .map(|b| char::from(b).to_ascii_lowercase())
+        .collect()
+}
+
 /// The longest valid name is one character shorter than this (Channels' `MAX_NAME_LENGTH`).
 pub const MAX_NAME_LENGTH: usize = 100;
 

@@ -9,25 +9,20 @@
 //! `.await`, and no queue lock is taken while the map lock is held, so the two never nest.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::capacity::capacity_for;
+use crate::config::{LayerConfig, LayerStats};
 use crate::error::LayerError;
-use crate::layer::{LayerConfig, LayerStats};
+use crate::inbox::{Inbox, Owner, Push, Queue};
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
-
-/// Lock a mutex, recovering the data if a panicking thread poisoned it: the registry's maps stay
-/// consistent between statements, so a panic elsewhere never leaves them half-updated.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -140,11 +135,23 @@ impl Registry {
             }
         }
         drop(state);
-        Ok(Inbox {
-            name,
-            queue,
-            registry: Arc::clone(self),
-        })
+        Ok(Inbox::new(name, queue, Arc::clone(self) as Arc<dyn Owner>))
+    }
+
+    /// Creates the inbox of a fresh process-local channel: `{prefix}{random}` with a new random
+    /// part (`random()`) until one is free. Collisions are as good as impossible, but retrying
+    /// costs nothing.
+    pub(crate) fn open_new(
+        self: &Arc<Self>,
+        prefix: &str,
+        random: impl Fn() -> String,
+    ) -> Result<Inbox, LayerError> {
+        loop {
+            match self.open(ChannelName::new(&format!("{prefix}{}", random()))?) {
+                Err(LayerError::ChannelInUse(_)) => continue,
+                other => return other,
+            }
+        }
     }
 
     /// Queues `msg` for the local channel `name`.
@@ -172,7 +179,7 @@ impl Registry {
             tracing::debug!(channel = %name, "send to a channel with no local inbox dropped");
             return Ok(Delivery::NoReceiver);
         };
-        match queue.push(msg, deadline, &self.counters) {
+        match self.push(&queue, msg, deadline) {
             Push::Queued => {
                 Counters::add(&self.counters.delivered, 1);
                 Ok(Delivery::Queued)
@@ -271,7 +278,7 @@ impl Registry {
             ..GroupDelivery::default()
         };
         for queue in &queues {
-            match queue.push(msg.clone(), deadline, &self.counters) {
+            match self.push(queue, msg.clone(), deadline) {
                 Push::Queued => result.delivered += 1,
                 Push::Full | Push::Closed => result.dropped += 1,
             }
@@ -367,8 +374,23 @@ impl Registry {
         }
     }
 
+    /// Queues `msg` on `queue`, counting what expired there meanwhile.
+    fn push(&self, queue: &Queue, msg: Message, deadline: Instant) -> Push {
+        let (push, expired) = queue.push(msg, deadline);
+        if expired > 0 {
+            Counters::add(&self.counters.expired, expired);
+        }
+        push
+    }
+}
+
+impl Owner for Registry {
+    fn expired(&self, n: u64) {
+        Counters::add(&self.counters.expired, n);
+    }
+
     /// Removes `name` and its memberships, if `queue` is still the one registered under it.
-    fn remove_channel(&self, name: &ChannelName, queue: &Arc<Queue>) {
+    fn release(&self, name: &ChannelName, queue: &Arc<Queue>) {
         let mut state = lock(&self.state);
         let owned = state
             .channels
@@ -414,147 +436,3 @@ pub(crate) struct GroupDelivery {
     pub(crate) delivered: usize,
     pub(crate) dropped: usize,
 }
-
-enum Push {
-    Queued,
-    Full,
-    Closed,
-}
-
-/// A bounded FIFO of messages with deadlines, read by one inbox.
-#[derive(Debug)]
-struct Queue {
-    state: Mutex<QueueState>,
-    notify: Notify,
-    capacity: usize,
-}
-
-#[derive(Debug, Default)]
-struct QueueState {
-    items: VecDeque<(Instant, Message)>,
-    closed: bool,
-}
-
-impl QueueState {
-    /// Drops expired messages from the front. Deadlines are `send time + expiry` with one expiry
-    /// per layer, so they are in order and the expired ones are at the front.
-    fn purge(&mut self, now: Instant, counters: &Counters) {
-        let mut n = 0;
-        while self
-            .items
-            .front()
-            .is_some_and(|(deadline, _)| *deadline <= now)
-        {
-            self.items.pop_front();
-            n += 1;
-        }
-        if n > 0 {
-            Counters::add(&counters.expired, n);
-        }
-    }
-}
-
-impl Queue {
-    fn new(capacity: usize) -> Self {
-        Self {
-            state: Mutex::default(),
-            notify: Notify::new(),
-            capacity,
-        }
-    }
-
-    fn push(&self, msg: Message, deadline: Instant, counters: &Counters) -> Push {
-        let mut state = lock(&self.state);
-        if state.closed {
-            return Push::Closed;
-        }
-        state.purge(Instant::now(), counters);
-        if state.items.len() >= self.capacity {
-            return Push::Full;
-        }
-        state.items.push_back((deadline, msg));
-        drop(state);
-        // One reader: a stored permit wakes it even if it is not waiting yet.
-        self.notify.notify_one();
-        Push::Queued
-    }
-
-    fn try_pop(&self, counters: &Counters) -> Option<Option<Message>> {
-        let mut state = lock(&self.state);
-        state.purge(Instant::now(), counters);
-        if let Some((_, msg)) = state.items.pop_front() {
-            return Some(Some(msg));
-        }
-        state.closed.then_some(None)
-    }
-
-    /// Ends the queue: queued messages are dropped (flush forgets everything, as in Channels).
-    fn close(&self) {
-        let mut state = lock(&self.state);
-        state.closed = true;
-        state.items.clear();
-        drop(state);
-        self.notify.notify_one();
-    }
-}
-
-/// The receiving end of a channel: the only reader of its queue.
-///
-/// Dropping the inbox removes the channel from this process and from every group it joined, so
-/// a consumer that ends never leaves membership behind (Channels has no `delete_channel()` and
-/// cleans up by cancelling `receive`).
-///
-/// ```
-/// # tokio_test_block_on(async {
-/// use channels_layer::{ChannelLayer, InMemoryChannelLayer, Message};
-/// let layer = InMemoryChannelLayer::default();
-/// let mut inbox = layer.new_channel().await?;
-/// layer.send(inbox.name(), Message::new("hello")).await?;
-/// assert_eq!(inbox.recv().await.unwrap().message_type(), Some("hello"));
-/// # Ok::<(), channels_layer::LayerError>(())
-/// # });
-/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
-/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
-/// # }
-/// ```
-#[derive(Debug)]
-pub struct Inbox {
-    name: ChannelName,
-    queue: Arc<Queue>,
-    registry: Arc<Registry>,
-}
-
-impl Inbox {
-    /// The channel's name, to give to `send` or `group_add`.
-    pub fn name(&self) -> &ChannelName {
-        &self.name
-    }
-
-    /// The next message, or `None` once the layer was flushed or closed. Expired messages are
-    /// skipped and counted.
-    ///
-    /// Cancel safe: dropping the future loses no message.
-    pub async fn recv(&mut self) -> Option<Message> {
-        loop {
-            if let Some(item) = self.queue.try_pop(&self.registry.counters) {
-                return item;
-            }
-            self.queue.notify.notified().await;
-        }
-    }
-
-    /// The next message if one is queued now.
-    pub fn try_recv(&mut self) -> Option<Message> {
-        self.queue.try_pop(&self.registry.counters).flatten()
-    }
-}
-
-impl Drop for Inbox {
-    fn drop(&mut self) {
-        self.registry.remove_channel(&self.name, &self.queue);
-    }
-}
-
-/// Default expiry values, the same as Channels'.
-pub(crate) const DEFAULT_EXPIRY: Duration = Duration::from_secs(60);
-pub(crate) const DEFAULT_GROUP_EXPIRY: Duration = Duration::from_secs(86_400);

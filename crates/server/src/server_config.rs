@@ -109,10 +109,5 @@ impl ServerConfig {
 
 /// A random replica id: 12 lowercase letters and digits.
 pub fn random_replica_id() -> String {
-    use rand::Rng;
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(12)
-        .map(|b| char::from(b).to_ascii_lowercase())
-        .collect()
+    channels_layer::name::random_id()
 }

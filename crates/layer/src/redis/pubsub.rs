@@ -42,12 +42,13 @@ use tokio::task::JoinHandle;
 use super::Serializer;
 use super::conn::{HostUrl, bounded};
 use super::shard::consistent_hash;
+use crate::config::{LayerConfig, LayerStats};
 use crate::error::LayerError;
-use crate::layer::{ChannelLayer, LayerConfig, LayerStats};
-use crate::memory::random_channel_name;
+use crate::inbox::Inbox;
+use crate::layer::ChannelLayer;
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
-use crate::registry::{Inbox, Registry};
+use crate::registry::Registry;
 
 /// Settings of a [`RedisPubSubChannelLayer`].
 #[derive(Clone)]
@@ -410,7 +411,7 @@ impl RedisPubSubChannelLayer {
         }
         let replica = match config.replica_id.clone() {
             Some(id) => id,
-            None => random_replica_id(),
+            None => crate::name::random_id(),
         };
         let specific = format!("{}specific.{replica}", config.prefix);
         // The longest name we make must still be a valid channel name, and the prefix must be
@@ -476,15 +477,6 @@ impl RedisPubSubChannelLayer {
     pub fn channel_prefix(&self) -> &str {
         &self.inner.router.names.specific
     }
-}
-
-fn random_replica_id() -> String {
-    use rand::Rng;
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(12)
-        .map(|b| char::from(b).to_ascii_lowercase())
-        .collect()
 }
 
 impl Inner {
@@ -769,16 +761,10 @@ async fn reconcile_loop(inner: Weak<Inner>) {
 impl ChannelLayer for RedisPubSubChannelLayer {
     async fn new_channel(&self) -> Result<Inbox, LayerError> {
         // Covered by the replica's pattern subscription: no Redis call.
-        loop {
-            match self
-                .inner
-                .registry
-                .open(random_channel_name(&self.inner.router.names.specific)?)
-            {
-                Err(LayerError::ChannelInUse(_)) => continue,
-                other => return other,
-            }
-        }
+        let prefix = format!("{}!", self.inner.router.names.specific);
+        self.inner
+            .registry
+            .open_new(&prefix, crate::name::random_id)
     }
 
     async fn open_channel(&self, name: &ChannelName) -> Result<Inbox, LayerError> {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::layer::LayerConfig;
+use crate::config::LayerConfig;
 
 /// Settings of a [`RedisChannelLayer`](super::RedisChannelLayer), channels_redis' `RedisChannelLayer` `CONFIG`.
 #[derive(Clone)]

@@ -22,11 +22,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Inner;
 use super::wire;
-use super::{Inner, lock};
 use crate::error::LayerError;
 use crate::name::{ChannelName, GroupName};
 use crate::redis::shard::consistent_hash;
+use crate::sync::lock;
 
 /// A membership and the score of its latest `ZADD`.
 type Entry = (GroupName, ChannelName, f64);

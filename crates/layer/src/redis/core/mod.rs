@@ -62,7 +62,7 @@ mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -74,11 +74,14 @@ use self::shard::Shard;
 use self::wire::Keys;
 use super::Serializer;
 use super::shard::consistent_hash;
+use crate::config::LayerStats;
 use crate::error::LayerError;
-use crate::layer::{ChannelLayer, LayerStats};
+use crate::inbox::Inbox;
+use crate::layer::ChannelLayer;
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
-use crate::registry::{Inbox, Registry};
+use crate::registry::Registry;
+use crate::sync::lock;
 
 /// Counters of the Redis side.
 #[derive(Debug, Default)]
@@ -92,12 +95,6 @@ struct Counters {
     /// Local deliveries dropped because the inbox was full (for log rate limiting; the
     /// registry counts them).
     full_logged: AtomicU64,
-}
-
-/// Lock a mutex, recovering the data if a panicking thread poisoned it: no critical section
-/// here leaves its map half-updated.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Debug)]
@@ -288,13 +285,9 @@ impl Inner {
 impl ChannelLayer for RedisChannelLayer {
     async fn new_channel(&self) -> Result<Inbox, LayerError> {
         // Covered by the one receive loop: no Redis call, as in Python.
-        loop {
-            let name = format!("{}{}", self.inner.keys.local_part(), wire::uuid4_hex());
-            match self.inner.registry.open(ChannelName::new(&name)?) {
-                Err(LayerError::ChannelInUse(_)) => continue,
-                other => return other,
-            }
-        }
+        self.inner
+            .registry
+            .open_new(self.inner.keys.local_part(), wire::uuid4_hex)
     }
 
     async fn open_channel(&self, name: &ChannelName) -> Result<Inbox, LayerError> {

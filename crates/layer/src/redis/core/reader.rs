@@ -38,11 +38,12 @@ use redis::aio::MultiplexedConnection;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::Inner;
 use super::wire::{self, POP};
-use super::{Inner, lock};
 use crate::error::LayerError;
 use crate::name::ChannelName;
 use crate::redis::conn::bounded;
+use crate::sync::lock;
 
 /// Members popped per script call.
 pub(super) const BATCH: usize = 64;

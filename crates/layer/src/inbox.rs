@@ -1,0 +1,179 @@
+//! The receiving end of a channel ([`Inbox`]) and its bounded queue.
+//!
+//! The registry owns the queues of this process's channels; an inbox reads one of them and, when
+//! dropped, tells its owner to forget the channel and its memberships.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::message::Message;
+use crate::name::ChannelName;
+use crate::sync::lock;
+
+/// What an inbox reports to the registry that made it.
+pub(crate) trait Owner: Send + Sync + fmt::Debug {
+    /// `n` messages expired unread in an inbox's queue.
+    fn expired(&self, n: u64);
+
+    /// The inbox of `name` reading `queue` was dropped: forget the channel and its groups.
+    fn release(&self, name: &ChannelName, queue: &Arc<Queue>);
+}
+
+/// What pushing a message onto a queue did.
+pub(crate) enum Push {
+    Queued,
+    Full,
+    Closed,
+}
+
+/// A bounded FIFO of messages with deadlines, read by one inbox.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+    notify: Notify,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: VecDeque<(Instant, Message)>,
+    closed: bool,
+}
+
+impl QueueState {
+    /// Drops expired messages from the front and returns how many. Deadlines are `send time +
+    /// expiry` with one expiry per layer, so they are in order and the expired ones are at the
+    /// front.
+    fn purge(&mut self, now: Instant) -> u64 {
+        let mut n = 0;
+        while self
+            .items
+            .front()
+            .is_some_and(|(deadline, _)| *deadline <= now)
+        {
+            self.items.pop_front();
+            n += 1;
+        }
+        n
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::default(),
+            notify: Notify::new(),
+            capacity,
+        }
+    }
+
+    /// Queues `msg` unless the queue is closed or full; also says how many messages expired.
+    pub(crate) fn push(&self, msg: Message, deadline: Instant) -> (Push, u64) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return (Push::Closed, 0);
+        }
+        let expired = state.purge(Instant::now());
+        if state.items.len() >= self.capacity {
+            return (Push::Full, expired);
+        }
+        state.items.push_back((deadline, msg));
+        drop(state);
+        // One reader: a stored permit wakes it even if it is not waiting yet.
+        self.notify.notify_one();
+        (Push::Queued, expired)
+    }
+
+    /// The next message (`Some(None)`: the queue ended), and how many messages expired.
+    fn try_pop(&self) -> (Option<Option<Message>>, u64) {
+        let mut state = lock(&self.state);
+        let expired = state.purge(Instant::now());
+        if let Some((_, msg)) = state.items.pop_front() {
+            return (Some(Some(msg)), expired);
+        }
+        (state.closed.then_some(None), expired)
+    }
+
+    /// Ends the queue: queued messages are dropped (flush forgets everything, as in Channels).
+    pub(crate) fn close(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        state.items.clear();
+        drop(state);
+        self.notify.notify_one();
+    }
+}
+
+/// The receiving end of a channel: the only reader of its queue.
+///
+/// Dropping the inbox removes the channel from this process and from every group it joined, so
+/// a consumer that ends never leaves membership behind (Channels has no `delete_channel()` and
+/// cleans up by cancelling `receive`).
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use channels_layer::{ChannelLayer, InMemoryChannelLayer, Message};
+/// let layer = InMemoryChannelLayer::default();
+/// let mut inbox = layer.new_channel().await?;
+/// layer.send(inbox.name(), Message::new("hello")).await?;
+/// assert_eq!(inbox.recv().await.unwrap().message_type(), Some("hello"));
+/// # Ok::<(), channels_layer::LayerError>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Inbox {
+    name: ChannelName,
+    queue: Arc<Queue>,
+    owner: Arc<dyn Owner>,
+}
+
+impl Inbox {
+    pub(crate) fn new(name: ChannelName, queue: Arc<Queue>, owner: Arc<dyn Owner>) -> Self {
+        Self { name, queue, owner }
+    }
+
+    /// Takes the next message off the queue, reporting expired ones to the owner.
+    fn pop(&self) -> Option<Option<Message>> {
+        let (item, expired) = self.queue.try_pop();
+        if expired > 0 {
+            self.owner.expired(expired);
+        }
+        item
+    }
+
+    /// The channel's name, to give to `send` or `group_add`.
+    pub fn name(&self) -> &ChannelName {
+        &self.name
+    }
+
+    /// The next message, or `None` once the layer was flushed or closed. Expired messages are
+    /// skipped and counted.
+    ///
+    /// Cancel safe: dropping the future loses no message.
+    pub async fn recv(&mut self) -> Option<Message> {
+        loop {
+            if let Some(item) = self.pop() {
+                return item;
+            }
+            self.queue.notify.notified().await;
+        }
+    }
+
+    /// The next message if one is queued now.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.pop().flatten()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.owner.release(&self.name, &self.queue);
+    }
+}
