@@ -73,8 +73,8 @@ pub mod testing;
 pub mod tutorial;
 mod upgrade;
 
-pub use app::App;
+pub use app::{App, serve};
 pub use config::{Config, LayerKind, LogFormat};
-pub use server::{Server, ServerBuilder, ServerError, serve};
+pub use server::{Server, ServerBuilder, ServerError};
 pub use server_config::{ServerConfig, random_replica_id};
 pub use shutdown::signal;

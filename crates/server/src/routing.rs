@@ -9,7 +9,6 @@
 //! Python, so `group/(?P<groupID>\w+)/$` routes `/group/组/` and the consumer decides what to do
 //! with a group name Channels would reject.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -19,23 +18,8 @@ use axum::response::Response;
 use regex::Regex;
 
 use crate::consumer::Consumer;
+pub use crate::consumer::UrlRoute;
 use crate::handshake::{Handshake, start};
-
-/// The captures of the matched route (Channels' `scope["url_route"]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UrlRoute {
-    /// Positional captures, when the pattern has no named group.
-    pub args: Vec<String>,
-    /// Named captures.
-    pub kwargs: BTreeMap<String, String>,
-}
-
-impl UrlRoute {
-    /// The named capture `name`.
-    pub fn kwarg(&self, name: &str) -> Option<&str> {
-        self.kwargs.get(name).map(String::as_str)
-    }
-}
 
 /// A compiled `re_path` pattern.
 ///

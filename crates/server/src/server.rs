@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
-use crate::app::App;
 use crate::caps::{CapRefusal, ConnectionCaps};
 use crate::config::Config;
 use crate::hosts::HostPolicy;
@@ -434,35 +433,4 @@ async fn replica_header(
         response.headers_mut().insert("x-channels-replica", value);
     }
     response
-}
-
-/// Serves `app` with the command-line `config` on `listener` until `shutdown` resolves: builds
-/// the configured channel layer (with the replica id settled once for the layer and the
-/// server), binds `--metrics-bind` if given, and serves. What [`cli::run`](crate::cli::run)
-/// does after logging and the runtime are set up; tests call it on `127.0.0.1:0`.
-///
-/// ```no_run
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-/// let config = channels_server::Config::default();
-/// let app = channels_server::tutorial::app();
-/// channels_server::serve(listener, config, app, channels_server::signal()).await?;
-/// # Ok(())
-/// # }
-/// ```
-pub async fn serve(
-    listener: TcpListener,
-    config: Config,
-    app: App,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    let server_config = config.server_config();
-    let layer = config.build_layer(&server_config.replica_id).await?;
-    let mut builder = app.into_builder(Server::builder(server_config).layer(layer));
-    if let Some(addr) = config.metrics_bind {
-        let metrics = TcpListener::bind(addr).await?;
-        tracing::info!(%addr, "serving /metrics");
-        builder = builder.metrics_listener(metrics);
-    }
-    builder.build().serve(listener, shutdown).await
 }

@@ -18,35 +18,19 @@
 use std::task::Poll;
 
 use channels_layer::{Inbox, Message};
-use futures_util::{Sink, Stream, StreamExt};
+use futures_util::StreamExt;
 use tokio::time::Instant;
 use tungstenite::Message as Frame;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use super::Socket;
 use super::meter::RateLimited;
 use super::outbox::Outbox;
 use super::watch::{Keepalive, Liveness};
 use crate::consumer::{ClientMessage, Close, Consumer, Context, Outgoing};
 use crate::hub::{Hub, Limits};
 use crate::metrics::CloseLabel;
-
-/// A WebSocket as the driver uses it: tungstenite's messages in and out.
-pub(crate) trait Socket:
-    Stream<Item = Result<Frame, tungstenite::Error>>
-    + Sink<Frame, Error = tungstenite::Error>
-    + Unpin
-    + Send
-{
-}
-
-impl<S> Socket for S where
-    S: Stream<Item = Result<Frame, tungstenite::Error>>
-        + Sink<Frame, Error = tungstenite::Error>
-        + Unpin
-        + Send
-{
-}
 
 enum Event {
     /// The server began shutting down: pick this connection's drain time.

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tungstenite::Message as Frame;
 
-use super::driver::Socket;
+use super::Socket;
 
 /// Frames for one client, in order.
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! What a consumer sees of its connection: the scope, its channel, and the calls it can make.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -9,7 +9,22 @@ use channels_layer::{ChannelLayer, ChannelName, GroupName, LayerError, Message};
 
 use super::close::Close;
 use crate::metrics::Metrics;
-use crate::routing::UrlRoute;
+
+/// The captures of the matched route (Channels' `scope["url_route"]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UrlRoute {
+    /// Positional captures, when the pattern has no named group.
+    pub args: Vec<String>,
+    /// Named captures.
+    pub kwargs: BTreeMap<String, String>,
+}
+
+impl UrlRoute {
+    /// The named capture `name`.
+    pub fn kwarg(&self, name: &str) -> Option<&str> {
+        self.kwargs.get(name).map(String::as_str)
+    }
+}
 
 /// The connection's scope, as Channels' ASGI `scope` for a WebSocket.
 #[derive(Debug, Clone)]
