@@ -724,3 +724,97 @@ async fn churn_leaves_no_member_subscription_or_connection_behind() {
         "{clients} redis connections"
     );
 }
+
+/// Sends a WebSocket handshake for `path` to the replica on `port`, waits `after`, and resets
+/// the connection (SO_LINGER 0) without reading the answer: a client that gives up while the
+/// server is still running `connect`.
+async fn handshake_then_reset(port: u16, path: &str, after: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    if !after.is_zero() {
+        tokio::time::sleep(after).await;
+    }
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+}
+
+/// Issue 11: clients that send the handshake of a group and reset the connection before reading
+/// the 101, mixed with normal joins, leave no Redis subscription behind, not even after the
+/// subscriber reconnects (`CLIENT KILL TYPE pubsub`) and resubscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_reset_before_the_101_leave_no_subscription_behind() {
+    const CYCLES: usize = 1_500;
+    const CONCURRENCY: usize = 16;
+    const GROUPS: usize = 100;
+    let redis = RedisServer::start();
+    let a = start_replica("a", &redis.url()).await;
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..CONCURRENCY {
+        let (port, url) = (a.port, a.ws_url(""));
+        workers.push(tokio::spawn(async move {
+            for cycle in (worker..CYCLES).step_by(CONCURRENCY) {
+                let path = format!("/group/reset{}/", cycle % GROUPS);
+                if cycle % 5 == 0 {
+                    Client::connect(&format!("{url}{path}")).await.close().await;
+                } else {
+                    // Resets at 0 to 3 ms after the request: before, during and after `connect`.
+                    let after = Duration::from_micros((cycle as u64 * 397) % 3_000);
+                    handshake_then_reset(port, &path, after).await;
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    println!("{CYCLES} handshake cycles in {:?}", started.elapsed());
+
+    let groups: Vec<String> = (0..GROUPS)
+        .map(|g| format!("asgi__group__reset{g}"))
+        .collect();
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    // The replica has no member left (a handshake it is still handling ends soon)...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = metrics(a.port).await;
+        let (groups, open) = (m["channels_layer_groups"], m["channels_connections_open"]);
+        if groups == 0.0 && open == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{groups} groups and {open} connections still open"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // ...so Redis must have no subscription of it left.
+    let left = redis
+        .channels_left("asgi__group__*", Duration::from_secs(5))
+        .await;
+    assert!(
+        left.is_empty(),
+        "{} groups left subscribed: {left:?}",
+        left.len()
+    );
+    assert!(redis.numsub(&groups).iter().all(|n| *n == 0));
+
+    // A reconnect replays what the connection was subscribed to: nothing comes back.
+    let killed: i64 = redis.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"));
+    assert_eq!(killed, 1, "one subscriber connection");
+    eventually("the pattern resubscribed", Duration::from_secs(5), || {
+        redis.query::<i64>(redis::cmd("PUBSUB").arg("NUMPAT")) == 1
+    })
+    .await;
+    wait_readyz(&a, 200, Duration::from_secs(5)).await;
+    let left = redis.channels("asgi__group__*");
+    assert!(left.is_empty(), "after the resubscribe: {left:?}");
+}

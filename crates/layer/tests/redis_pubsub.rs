@@ -195,6 +195,46 @@ async fn groups_land_on_the_shard_the_hash_names() {
     assert_eq!(recv(&mut on_b).await.message_type(), Some("direct"));
 }
 
+/// A connection subscribed to one channel, as an admin watching Redis would be.
+struct Sniffer {
+    _connection: redis::aio::MultiplexedConnection,
+    pushes: tokio::sync::mpsc::Receiver<redis::PushInfo>,
+}
+
+impl Sniffer {
+    async fn start(redis: &RedisServer, channel: &str) -> Sniffer {
+        let client = redis::Client::open(format!("{}?protocol=resp3", redis.url())).unwrap();
+        let (tx, pushes) = tokio::sync::mpsc::channel(64);
+        let cfg =
+            redis::AsyncConnectionConfig::new().set_push_sender(move |push| tx.try_send(push));
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .unwrap();
+        connection.subscribe(channel).await.unwrap();
+        Sniffer {
+            _connection: connection,
+            pushes,
+        }
+    }
+
+    /// The payload of the next message published to the channel (within 2 s).
+    async fn next(&mut self) -> Vec<u8> {
+        loop {
+            let push = tokio::time::timeout(Duration::from_secs(2), self.pushes.recv())
+                .await
+                .expect("no message within 2 s")
+                .unwrap();
+            if push.kind == redis::PushKind::Message {
+                let [_, redis::Value::BulkString(payload)] = &push.data[..] else {
+                    panic!("{push:?}")
+                };
+                return payload.clone();
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn encrypted_payloads_are_opaque_in_redis_and_keys_rotate() {
     let redis = server();
@@ -211,18 +251,7 @@ async fn encrypted_payloads_are_opaque_in_redis_and_keys_rotate() {
     let g = group("secret");
     let mut inbox = rotated.new_channel().await.unwrap();
     rotated.group_add(&g, inbox.name()).await.unwrap();
-    // Sniff the group channel as an admin would.
-    let client = redis::Client::open(format!("{}?protocol=resp3", redis.url())).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let cfg = redis::AsyncConnectionConfig::new().set_push_sender(move |push| tx.try_send(push));
-    let mut sniffer = client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .unwrap();
-    sniffer
-        .subscribe(format!("{prefix}__group__secret"))
-        .await
-        .unwrap();
+    let mut sniffer = Sniffer::start(redis, &format!("{prefix}__group__secret")).await;
 
     old.group_send(
         &g,
@@ -236,18 +265,7 @@ async fn encrypted_payloads_are_opaque_in_redis_and_keys_rotate() {
         Some("plaintext-marker"),
         "old key decrypts"
     );
-    let raw = loop {
-        let push = tokio::time::timeout(Duration::from_secs(2), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if push.kind == redis::PushKind::Message {
-            break push.data;
-        }
-    };
-    let redis::Value::BulkString(payload) = &raw[1] else {
-        panic!("{raw:?}")
-    };
+    let payload = sniffer.next().await;
     assert!(payload.starts_with(b"gAAAAA"), "a Fernet token");
     assert!(!payload.windows(16).any(|w| w == b"plaintext-marker"));
     // An unauthenticated payload is dropped and counted, not delivered.
@@ -337,4 +355,103 @@ async fn an_oversized_payload_from_redis_is_dropped_once_and_counted() {
         "once for the replica, not per member"
     );
     assert_eq!(limited.stats().undecodable, 0);
+}
+
+/// Issue 11: a `group_add` cancelled at any point (before, while or after Redis runs its
+/// `SUBSCRIBE`) leaves no subscription behind once its inbox is gone, not even after the
+/// subscriber reconnects and redis-rs replays what Redis had confirmed. Single-threaded, so
+/// nothing runs between a cancelled join and the drop of its inbox.
+#[tokio::test]
+async fn cancelled_joins_leave_no_subscription_behind() {
+    const ROUNDS: usize = 12;
+    const GROUPS: usize = 25;
+    // Its own server: CLIENT PAUSE holds every client of it.
+    let redis = RedisServer::start();
+    let mut config = RedisPubSubConfig::new(vec![redis.url()]);
+    config.prefix = unique_prefix();
+    let prefix = config.prefix.clone();
+    let layer = layer_with(config).await;
+    let mut cancelled = 0;
+    for round in 0..ROUNDS {
+        if round % 3 != 2 {
+            // Redis holds the commands sent in the next 20 ms and runs them afterwards: joins
+            // cancelled meanwhile have sent a SUBSCRIBE that Redis runs after they are gone.
+            let () = redis.query(redis::cmd("CLIENT").arg("PAUSE").arg(20).arg("ALL"));
+        }
+        for g in 0..GROUPS {
+            let inbox = layer.new_channel().await.unwrap();
+            // Cancelled at its first await (0 ms) or after up to 3 ms.
+            let after = Duration::from_micros(((round * GROUPS + g) * 797 % 4_000) as u64);
+            let g = group(&format!("c{g}"));
+            if tokio::time::timeout(after, layer.group_add(&g, inbox.name()))
+                .await
+                .is_err()
+            {
+                cancelled += 1;
+            }
+            drop(inbox);
+        }
+    }
+    assert!(cancelled > GROUPS, "only {cancelled} joins were cancelled");
+    let pattern = format!("{prefix}__group__*");
+    let left = redis.channels_left(&pattern, Duration::from_secs(3)).await;
+    assert!(
+        left.is_empty(),
+        "{} groups left subscribed: {left:?}",
+        left.len()
+    );
+    assert_eq!(layer.stats().groups, 0);
+
+    // The reconnect replays what Redis had confirmed: nothing of the groups comes back.
+    let killed: i64 = redis.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"));
+    assert_eq!(killed, 1);
+    eventually("the pattern resubscribed", || {
+        redis.query::<i64>(redis::cmd("PUBSUB").arg("NUMPAT")) == 1 && layer.is_ready()
+    })
+    .await;
+    let left = redis.channels(&pattern);
+    assert!(left.is_empty(), "after the resubscribe: {left:?}");
+}
+
+/// A subscription Redis refused is retried without waiting for a registry change (which may
+/// never come): the reconciler's periodic pass takes it as soon as Redis allows it, here after
+/// an ACL grant.
+#[tokio::test]
+async fn a_refused_subscription_is_retried_until_redis_takes_it() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix();
+    let grant = |rules: &[&str]| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg("layer").arg(rules);
+        let () = redis.query(&cmd);
+    };
+    // Everything but the group's channel (PSUBSCRIBE needs its exact pattern).
+    grant(&["on", ">pw", "+@all", "resetchannels"]);
+    grant(&[&format!("&{prefix}specific.a!*")]);
+    let mut config = RedisPubSubConfig::new(vec![format!(
+        "redis://layer:pw@127.0.0.1:{}/0",
+        redis.port()
+    )]);
+    config.prefix = prefix.clone();
+    config.replica_id = Some("a".to_owned());
+    let layer = layer_with(config).await;
+    // Once a liveness probe went out, the ping loop's first round (a full resubscribe, which
+    // would retry a refusal by itself) is over.
+    let probe = format!("{}!~probe", layer.channel_prefix());
+    Sniffer::start(&redis, &probe).await.next().await;
+    let g = group("later");
+    let mut inbox = layer.new_channel().await.unwrap();
+    let err = layer.group_add(&g, inbox.name()).await.unwrap_err();
+    assert!(matches!(err, LayerError::Unavailable { .. }), "{err}");
+    // The reconciler's own attempt, woken by the join, is refused too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let channel = format!("{prefix}__group__later");
+    grant(&[&format!("&{channel}")]);
+    eventually("subscribed after the grant", || {
+        redis.numsub(&[&channel]) == [1]
+    })
+    .await;
+    layer.group_send(&g, Message::new("late")).await.unwrap();
+    assert_eq!(recv(&mut inbox).await.message_type(), Some("late"));
 }

@@ -13,7 +13,10 @@
 //! leaves; its own channels are named `{prefix}specific.{replica}!{local}` and are all covered by
 //! one `PSUBSCRIBE {prefix}specific.{replica}!*` on every shard (a Python `send()` picks the
 //! shard by the full name). Messages published by this replica come back through Redis like
-//! everyone else's, so every member on every replica sees one order per group.
+//! everyone else's, so every member on every replica sees one order per group. A subscription
+//! is recorded before its `SUBSCRIBE` is sent and forgotten only after its `UNSUBSCRIBE`
+//! succeeded, so a call that is cancelled (a client gone mid-handshake) or times out is undone
+//! by the next reconciliation instead of leaking.
 //!
 //! Resilience: publishes have a deadline (1 s by default) and fail with
 //! [`LayerError::Unavailable`] instead of hanging; each shard's subscriber reconnects forever,
@@ -28,7 +31,7 @@
 //! dropped, counted and logged. Messages published while a subscriber is disconnected are lost
 //! (at most once), as with channels_redis.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -369,9 +372,10 @@ struct Inner {
     registry: Arc<Registry>,
     router: Arc<Router>,
     shards: Vec<Shard>,
-    /// Per shard, the channels we are subscribed to. Every change of a subscription happens
-    /// under this lock, after reading the registry, so subscribe and unsubscribe never race.
-    subscribed: tokio::sync::Mutex<Vec<HashSet<String>>>,
+    /// Per shard, every channel Redis may hold a subscription of ours to. Every change of a
+    /// subscription happens under this lock, after reading the registry, so subscribe and
+    /// unsubscribe never race (see [`Subscriptions`]).
+    subscribed: tokio::sync::Mutex<Vec<Subscriptions>>,
     timeout: Duration,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -455,7 +459,7 @@ impl RedisPubSubChannelLayer {
         let inner = Arc::new(Inner {
             registry,
             router,
-            subscribed: tokio::sync::Mutex::new(vec![HashSet::new(); n]),
+            subscribed: tokio::sync::Mutex::new(vec![Subscriptions::default(); n]),
             shards,
             timeout: config.timeout,
             tasks: Mutex::default(),
@@ -468,7 +472,10 @@ impl RedisPubSubChannelLayer {
                 config.ping_interval,
             )));
         }
-        tasks.push(tokio::spawn(reconcile_loop(Arc::downgrade(&inner))));
+        tasks.push(tokio::spawn(reconcile_loop(
+            Arc::downgrade(&inner),
+            config.ping_interval,
+        )));
         *inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(Self { inner })
     }
@@ -522,24 +529,17 @@ impl Inner {
         .await
     }
 
-    /// Subscribes to `channel` unless already subscribed.
+    /// Subscribes to `channel` unless Redis already confirmed it. Safe to cancel: see
+    /// [`Subscriptions`].
     async fn ensure_subscribed(&self, channel: String) -> Result<(), LayerError> {
         let i = self.shard_of(&channel);
         let mut subscribed = self.subscribed.lock().await;
-        if subscribed[i].contains(&channel) {
+        if subscribed[i].is_confirmed(&channel) {
             return Ok(());
         }
-        let shard = &self.shards[i];
-        let mut sub = shard.subscriber();
-        bounded(
-            &shard.host,
-            self.timeout,
-            "SUBSCRIBE",
-            sub.subscribe(&channel),
-        )
-        .await?;
-        subscribed[i].insert(channel);
-        Ok(())
+        subscribed[i]
+            .subscribe(&self.shards[i], self.timeout, &[channel])
+            .await
     }
 
     /// The channels the registry needs, per shard.
@@ -559,40 +559,43 @@ impl Inner {
         desired
     }
 
-    /// Brings the subscriptions in line with the registry: unsubscribes what no local member
-    /// needs any more, subscribes what is missing.
+    /// Brings the subscriptions in line with the registry: unsubscribes everything Redis may
+    /// hold that no local member needs any more, subscribes what is needed and not confirmed.
+    /// What fails stays unsettled and is retried by the next pass.
     async fn reconcile(&self) {
         let mut subscribed = self.subscribed.lock().await;
         let desired = self.desired();
         for (i, shard) in self.shards.iter().enumerate() {
-            let stale: Vec<String> = subscribed[i].difference(&desired[i]).cloned().collect();
-            let missing: Vec<String> = desired[i].difference(&subscribed[i]).cloned().collect();
-            let mut sub = shard.subscriber();
-            for batch in stale.chunks(512) {
-                match bounded(
-                    &shard.host,
-                    self.timeout,
-                    "UNSUBSCRIBE",
-                    sub.unsubscribe(batch),
-                )
-                .await
-                {
-                    Ok(()) => batch.iter().for_each(|c| {
-                        subscribed[i].remove(c);
-                    }),
-                    Err(error) => tracing::debug!(%error, "unsubscribe postponed"),
-                }
+            let subscribed = &mut subscribed[i];
+            let stale = subscribed.stale(&desired[i]);
+            if let Err(error) = subscribed.unsubscribe(shard, self.timeout, &stale).await {
+                tracing::debug!(%error, "unsubscribe postponed");
             }
-            for batch in missing.chunks(512) {
-                match bounded(&shard.host, self.timeout, "SUBSCRIBE", sub.subscribe(batch)).await {
-                    Ok(()) => subscribed[i].extend(batch.iter().cloned()),
-                    Err(error) => tracing::debug!(%error, "subscribe postponed"),
-                }
+            let missing = subscribed.missing(&desired[i]);
+            if let Err(error) = subscribed.subscribe(shard, self.timeout, &missing).await {
+                tracing::debug!(%error, "subscribe postponed");
             }
         }
     }
 
-    /// After a (re)connect: the pattern, then every channel the registry needs, from scratch.
+    /// Whether a connected shard has a subscription whose state Redis did not confirm (a
+    /// cancelled or failed call): the periodic pass of [`reconcile_loop`] then settles it. A
+    /// disconnected shard is left to its [`resync`](Self::resync), and a busy lock to its
+    /// holder.
+    fn unsettled(&self) -> bool {
+        let Ok(subscribed) = self.subscribed.try_lock() else {
+            return false;
+        };
+        let router = &self.router;
+        subscribed.iter().enumerate().any(|(i, s)| {
+            router.connected[i].load(Ordering::SeqCst)
+                && !router.resync[i].load(Ordering::SeqCst)
+                && s.has_unsettled()
+        })
+    }
+
+    /// After a (re)connect: the pattern, then every channel the registry needs, from scratch
+    /// (the connection may be a new one), and away with everything else Redis may hold.
     async fn resync(&self, i: usize) -> Result<(), LayerError> {
         let shard = &self.shards[i];
         let mut sub = shard.subscriber();
@@ -605,22 +608,92 @@ impl Inner {
         )
         .await?;
         let desired = self.desired().swap_remove(i);
+        let subscribed = &mut subscribed[i];
         let all: Vec<String> = desired.iter().cloned().collect();
-        for batch in all.chunks(512) {
-            bounded(&shard.host, self.timeout, "SUBSCRIBE", sub.subscribe(batch)).await?;
+        subscribed.subscribe(shard, self.timeout, &all).await?;
+        let stale = subscribed.stale(&desired);
+        subscribed.unsubscribe(shard, self.timeout, &stale).await
+    }
+}
+
+/// What one shard's subscriber connection may be subscribed to, and whether Redis confirmed
+/// it. A channel is entered (unconfirmed) *before* its `SUBSCRIBE` is sent and removed only
+/// after an `UNSUBSCRIBE` of it succeeded. A call cancelled or timed out in between may still
+/// reach Redis (and redis-rs replays whatever Redis confirmed after a reconnect), so its
+/// channel stays here, unconfirmed, until a later pass settles it: the subscriptions converge
+/// to the registry wherever a call is cancelled.
+#[derive(Debug, Default, Clone)]
+struct Subscriptions(HashMap<String, bool>);
+
+impl Subscriptions {
+    /// Redis answered the latest `SUBSCRIBE` of `channel` and no `UNSUBSCRIBE` followed.
+    fn is_confirmed(&self, channel: &str) -> bool {
+        self.0.get(channel).copied().unwrap_or(false)
+    }
+
+    fn has_unsettled(&self) -> bool {
+        self.0.values().any(|confirmed| !confirmed)
+    }
+
+    /// What Redis may hold that `desired` does not want.
+    fn stale(&self, desired: &HashSet<String>) -> Vec<String> {
+        self.0
+            .keys()
+            .filter(|c| !desired.contains(*c))
+            .cloned()
+            .collect()
+    }
+
+    /// What `desired` wants and Redis did not confirm.
+    fn missing(&self, desired: &HashSet<String>) -> Vec<String> {
+        desired
+            .iter()
+            .filter(|c| !self.is_confirmed(c))
+            .cloned()
+            .collect()
+    }
+
+    /// `SUBSCRIBE`s `channels` on `shard`, 512 at a time, each batch entered before it is sent
+    /// and confirmed when Redis answered. Stops at the first failure.
+    async fn subscribe(
+        &mut self,
+        shard: &Shard,
+        timeout: Duration,
+        channels: &[String],
+    ) -> Result<(), LayerError> {
+        let mut sub = shard.subscriber();
+        for batch in channels.chunks(512) {
+            self.mark(batch, false);
+            bounded(&shard.host, timeout, "SUBSCRIBE", sub.subscribe(batch)).await?;
+            self.mark(batch, true);
         }
-        let stale: Vec<String> = subscribed[i].difference(&desired).cloned().collect();
-        for batch in stale.chunks(512) {
-            bounded(
-                &shard.host,
-                self.timeout,
-                "UNSUBSCRIBE",
-                sub.unsubscribe(batch),
-            )
-            .await?;
-        }
-        subscribed[i] = desired;
         Ok(())
+    }
+
+    /// `UNSUBSCRIBE`s `channels` on `shard`, 512 at a time. A batch is unconfirmed while its
+    /// call runs (Redis may or may not run it) and forgotten when Redis answered. Stops at the
+    /// first failure.
+    async fn unsubscribe(
+        &mut self,
+        shard: &Shard,
+        timeout: Duration,
+        channels: &[String],
+    ) -> Result<(), LayerError> {
+        let mut sub = shard.subscriber();
+        for batch in channels.chunks(512) {
+            self.mark(batch, false);
+            bounded(&shard.host, timeout, "UNSUBSCRIBE", sub.unsubscribe(batch)).await?;
+            for channel in batch {
+                self.0.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, channels: &[String], confirmed: bool) {
+        for channel in channels {
+            self.0.insert(channel.clone(), confirmed);
+        }
     }
 }
 
@@ -743,17 +816,28 @@ impl Probe {
     }
 }
 
-/// Follows registry changes with (un)subscriptions.
-async fn reconcile_loop(inner: Weak<Inner>) {
+/// Follows registry changes with (un)subscriptions. Every `interval` it also settles what a
+/// cancelled or failed call left unconfirmed, so that no subscription waits for the next
+/// registry change (which may never come) to be retried or removed.
+async fn reconcile_loop(inner: Weak<Inner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let registry = match inner.upgrade() {
             Some(inner) => Arc::clone(&inner.registry),
             None => return,
         };
-        registry.changed().await;
+        // A change notification that loses the race to the tick is kept by `Notify` for the
+        // next turn.
+        let changed = tokio::select! {
+            () = registry.changed() => true,
+            _ = ticker.tick() => false,
+        };
         drop(registry);
         let Some(inner) = inner.upgrade() else { return };
-        inner.reconcile().await;
+        if changed || inner.unsettled() {
+            inner.reconcile().await;
+        }
     }
 }
 

@@ -171,6 +171,19 @@ impl RedisServer {
         self.query(redis::cmd("PUBSUB").arg("CHANNELS").arg(pattern))
     }
 
+    /// `PUBSUB CHANNELS <pattern>`, polled until it is empty or `within` has passed: what is
+    /// left subscribed (empty when everything was unsubscribed in time).
+    pub async fn channels_left(&self, pattern: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = self.channels(pattern);
+            if left.is_empty() || Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Publishes raw bytes (to inject what another process, or garbage, would send).
     pub fn publish(&self, channel: &str, payload: &[u8]) -> i64 {
         self.query(redis::cmd("PUBLISH").arg(channel).arg(payload))
