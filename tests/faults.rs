@@ -818,3 +818,96 @@ async fn handshakes_reset_before_the_101_leave_no_subscription_behind() {
     let left = redis.channels("asgi__group__*");
     assert!(left.is_empty(), "after the resubscribe: {left:?}");
 }
+
+/// Issue 11, R-04 under attack: anyone who can publish to Redis can address a replica's
+/// liveness probe channel (`asgispecific.<replica>!~probe`, the replica id being in every
+/// `X-Channels-Replica` header). Forged probes published before and during the starvation
+/// (the number that made the old counter wrap, other huge and negative numbers, garbage, a
+/// replayed real probe and its tag on a later number) do not keep a deaf subscriber in place:
+/// it is replaced, `/readyz` goes 503 and then 200 again, and the forgeries are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_probes_do_not_keep_a_deaf_subscriber_in_place() {
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.port()).await;
+    let a = start_replica("a", &proxy.redis_url()).await;
+    let b = start_replica("b", &redis.url()).await;
+    let (_client, replica) = Client::connect_to_replica(&a.ws_url("/room/")).await;
+    assert_eq!(replica, "a");
+    let probe = format!("asgispecific.{replica}!~probe");
+
+    // A real probe, as whoever watches Redis sees it.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut sniffer = client.get_async_pubsub().await.unwrap();
+    sniffer.subscribe(&probe).await.unwrap();
+    let real = tokio::time::timeout(Duration::from_secs(3), sniffer.on_message().next())
+        .await
+        .expect("no liveness probe within 3 s")
+        .unwrap()
+        .get_payload_bytes()
+        .to_vec();
+    drop(sniffer);
+    let text = String::from_utf8(real.clone()).unwrap();
+    let (n, tag) = text.split_once(':').unwrap_or((&text, ""));
+    let n: u64 = n.parse().unwrap();
+    let forged: Vec<Vec<u8>> = vec![
+        b"18446744073709551615".to_vec(),
+        b"99999999999999999999999999".to_vec(),
+        b"-1".to_vec(),
+        b"-9223372036854775808".to_vec(),
+        b"garbage \xc1\xff".to_vec(),
+        (n + 1).to_string().into_bytes(),
+        format!("{}:{tag}", n + 2).into_bytes(),
+        real,
+    ];
+    let mut publisher = client.get_multiplexed_async_connection().await.unwrap();
+    let forging = CancellationToken::new();
+    let forger = tokio::spawn({
+        let forging = forging.clone();
+        async move {
+            while !forging.is_cancelled() {
+                for payload in &forged {
+                    let _: i64 = redis::cmd("PUBLISH")
+                        .arg(&probe)
+                        .arg(payload)
+                        .query_async(&mut publisher)
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+
+    // The forgeries reach a's healthy subscriber for a while, then it goes deaf.
+    let load = steady_load(
+        &redis,
+        "forged",
+        &[&a, &a, &b],
+        &b,
+        Duration::from_millis(1500),
+    )
+    .await;
+    let before = metrics(a.port).await["channels_layer_disconnects_total"];
+    proxy.starve();
+    let starved = Instant::now();
+    let detected = wait_readyz(&a, 503, Duration::from_secs(6)).await;
+    println!("a replaced its deaf subscriber {detected:?} after it went deaf, despite forgeries");
+    let recovered = wait_readyz(&a, 200, Duration::from_secs(3)).await;
+    println!("a ready again {recovered:?} later");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    forging.cancel();
+    forger.await.unwrap();
+    let report = load.finish().await;
+
+    let m = metrics(a.port).await;
+    assert!(m["channels_layer_disconnects_total"] > before);
+    assert!(
+        m["channels_layer_undecodable_total"] > 0.0,
+        "the forged probes were not counted"
+    );
+    assert!(report.members.iter().all(|m| m.closed.is_none()));
+    report.assert_complete(report.on("b"));
+    let lost =
+        report.assert_losses_within(report.on("a"), (starved, starved + detected + recovered));
+    println!("a's members lost {lost} deliveries while it was deaf");
+}

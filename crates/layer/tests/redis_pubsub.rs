@@ -413,6 +413,65 @@ async fn cancelled_joins_leave_no_subscription_behind() {
     assert!(left.is_empty(), "after the resubscribe: {left:?}");
 }
 
+/// Issue 11: anyone who can publish to Redis can address a replica's probe channel (its replica
+/// id is in every handshake answer), so a probe counts only if this process signed it. Forged
+/// ones (the old format's huge number, a negative one, garbage, a real probe's tag on another
+/// number, a Fernet token under the shared keys) are dropped and counted, a replayed real one
+/// changes nothing, and the liveness checks keep running, with and without encryption keys.
+#[tokio::test]
+async fn forged_liveness_probes_are_dropped_and_counted() {
+    // Its own server: CLIENT KILL reaches every pub/sub client of it.
+    let redis = RedisServer::start();
+    for keys in [vec![], vec!["shared-key".to_owned()]] {
+        let mut config = RedisPubSubConfig::new(vec![redis.url()]);
+        config.prefix = unique_prefix();
+        config.replica_id = Some("a".to_owned());
+        config.encryption_keys = keys.clone();
+        let layer = layer_with(config).await;
+        let probe = format!("{}!~probe", layer.channel_prefix());
+        let mut sniffer = Sniffer::start(&redis, &probe).await;
+        let real = sniffer.next().await;
+        let text = String::from_utf8(real.clone()).unwrap();
+        // `<number>:<tag>` (a bare number before issue 11).
+        let (n, tag) = text.split_once(':').unwrap_or((&text, ""));
+        let n: u64 = n.parse().unwrap();
+        let mut forged: Vec<Vec<u8>> = vec![
+            u64::MAX.to_string().into_bytes(),
+            b"-1".to_vec(),
+            (n + 1).to_string().into_bytes(),
+            b"\x00garbage".to_vec(),
+            format!("{}:{tag}", n + 1).into_bytes(),
+            format!("{}:{tag}", u64::MAX).into_bytes(),
+        ];
+        if let Some(key) = keys.first() {
+            let fernet = channels_layer::redis::fernet::Fernet::new([key]).unwrap();
+            forged.push(fernet.encrypt(u64::MAX.to_string().as_bytes()));
+            forged.push(fernet.encrypt(&real));
+        }
+        let before = layer.stats();
+        for payload in &forged {
+            redis.publish(&probe, payload);
+        }
+        // A replay of the real probe is ours, but old: it counts for nothing.
+        redis.publish(&probe, &real);
+        let expected = before.undecodable + forged.len() as u64;
+        eventually("every forged probe counted", || {
+            layer.stats().undecodable == expected
+        })
+        .await;
+
+        // The ping loop survived them: a killed subscriber is noticed and replaced.
+        let killed: i64 = redis.query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"));
+        assert!(killed >= 1);
+        eventually("the disconnect noticed", || {
+            layer.stats().disconnects > before.disconnects
+        })
+        .await;
+        eventually("ready again", || layer.is_ready()).await;
+        assert_eq!(layer.stats().undecodable, expected);
+    }
+}
+
 /// A subscription Redis refused is retried without waiting for a registry change (which may
 /// never come): the reconciler's periodic pass takes it as soon as Redis allows it, here after
 /// an ACL grant.

@@ -4,6 +4,7 @@
 mod conn;
 mod core;
 pub mod fernet;
+mod liveness;
 mod pubsub;
 pub mod shard;
 

@@ -27,9 +27,11 @@
 //! at once instead of queueing behind a stale backlog. A connection can also answer pings and
 //! yet receive no messages (a proxy or a Redis that lost its subscriptions): each shard
 //! therefore publishes a probe to its own pattern every ping interval, and a subscriber that
-//! misses two probes in a row is replaced the same way. Anything undecodable that arrives is
-//! dropped, counted and logged. Messages published while a subscriber is disconnected are lost
-//! (at most once), as with channels_redis.
+//! misses two probes in a row is replaced the same way. A probe counts only if it carries this
+//! process's [tag](super::liveness) and a number it has sent, so whoever else publishes to the
+//! probe channel cannot keep a deaf subscriber in place. Anything undecodable that arrives
+//! (forged probes included) is dropped, counted and logged. Messages published while a
+//! subscriber is disconnected are lost (at most once), as with channels_redis.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +46,7 @@ use tokio::task::JoinHandle;
 
 use super::Serializer;
 use super::conn::{HostUrl, bounded};
+use super::liveness::ProbeKey;
 use super::shard::consistent_hash;
 use crate::config::{LayerConfig, LayerStats};
 use crate::error::LayerError;
@@ -151,7 +154,8 @@ struct Names {
     /// `{prefix}specific.{replica}!*`
     pattern: String,
     /// `{prefix}specific.{replica}!~probe`: inside the pattern, never a local channel's name
-    /// (`~` is not allowed in channel names), published to by this replica only.
+    /// (`~` is not allowed in channel names). Anyone may publish to it; only this process's
+    /// signed probes count.
     probe: String,
 }
 
@@ -190,7 +194,12 @@ struct Router {
     /// Per shard: the generation of the current subscriber connection; pushes from older
     /// (replaced) connections are ignored.
     generation: Vec<AtomicU64>,
-    /// Per shard: the number of the latest liveness probe that came back.
+    /// Signs this process's liveness probes.
+    probe_key: ProbeKey,
+    /// Per shard: the number of the latest liveness probe published (or being published).
+    probe_sent: Vec<AtomicU64>,
+    /// Per shard: the number of the latest liveness probe that came back (never above
+    /// `probe_sent`).
     probe_seen: Vec<AtomicU64>,
 }
 
@@ -234,13 +243,16 @@ impl Router {
         }
     }
 
-    /// A liveness probe came back through the subscriber of `shard`.
+    /// A message on the probe channel came back through the subscriber of `shard`. It counts
+    /// only if this process signed it and sent its number: anything else is dropped and
+    /// counted as undecodable.
     fn probe_returned(&self, shard: usize, payload: &[u8]) {
-        if let Some(n) = std::str::from_utf8(payload)
-            .ok()
-            .and_then(|p| p.parse().ok())
-        {
-            self.probe_seen[shard].fetch_max(n, Ordering::SeqCst);
+        match self.probe_key.verify(shard, payload) {
+            Ok(n) if n <= self.probe_sent[shard].load(Ordering::SeqCst) => {
+                self.probe_seen[shard].fetch_max(n, Ordering::SeqCst);
+            }
+            Ok(_) => self.undecodable(&self.names.probe, "liveness probe not sent yet"),
+            Err(error) => self.undecodable(&self.names.probe, error),
         }
     }
 
@@ -443,6 +455,8 @@ impl RedisPubSubChannelLayer {
             connected: (0..n).map(|_| AtomicBool::new(false)).collect(),
             resync: (0..n).map(|_| AtomicBool::new(true)).collect(),
             generation: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            probe_key: ProbeKey::random(),
+            probe_sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
             probe_seen: (0..n).map(|_| AtomicU64::new(0)).collect(),
         });
         let shards = config
@@ -802,9 +816,14 @@ impl Probe {
             self.misses = 0;
         }
         self.seen_before = seen;
-        let next = self.sent.max(seen) + 1;
+        // Announced before it is published, since it may come back before PUBLISH returns.
+        let next = router.probe_sent[i]
+            .load(Ordering::SeqCst)
+            .saturating_add(1);
+        router.probe_sent[i].store(next, Ordering::SeqCst);
+        let payload = router.probe_key.payload(i, next);
         let published = inner
-            .publish_on(&inner.shards[i], &router.names.probe, next.to_string())
+            .publish_on(&inner.shards[i], &router.names.probe, payload)
             .await;
         match published {
             Ok(_) => self.sent = next,
