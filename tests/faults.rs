@@ -546,24 +546,53 @@ async fn a_partitioned_replica_is_detected_and_recovers_and_the_others_lose_noth
     assert!(m["channels_layer_disconnects_total"] >= 1.0);
 }
 
+/// Replica `a` behind a fault proxy and `b` straight on Redis, with a warmed-up steady load on
+/// `group`: two members on `a`, one on `b`, which also publishes.
+struct Starvable {
+    redis: RedisServer,
+    proxy: FaultProxy,
+    a: Replica,
+    b: Replica,
+    load: Load,
+}
+
+impl Starvable {
+    async fn start(group: &str) -> Starvable {
+        let redis = RedisServer::start();
+        let proxy = FaultProxy::start(redis.port()).await;
+        let a = start_replica("a", &proxy.redis_url()).await;
+        let b = start_replica("b", &redis.url()).await;
+        let load = steady_load(
+            &redis,
+            group,
+            &[&a, &a, &b],
+            &b,
+            Duration::from_millis(1500),
+        )
+        .await;
+        Starvable {
+            redis,
+            proxy,
+            a,
+            b,
+            load,
+        }
+    }
+}
+
 /// R-04 `silent_starvation_probe`: replica A's subscriber connection stops getting messages
 /// while it still answers pings. A's liveness probe (one `PUBLISH` to its own pattern per 1 s
 /// ping interval) notices within three intervals, the connection is replaced, and delivery
 /// resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_hears_nothing_is_replaced_and_delivery_resumes() {
-    let redis = RedisServer::start();
-    let proxy = FaultProxy::start(redis.port()).await;
-    let a = start_replica("a", &proxy.redis_url()).await;
-    let b = start_replica("b", &redis.url()).await;
-    let load = steady_load(
-        &redis,
-        "deaf",
-        &[&a, &a, &b],
-        &b,
-        Duration::from_millis(1500),
-    )
-    .await;
+    let Starvable {
+        redis: _redis,
+        proxy,
+        a,
+        b: _b,
+        load,
+    } = Starvable::start("deaf").await;
     let disconnects =
         |m: std::collections::HashMap<String, f64>| m["channels_layer_disconnects_total"];
     let before = disconnects(metrics(a.port).await);
@@ -827,10 +856,13 @@ async fn handshakes_reset_before_the_101_leave_no_subscription_behind() {
 /// it is replaced, `/readyz` goes 503 and then 200 again, and the forgeries are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_probes_do_not_keep_a_deaf_subscriber_in_place() {
-    let redis = RedisServer::start();
-    let proxy = FaultProxy::start(redis.port()).await;
-    let a = start_replica("a", &proxy.redis_url()).await;
-    let b = start_replica("b", &redis.url()).await;
+    let Starvable {
+        redis,
+        proxy,
+        a,
+        b: _b,
+        load,
+    } = Starvable::start("forged").await;
     let (_client, replica) = Client::connect_to_replica(&a.ws_url("/room/")).await;
     assert_eq!(replica, "a");
     let probe = format!("asgispecific.{replica}!~probe");
@@ -879,14 +911,7 @@ async fn forged_probes_do_not_keep_a_deaf_subscriber_in_place() {
     });
 
     // The forgeries reach a's healthy subscriber for a while, then it goes deaf.
-    let load = steady_load(
-        &redis,
-        "forged",
-        &[&a, &a, &b],
-        &b,
-        Duration::from_millis(1500),
-    )
-    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = metrics(a.port).await["channels_layer_disconnects_total"];
     proxy.starve();
     let starved = Instant::now();

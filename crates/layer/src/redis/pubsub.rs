@@ -552,7 +552,7 @@ impl Inner {
             return Ok(());
         }
         subscribed[i]
-            .subscribe(&self.shards[i], self.timeout, &[channel])
+            .apply(Change::Subscribe, &self.shards[i], self.timeout, &[channel])
             .await
     }
 
@@ -582,11 +582,17 @@ impl Inner {
         for (i, shard) in self.shards.iter().enumerate() {
             let subscribed = &mut subscribed[i];
             let stale = subscribed.stale(&desired[i]);
-            if let Err(error) = subscribed.unsubscribe(shard, self.timeout, &stale).await {
+            if let Err(error) = subscribed
+                .apply(Change::Unsubscribe, shard, self.timeout, &stale)
+                .await
+            {
                 tracing::debug!(%error, "unsubscribe postponed");
             }
             let missing = subscribed.missing(&desired[i]);
-            if let Err(error) = subscribed.subscribe(shard, self.timeout, &missing).await {
+            if let Err(error) = subscribed
+                .apply(Change::Subscribe, shard, self.timeout, &missing)
+                .await
+            {
                 tracing::debug!(%error, "subscribe postponed");
             }
         }
@@ -624,9 +630,13 @@ impl Inner {
         let desired = self.desired().swap_remove(i);
         let subscribed = &mut subscribed[i];
         let all: Vec<String> = desired.iter().cloned().collect();
-        subscribed.subscribe(shard, self.timeout, &all).await?;
+        subscribed
+            .apply(Change::Subscribe, shard, self.timeout, &all)
+            .await?;
         let stale = subscribed.stale(&desired);
-        subscribed.unsubscribe(shard, self.timeout, &stale).await
+        subscribed
+            .apply(Change::Unsubscribe, shard, self.timeout, &stale)
+            .await
     }
 }
 
@@ -638,6 +648,13 @@ impl Inner {
 /// to the registry wherever a call is cancelled.
 #[derive(Debug, Default, Clone)]
 struct Subscriptions(HashMap<String, bool>);
+
+/// What [`Subscriptions::apply`] asks of Redis.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Subscribe,
+    Unsubscribe,
+}
 
 impl Subscriptions {
     /// Redis answered the latest `SUBSCRIBE` of `channel` and no `UNSUBSCRIBE` followed.
@@ -667,28 +684,13 @@ impl Subscriptions {
             .collect()
     }
 
-    /// `SUBSCRIBE`s `channels` on `shard`, 512 at a time, each batch entered before it is sent
-    /// and confirmed when Redis answered. Stops at the first failure.
-    async fn subscribe(
-        &mut self,
-        shard: &Shard,
-        timeout: Duration,
-        channels: &[String],
-    ) -> Result<(), LayerError> {
-        let mut sub = shard.subscriber();
-        for batch in channels.chunks(512) {
-            self.mark(batch, false);
-            bounded(&shard.host, timeout, "SUBSCRIBE", sub.subscribe(batch)).await?;
-            self.mark(batch, true);
-        }
-        Ok(())
-    }
-
-    /// `UNSUBSCRIBE`s `channels` on `shard`, 512 at a time. A batch is unconfirmed while its
-    /// call runs (Redis may or may not run it) and forgotten when Redis answered. Stops at the
+    /// Sends `change` for `channels` on `shard`, 512 at a time. A batch is unconfirmed while
+    /// its call runs (Redis may run it even if the call is cancelled or times out), then
+    /// confirmed (subscribed) or forgotten (unsubscribed) once Redis answered. Stops at the
     /// first failure.
-    async fn unsubscribe(
+    async fn apply(
         &mut self,
+        change: Change,
         shard: &Shard,
         timeout: Duration,
         channels: &[String],
@@ -696,9 +698,17 @@ impl Subscriptions {
         let mut sub = shard.subscriber();
         for batch in channels.chunks(512) {
             self.mark(batch, false);
-            bounded(&shard.host, timeout, "UNSUBSCRIBE", sub.unsubscribe(batch)).await?;
-            for channel in batch {
-                self.0.remove(channel);
+            match change {
+                Change::Subscribe => {
+                    bounded(&shard.host, timeout, "SUBSCRIBE", sub.subscribe(batch)).await?;
+                    self.mark(batch, true);
+                }
+                Change::Unsubscribe => {
+                    bounded(&shard.host, timeout, "UNSUBSCRIBE", sub.unsubscribe(batch)).await?;
+                    for channel in batch {
+                        self.0.remove(channel);
+                    }
+                }
             }
         }
         Ok(())
