@@ -357,42 +357,73 @@ async fn an_oversized_payload_from_redis_is_dropped_once_and_counted() {
     assert_eq!(limited.stats().undecodable, 0);
 }
 
+/// Polls `fut` at most `polls` times, letting the other tasks run after each poll; `None` if it
+/// had not finished by then (it is dropped: a cancellation at a chosen point).
+async fn polled<F: std::future::Future>(fut: F, polls: usize) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    for _ in 0..polls {
+        let poll = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(out) = poll {
+            return Some(out);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
+}
+
 /// Issue 11: a `group_add` cancelled at any point (before, while or after Redis runs its
 /// `SUBSCRIBE`) leaves no subscription behind once its inbox is gone, not even after the
 /// subscriber reconnects and redis-rs replays what Redis had confirmed. Single-threaded, so
 /// nothing runs between a cancelled join and the drop of its inbox.
 #[tokio::test]
 async fn cancelled_joins_leave_no_subscription_behind() {
-    const ROUNDS: usize = 12;
-    const GROUPS: usize = 25;
+    const ROUNDS: usize = 9;
+    const GROUPS: usize = 20;
+    const PAUSE: Duration = Duration::from_millis(250);
     // Its own server: CLIENT PAUSE holds every client of it.
     let redis = RedisServer::start();
     let mut config = RedisPubSubConfig::new(vec![redis.url()]);
     config.prefix = unique_prefix();
     let prefix = config.prefix.clone();
     let layer = layer_with(config).await;
-    let mut cancelled = 0;
+    let (mut cancelled, mut cancelled_while_paused) = (0, 0);
     for round in 0..ROUNDS {
-        if round % 3 != 2 {
-            // Redis holds the commands sent in the next 20 ms and runs them afterwards: joins
-            // cancelled meanwhile have sent a SUBSCRIBE that Redis runs after they are gone.
-            let () = redis.query(redis::cmd("CLIENT").arg("PAUSE").arg(20).arg("ALL"));
+        // Two rounds in three, Redis holds what it gets for a while and runs it afterwards: a
+        // join cancelled then has sent a SUBSCRIBE that Redis runs after the join is gone.
+        let paused = round % 3 != 2;
+        if paused {
+            let millis = PAUSE.as_millis() as u64;
+            let () = redis.query(redis::cmd("CLIENT").arg("PAUSE").arg(millis).arg("ALL"));
         }
+        let started = Instant::now();
         for g in 0..GROUPS {
             let inbox = layer.new_channel().await.unwrap();
-            // Cancelled at its first await (0 ms) or after up to 3 ms.
-            let after = Duration::from_micros(((round * GROUPS + g) * 797 % 4_000) as u64);
-            let g = group(&format!("c{g}"));
-            if tokio::time::timeout(after, layer.group_add(&g, inbox.name()))
+            // Dropped after 1 to 6 polls, with the other tasks (redis-rs' writer, the
+            // reconciler) run in between: before its SUBSCRIBE is written, after, or done.
+            let polls = 1 + (round * GROUPS + g) % 6;
+            // A group of its own: a later join of the same group would clean up after it.
+            let g = group(&format!("c{round}x{g}"));
+            if polled(layer.group_add(&g, inbox.name()), polls)
                 .await
-                .is_err()
+                .is_none()
             {
                 cancelled += 1;
+                if paused && polls > 1 && started.elapsed() < PAUSE {
+                    cancelled_while_paused += 1;
+                }
             }
             drop(inbox);
         }
+        if paused {
+            // The next round starts with Redis answering again.
+            tokio::time::sleep(PAUSE.saturating_sub(started.elapsed()) + PAUSE / 5).await;
+        }
     }
-    assert!(cancelled > GROUPS, "only {cancelled} joins were cancelled");
+    println!("{cancelled} joins cancelled, {cancelled_while_paused} while Redis was paused");
+    assert!(
+        cancelled_while_paused > 0,
+        "no join was cancelled while Redis held its commands"
+    );
     let pattern = format!("{prefix}__group__*");
     let left = redis.channels_left(&pattern, Duration::from_secs(3)).await;
     assert!(
