@@ -784,7 +784,18 @@ async fn handshakes_reset_before_the_101_leave_no_subscription_behind() {
     const CONCURRENCY: usize = 16;
     const GROUPS: usize = 100;
     let redis = RedisServer::start();
-    let a = start_replica("a", &redis.url()).await;
+    // One address opens them all: the per-address caps would refuse some (reset connections
+    // hold their places until the server notices).
+    let url = redis.url();
+    let args = [
+        "--redis-url",
+        &url,
+        "--max-connections-per-ip",
+        "0",
+        "--max-http-connections-per-ip",
+        "0",
+    ];
+    let a = Replica::start("a", &args, &[]).await;
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..CONCURRENCY {
