@@ -4,7 +4,6 @@
 mod conn;
 mod core;
 pub mod fernet;
-mod liveness;
 mod pubsub;
 pub mod shard;
 

@@ -10,14 +10,19 @@
 //! holding the shared encryption keys (as every replica and Django process does) is not enough
 //! to forge it.
 //!
-//! Used by `pubsub.rs` only: the ping loop sends [`ProbeKey::payload`], the push router checks
+//! The ping loop ([`super::health`]) sends [`ProbeKey::payload`], the push router checks
 //! what comes back with [`ProbeKey::verify`]. Whether a verified number is one that was sent is
 //! the caller's business.
+
+use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use super::Inner;
+use crate::error::LayerError;
 
 /// The longest payload [`ProbeKey::payload`] makes is 64 bytes (20 digits, `:`, 43 for the
 /// tag); anything longer is rejected before any work is done on it.
@@ -56,13 +61,13 @@ impl ProbeKey {
         Self::from_bytes(&key)
     }
 
-    fn from_bytes(key: &[u8]) -> Self {
+    pub(super) fn from_bytes(key: &[u8]) -> Self {
         Self {
             mac: Hmac::new_from_slice(key).expect("HMAC accepts keys of any length"),
         }
     }
 
-    fn tagged(&self, shard: usize, n: u64) -> Hmac<Sha256> {
+    pub(super) fn tagged(&self, shard: usize, n: u64) -> Hmac<Sha256> {
         let mut mac = self.mac.clone();
         mac.update(format!("{shard}:{n}").as_bytes());
         mac
@@ -103,7 +108,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_probe_verifies_with_its_key_and_shard_only() {
+    pub(super) fn a_probe_verifies_with_its_key_and_shard_only() {
         let key = ProbeKey::random();
         let payload = key.payload(0, 7);
         assert!(payload.len() <= MAX_PAYLOAD);
@@ -124,7 +129,7 @@ mod tests {
     }
 
     #[test]
-    fn forged_probes_are_rejected() {
+    pub(super) fn forged_probes_are_rejected() {
         let key = ProbeKey::random();
         let real = key.payload(0, 5);
         let tag = real.split_once(':').map(|(_, t)| t).unwrap_or_default();
@@ -158,8 +163,65 @@ mod tests {
     }
 
     #[test]
-    fn the_key_is_not_printed() {
+    pub(super) fn the_key_is_not_printed() {
         let key = ProbeKey::from_bytes(b"do-not-print-me");
         assert_eq!(format!("{key:?}"), "ProbeKey(..)");
+    }
+}
+
+// ===== the probe loop's state =====
+
+/// The liveness probe of one shard: every ping interval, one `PUBLISH` to this replica's own
+/// pattern through the publisher pool, which must come back through the subscriber.
+#[derive(Debug, Default)]
+pub(super) struct Probe {
+    /// The number of the latest probe sent (0: none since the subscriber last connected).
+    pub(super) sent: u64,
+    /// The latest probe seen back at the previous tick.
+    pub(super) seen_before: u64,
+    /// Ticks in a row at which a probe was outstanding and none came back.
+    pub(super) misses: u32,
+}
+
+impl Probe {
+    /// Counts a miss when a probe is outstanding and nothing came back since the previous
+    /// tick, fails at two misses in a row, and sends the next probe. Does nothing while the
+    /// subscriber is (re)connecting. A slow but live subscriber keeps returning probes, late
+    /// or not, and is never replaced.
+    pub(super) async fn check(&mut self, inner: &Inner, i: usize) -> Result<(), LayerError> {
+        let router = &inner.router;
+        if !router.connected[i].load(Ordering::SeqCst) || router.resync[i].load(Ordering::SeqCst) {
+            *self = Probe::default();
+            return Ok(());
+        }
+        let seen = router.probe_seen[i].load(Ordering::SeqCst);
+        if self.sent > seen && seen == self.seen_before {
+            self.misses += 1;
+            if self.misses >= 2 {
+                *self = Probe::default();
+                return Err(inner.shards[i].host.unavailable(
+                    "two liveness probes in a row did not come back through the subscriber",
+                ));
+            }
+        } else {
+            self.misses = 0;
+        }
+        self.seen_before = seen;
+        // Announced before it is published, since it may come back before PUBLISH returns.
+        let next = router.probe_sent[i]
+            .load(Ordering::SeqCst)
+            .saturating_add(1);
+        router.probe_sent[i].store(next, Ordering::SeqCst);
+        let payload = router.probe_key.payload(i, next);
+        let published = inner
+            .publish_on(&inner.shards[i], &router.names.probe, payload)
+            .await;
+        match published {
+            Ok(_) => self.sent = next,
+            // Publishing is the pool's problem (group sends report it); only a probe that
+            // reached Redis is waited for.
+            Err(error) => tracing::debug!(%error, "liveness probe not sent"),
+        }
+        Ok(())
     }
 }

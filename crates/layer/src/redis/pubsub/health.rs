@@ -1,0 +1,79 @@
+//! Whether each shard's subscriber is alive: a ping every interval (a failed or unanswered one
+//! marks the shard disconnected, and an unanswered one replaces the connection), a full resync
+//! when it answers again, and the [liveness probe](super::probe) while it does.
+
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::Inner;
+use super::probe::Probe;
+
+/// Pings shard `i`'s subscriber; marks it disconnected on failure, and resubscribes everything
+/// when it answers again. While it answers, the [`Probe`] checks that it also receives.
+pub(super) async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe = Probe::default();
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let shard = &inner.shards[i];
+        let router = &inner.router;
+        let mut sub = shard.subscriber();
+        let ping = tokio::time::timeout(
+            inner.timeout,
+            redis::cmd("PING").query_async::<redis::Value>(&mut sub),
+        )
+        .await;
+        drop(sub);
+        let ping = match ping {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if !error.is_timeout() => {
+                Err(shard.host.unavailable(format!("PING failed: {error}")))
+            }
+            Ok(Err(_)) | Err(_) => {
+                // No answer and no error: the connection may be black-holed or half-open, and
+                // redis-rs only reconnects on errors. Start over with a fresh one.
+                if let Err(error) = shard.replace_subscriber() {
+                    tracing::error!(%error, "cannot replace the redis subscriber");
+                }
+                Err(shard.host.unavailable(format!(
+                    "PING timed out after {:?}: connection replaced",
+                    inner.timeout
+                )))
+            }
+        };
+        match ping {
+            Ok(_) => {
+                if router.resync[i].swap(false, Ordering::SeqCst) {
+                    if let Err(error) = inner.resync(i).await {
+                        router.resync[i].store(true, Ordering::SeqCst);
+                        tracing::warn!(%error, "resubscribe failed: retrying");
+                        continue;
+                    }
+                    if !router.connected[i].swap(true, Ordering::SeqCst) {
+                        tracing::info!(host = shard.host.display(), "redis subscriber connected");
+                    }
+                }
+                // It answers; does it also hear?
+                if let Err(error) = probe.check(&inner, i).await {
+                    if let Err(error) = shard.replace_subscriber() {
+                        tracing::error!(%error, "cannot replace the redis subscriber");
+                    }
+                    if router.connected[i].swap(false, Ordering::SeqCst) {
+                        router.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::error!(%error, "redis subscriber hears nothing: connection replaced");
+                }
+            }
+            Err(error) => {
+                router.resync[i].store(true, Ordering::SeqCst);
+                if router.connected[i].swap(false, Ordering::SeqCst) {
+                    router.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%error, "redis subscriber unreachable: reconnecting");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! `RedisPubSubChannelLayer`: channels_redis 4.3's pub/sub layer on the wire.
+//!
+//! Wire protocol (`channels-wire-spec.md` §2), shared with Python processes on the same Redis:
+//!
+//! * group `g` is the Redis channel `{prefix}__group__{g}`; `group_send` is one `PUBLISH` of the
+//!   msgpack payload (no prefix bytes), Fernet-encrypted when keys are configured;
+//! * `send` publishes to the channel name as given, so a consumer can also send to a Python
+//!   `asgispecific.<hex>` channel;
+//! * with several hosts, each Redis channel lives on `consistent_hash(channel, hosts)`.
+//!
+//! Subscription model: the local [registry](crate::registry) is the source of truth. A replica
+//! `SUBSCRIBE`s to a group when its first local member joins and `UNSUBSCRIBE`s when the last one
+//! leaves; its own channels are named `{prefix}specific.{replica}!{local}` and are all covered by
+//! one `PSUBSCRIBE {prefix}specific.{replica}!*` on every shard (a Python `send()` picks the
+//! shard by the full name). Messages published by this replica come back through Redis like
+//! everyone else's, so every member on every replica sees one order per group. A subscription
+//! is recorded before its `SUBSCRIBE` is sent and forgotten only after its `UNSUBSCRIBE`
+//! succeeded, so a call that is cancelled (a client gone mid-handshake) or times out is undone
+//! by the next reconciliation instead of leaking.
+//!
+//! Resilience: publishes have a deadline (1 s by default) and fail with
+//! [`LayerError::Unavailable`] instead of hanging; each shard's subscriber reconnects forever,
+//! is pinged every second to detect dead connections, and after any reconnect re-subscribes
+//! everything the registry holds. A subscriber whose ping times out (a black-holed or half-open
+//! connection, which no error would ever reveal) is replaced by a fresh connection, and
+//! whatever the old one still delivers is ignored: after a partition heals, fresh messages flow
+//! at once instead of queueing behind a stale backlog. A connection can also answer pings and
+//! yet receive no messages (a proxy or a Redis that lost its subscriptions): each shard
+//! therefore publishes a probe to its own pattern every ping interval, and a subscriber that
+//! misses two probes in a row is replaced the same way. A probe counts only if it carries this
+//! process's [tag](probe) and a number it has sent, so whoever else publishes to the
+//! probe channel cannot keep a deaf subscriber in place. Anything undecodable that arrives
+//! (forged probes included) is dropped, counted and logged. Messages published while a
+//! subscriber is disconnected are lost (at most once), as with channels_redis.
+
+mod config;
+mod health;
+mod names;
+mod probe;
+mod router;
+mod subscriber;
+mod subscriptions;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::task::JoinHandle;
+
+pub use config::RedisPubSubConfig;
+pub use names::group_channel;
+
+use super::Serializer;
+use super::conn::bounded;
+use super::shard::consistent_hash;
+use crate::config::LayerStats;
+use crate::error::LayerError;
+use crate::inbox::Inbox;
+use crate::layer::ChannelLayer;
+use crate::message::Message;
+use crate::name::{ChannelName, GroupName};
+use crate::registry::Registry;
+use names::Names;
+use router::Router;
+use subscriber::Shard;
+use subscriptions::Subscriptions;
+
+#[derive(Debug)]
+struct Inner {
+    registry: Arc<Registry>,
+    router: Arc<Router>,
+    shards: Vec<Shard>,
+    /// Per shard, every channel Redis may hold a subscription of ours to. Every change of a
+    /// subscription happens under this lock, after reading the registry, so subscribe and
+    /// unsubscribe never race (see [`Subscriptions`]).
+    subscribed: tokio::sync::Mutex<Vec<Subscriptions>>,
+    timeout: Duration,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A channel layer shared through Redis pub/sub, wire-compatible with channels_redis'
+/// `RedisPubSubChannelLayer`: group `g` is the Redis channel `{prefix}__group__{g}`, one
+/// `SUBSCRIBE` per group with local members, one `PSUBSCRIBE` for this replica's channels.
+#[derive(Debug, Clone)]
+pub struct RedisPubSubChannelLayer {
+    inner: Arc<Inner>,
+}
+
+impl RedisPubSubChannelLayer {
+    /// Connects to the hosts. If Redis is down the layer still starts, reports not ready, and
+    /// connects as soon as Redis is back.
+    pub async fn connect(config: RedisPubSubConfig) -> Result<Self, LayerError> {
+        let layer = Self::new(config)?;
+        let router = &layer.inner.router;
+        for shard in 0..layer.inner.shards.len() {
+            match layer.inner.resync(shard).await {
+                Ok(()) => {
+                    router.resync[shard].store(false, Ordering::SeqCst);
+                    router.connected[shard].store(true, Ordering::SeqCst);
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "redis is unreachable at startup: retrying in the background"
+                ),
+            }
+        }
+        Ok(layer)
+    }
+
+    fn new(config: RedisPubSubConfig) -> Result<Self, LayerError> {
+        if config.hosts.is_empty() {
+            return Err(LayerError::Config("no Redis host given".to_owned()));
+        }
+        let replica = match config.replica_id.clone() {
+            Some(id) => id,
+            None => crate::name::random_id(),
+        };
+        let names = Names::new(&config.prefix, &replica)?;
+        let registry = Registry::new(config.local.clone());
+        let n = config.hosts.len();
+        let serializer = Serializer::new(&config.encryption_keys, None)?;
+        let router = Arc::new(Router::new(Arc::clone(&registry), names, serializer, n));
+        let shards = config
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, url)| Shard::new(i, url, &config, &router))
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(
+            replica = %replica,
+            hosts = ?shards.iter().map(|s| s.host.display()).collect::<Vec<_>>(),
+            "redis pub/sub channel layer"
+        );
+        let inner = Arc::new(Inner {
+            registry,
+            router,
+            subscribed: tokio::sync::Mutex::new(vec![Subscriptions::default(); n]),
+            shards,
+            timeout: config.timeout,
+            tasks: Mutex::default(),
+        });
+        let mut tasks = Vec::new();
+        for shard in 0..n {
+            tasks.push(tokio::spawn(health::ping_loop(
+                Arc::downgrade(&inner),
+                shard,
+                config.ping_interval,
+            )));
+        }
+        tasks.push(tokio::spawn(subscriptions::reconcile_loop(
+            Arc::downgrade(&inner),
+            config.ping_interval,
+        )));
+        *crate::sync::lock(&inner.tasks) = tasks;
+        Ok(Self { inner })
+    }
+
+    /// The `{prefix}specific.{replica}` part of this replica's channel names.
+    pub fn channel_prefix(&self) -> &str {
+        &self.inner.router.names.specific
+    }
+}
+
+impl Inner {
+    fn shard_of(&self, channel: &str) -> usize {
+        consistent_hash(channel, self.shards.len())
+    }
+
+    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<(), LayerError> {
+        let shard = &self.shards[self.shard_of(channel)];
+        match self.publish_on(shard, channel, payload).await {
+            Ok(_receivers) => Ok(()),
+            Err(error) => {
+                self.router
+                    .counters
+                    .publish_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                crate::log_limited!(warn, %error, %channel, "publish failed");
+                Err(error)
+            }
+        }
+    }
+
+    /// One `PUBLISH` on `shard` through its pool, within the timeout.
+    async fn publish_on(
+        &self,
+        shard: &Shard,
+        channel: &str,
+        payload: impl redis::ToRedisArgs + Send + Sync,
+    ) -> Result<i64, LayerError> {
+        bounded(&shard.host, self.timeout, "PUBLISH", async {
+            let mut conn = shard.pool.get().await.map_err(|e| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    e.to_string(),
+                ))
+            })?;
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ChannelLayer for RedisPubSubChannelLayer {
+    async fn new_channel(&self) -> Result<Inbox, LayerError> {
+        // Covered by the replica's pattern subscription: no Redis call.
+        let prefix = format!("{}!", self.inner.router.names.specific);
+        self.inner
+            .registry
+            .open_new(&prefix, crate::name::random_id)
+    }
+
+    async fn open_channel(&self, name: &ChannelName) -> Result<Inbox, LayerError> {
+        let inbox = self.inner.registry.open(name.clone())?;
+        if !self.inner.router.names.is_own(name) {
+            self.inner
+                .ensure_subscribed(name.as_str().to_owned())
+                .await?;
+        }
+        Ok(inbox)
+    }
+
+    async fn send(&self, channel: &ChannelName, msg: Message) -> Result<(), LayerError> {
+        if self.inner.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        // A channel of this process gets the message directly, which keeps Channels'
+        // ChannelFull; anything else is published as named.
+        self.inner.registry.check_message(&msg)?;
+        if self.inner.registry.has_channel(channel) {
+            return self.inner.registry.send(channel, msg).map(drop);
+        }
+        let payload = self.inner.router.serializer.serialize(&msg);
+        self.inner.publish(channel.as_str(), payload).await
+    }
+
+    async fn group_add(&self, group: &GroupName, channel: &ChannelName) -> Result<(), LayerError> {
+        self.inner.registry.group_add(group, channel)?;
+        self.inner
+            .ensure_subscribed(self.inner.router.names.group_channel(group))
+            .await
+    }
+
+    async fn group_discard(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+    ) -> Result<(), LayerError> {
+        // The reconciler unsubscribes when this emptied the group.
+        self.inner.registry.group_discard(group, channel);
+        Ok(())
+    }
+
+    async fn group_send(&self, group: &GroupName, msg: Message) -> Result<(), LayerError> {
+        if self.inner.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        self.inner.registry.check_message(&msg)?;
+        let payload = self.inner.router.serializer.serialize(&msg);
+        self.inner
+            .publish(&self.inner.router.names.group_channel(group), payload)
+            .await
+    }
+
+    async fn flush(&self) -> Result<(), LayerError> {
+        // channels_redis deletes nothing in Redis either: there is nothing stored.
+        self.inner.registry.flush();
+        self.inner.reconcile().await;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), LayerError> {
+        if self.inner.registry.is_closed() {
+            return Ok(());
+        }
+        self.inner.registry.close();
+        self.inner.reconcile().await;
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            task.abort();
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> LayerStats {
+        let c = &self.inner.router.counters;
+        LayerStats {
+            undecodable: c.undecodable.load(Ordering::Relaxed),
+            publish_errors: c.publish_errors.load(Ordering::Relaxed),
+            disconnects: c.disconnects.load(Ordering::Relaxed),
+            ..self.inner.registry.stats()
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.inner.registry.is_closed()
+            && self
+                .inner
+                .router
+                .connected
+                .iter()
+                .all(|c| c.load(Ordering::SeqCst))
+    }
+}

@@ -1,0 +1,162 @@
+//! Where what arrives from Redis goes: group messages to the local members, direct messages to
+//! one local inbox, this replica's liveness probes to their counters. Runs inside redis-rs' push
+//! callback, so it never blocks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use redis::{PushInfo, PushKind};
+
+use super::names::Names;
+use super::probe::ProbeKey;
+use crate::name::{ChannelName, GroupName};
+use crate::redis::Serializer;
+use crate::registry::Registry;
+
+/// Counters of the Redis side.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) undecodable: AtomicU64,
+    pub(super) publish_errors: AtomicU64,
+    pub(super) disconnects: AtomicU64,
+}
+
+/// What the push callbacks need: it holds no reference back to the layer.
+#[derive(Debug)]
+pub(super) struct Router {
+    pub(super) registry: Arc<Registry>,
+    pub(super) names: Names,
+    pub(super) serializer: Serializer,
+    pub(super) counters: Counters,
+    /// Per shard: whether its subscriber answered the latest ping after a full resync.
+    pub(super) connected: Vec<AtomicBool>,
+    /// Per shard: a disconnect was seen; resubscribe everything at the next good ping.
+    pub(super) resync: Vec<AtomicBool>,
+    /// Per shard: the generation of the current subscriber connection; pushes from older
+    /// (replaced) connections are ignored.
+    pub(super) generation: Vec<AtomicU64>,
+    /// Signs this process's liveness probes.
+    pub(super) probe_key: ProbeKey,
+    /// Per shard: the number of the latest liveness probe published (or being published).
+    pub(super) probe_sent: Vec<AtomicU64>,
+    /// Per shard: the number of the latest liveness probe that came back (never above
+    /// `probe_sent`).
+    pub(super) probe_seen: Vec<AtomicU64>,
+}
+
+impl Router {
+    /// A router for `shards` shards, none connected yet.
+    pub(super) fn new(
+        registry: Arc<Registry>,
+        names: Names,
+        serializer: Serializer,
+        shards: usize,
+    ) -> Self {
+        let zeros = || (0..shards).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            registry,
+            names,
+            serializer,
+            counters: Counters::default(),
+            connected: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            resync: (0..shards).map(|_| AtomicBool::new(true)).collect(),
+            generation: zeros(),
+            probe_key: ProbeKey::random(),
+            probe_sent: zeros(),
+            probe_seen: zeros(),
+        }
+    }
+
+    pub(super) fn on_push(&self, shard: usize, generation: u64, push: PushInfo) {
+        if self.generation[shard].load(Ordering::SeqCst) != generation {
+            return;
+        }
+        match push.kind {
+            PushKind::Message => {
+                if let [
+                    redis::Value::BulkString(ch),
+                    redis::Value::BulkString(payload),
+                ] = &push.data[..]
+                {
+                    self.route(ch, payload);
+                }
+            }
+            PushKind::PMessage => {
+                if let [
+                    _,
+                    redis::Value::BulkString(ch),
+                    redis::Value::BulkString(payload),
+                ] = &push.data[..]
+                {
+                    if *ch == self.names.probe.as_bytes() {
+                        self.probe_returned(shard, payload);
+                    } else {
+                        self.route(ch, payload);
+                    }
+                }
+            }
+            PushKind::Disconnection => {
+                self.resync[shard].store(true, Ordering::SeqCst);
+                if self.connected[shard].swap(false, Ordering::SeqCst) {
+                    self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(shard, "redis subscriber disconnected: reconnecting");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A message on the probe channel came back through the subscriber of `shard`. It counts
+    /// only if this process signed it and sent its number: anything else is dropped and
+    /// counted as undecodable.
+    pub(super) fn probe_returned(&self, shard: usize, payload: &[u8]) {
+        match self.probe_key.verify(shard, payload) {
+            Ok(n) if n <= self.probe_sent[shard].load(Ordering::SeqCst) => {
+                self.probe_seen[shard].fetch_max(n, Ordering::SeqCst);
+            }
+            Ok(_) => self.undecodable(&self.names.probe, "liveness probe not sent yet"),
+            Err(error) => self.undecodable(&self.names.probe, error),
+        }
+    }
+
+    /// Delivers one published payload to the local inboxes it is for. Never blocks: full
+    /// inboxes drop (and count) the message.
+    pub(super) fn route(&self, channel: &[u8], payload: &[u8]) {
+        let Ok(channel) = std::str::from_utf8(channel) else {
+            return self.undecodable("?", "channel name is not UTF-8");
+        };
+        let limit = self
+            .serializer
+            .payload_limit(self.registry.config().max_message_size);
+        if payload.len() > limit && !self.registry.accept_size(channel, payload.len()) {
+            return;
+        }
+        let msg = match self.serializer.deserialize(payload) {
+            Ok(msg) => msg,
+            Err(error) => return self.undecodable(channel, error),
+        };
+        if let Some(group) = channel.strip_prefix(&self.names.group) {
+            match GroupName::new(group) {
+                Ok(group) => {
+                    self.registry.deliver_group(&group, &msg);
+                }
+                Err(error) => self.undecodable(channel, error),
+            }
+        } else if let Ok(name) = ChannelName::new(channel)
+            && let Err(error) = self.registry.send(&name, msg)
+        {
+            crate::log_limited!(warn, %error, channel = %name, "message for a local channel dropped");
+        }
+    }
+
+    pub(super) fn undecodable(&self, channel: &str, error: impl std::fmt::Display) {
+        let n = self.counters.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::log_limited!(
+            warn,
+            %channel,
+            %error,
+            total = n,
+            "undecodable message from redis dropped"
+        );
+    }
+}

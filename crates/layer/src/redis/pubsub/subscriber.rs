@@ -1,0 +1,93 @@
+//! One shard's connections: the publisher pool and the subscriber connection, which can be
+//! replaced by a fresh one when it stops answering or stops hearing.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use redis::aio::ConnectionManager;
+
+use super::config::RedisPubSubConfig;
+use super::router::Router;
+use crate::error::LayerError;
+use crate::redis::conn::HostUrl;
+
+#[derive(Debug)]
+pub(super) struct Shard {
+    pub(super) index: usize,
+    pub(super) host: HostUrl,
+    pub(super) pool: Pool,
+    /// The current subscriber connection (cloned out for each use: clones share it).
+    pub(super) subscriber: Mutex<ConnectionManager>,
+    pub(super) router: Arc<Router>,
+    pub(super) timeout: Duration,
+    pub(super) reconnect_max_delay: Duration,
+}
+
+impl Shard {
+    pub(super) fn new(
+        index: usize,
+        url: &str,
+        config: &RedisPubSubConfig,
+        router: &Arc<Router>,
+    ) -> Result<Self, LayerError> {
+        let host = HostUrl::parse(url)?;
+        let subscriber = Self::connect_subscriber(
+            &host,
+            index,
+            config.timeout,
+            config.reconnect_max_delay,
+            router,
+        )?;
+        Ok(Shard {
+            index,
+            pool: host.pool(config.timeout, config.pool_size)?,
+            subscriber: Mutex::new(subscriber),
+            host,
+            router: Arc::clone(router),
+            timeout: config.timeout,
+            reconnect_max_delay: config.reconnect_max_delay,
+        })
+    }
+
+    /// A lazily connecting subscriber whose pushes reach the router tagged with the shard's
+    /// current generation.
+    pub(super) fn connect_subscriber(
+        host: &HostUrl,
+        index: usize,
+        timeout: Duration,
+        max_delay: Duration,
+        router: &Arc<Router>,
+    ) -> Result<ConnectionManager, LayerError> {
+        let generation = router.generation[index].load(Ordering::SeqCst);
+        let router = Arc::clone(router);
+        host.subscriber(timeout, max_delay, move |push| {
+            router.on_push(index, generation, push);
+            Ok(())
+        })
+    }
+
+    pub(super) fn subscriber(&self) -> ConnectionManager {
+        self.subscriber
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Drops the subscriber connection for a new one, which the next good ping resubscribes;
+    /// anything the old one still delivers is ignored from now on.
+    pub(super) fn replace_subscriber(&self) -> Result<(), LayerError> {
+        self.router.generation[self.index].fetch_add(1, Ordering::SeqCst);
+        self.router.resync[self.index].store(true, Ordering::SeqCst);
+        let fresh = Self::connect_subscriber(
+            &self.host,
+            self.index,
+            self.timeout,
+            self.reconnect_max_delay,
+            &self.router,
+        )?;
+        *self.subscriber.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
