@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::config::LayerConfig;
 
-/// Settings of a [`RedisPubSubChannelLayer`].
+/// Settings of a [`RedisPubSubChannelLayer`](super::RedisPubSubChannelLayer).
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisPubSubConfig {
