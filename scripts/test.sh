@@ -28,7 +28,7 @@ scripts/python-venv.sh
 scripts/check-deploy.sh
 cargo fmt --all --check
 # Modules depend on each other in one direction (no module imports one that imports it back).
-python3 scripts/check-modules.py crates/server crates/layer crates/web
+python3 scripts/check-modules.py crates/server crates/layer crates/web crates/test-support
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Every public item documented, no broken intra-doc link.
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked

@@ -4,8 +4,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
-#[path = "../crates/layer/tests/support/redis_server.rs"]
-mod redis_server;
+use test_support::redis_server;
 #[path = "support/replica.rs"]
 mod replica;
 

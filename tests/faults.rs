@@ -11,8 +11,7 @@
 
 #[path = "support/fault_proxy.rs"]
 mod fault_proxy;
-#[path = "../crates/layer/tests/support/redis_server.rs"]
-mod redis_server;
+use test_support::redis_server;
 #[path = "support/replica.rs"]
 mod replica;
 

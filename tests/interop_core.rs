@@ -14,8 +14,7 @@
 mod interop_data;
 #[path = "support/python.rs"]
 mod python;
-#[path = "../crates/layer/tests/support/redis_server.rs"]
-mod redis_server;
+use test_support::redis_server;
 #[path = "support/replica.rs"]
 mod replica;
 

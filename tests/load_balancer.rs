@@ -7,8 +7,7 @@
 mod browser_support;
 #[path = "support/nginx.rs"]
 mod nginx;
-#[path = "../crates/layer/tests/support/redis_server.rs"]
-mod redis_server;
+use test_support::redis_server;
 #[path = "support/replica.rs"]
 mod replica;
 

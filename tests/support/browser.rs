@@ -64,7 +64,9 @@ impl Browser {
                 "{program} not found (Debian package {package}): {INSTALL_HINT}"
             );
         }
-        let port = free_port()?;
+        // Free a moment ago: another process could take it before chromedriver binds it;
+        // chromedriver then exits, and this reports that.
+        let port = test_support::free_port();
         let mut driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
@@ -398,13 +400,6 @@ fn chromium_args(profile: &Path) -> Vec<String> {
     .into();
     args.push(format!("--user-data-dir={}", profile.display()));
     args
-}
-
-/// A port that was free a moment ago. Another process could take it before chromedriver binds
-/// it; chromedriver then exits, and [`Browser::start`] reports that.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// Asks chromedriver's `GET /status` whether it is ready for new sessions.

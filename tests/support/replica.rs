@@ -1,8 +1,8 @@
 //! Server replicas as real processes: the `channels-server` binary, started on a free loopback
-//! port, killed when dropped; plus a small WebSocket client with timeouts (`ws_client.rs`).
+//! port, killed when dropped.
 //!
-//! The binary runs `channels_server::cli::main`, exactly what the shipped `channels-server`
-//! binary runs; cargo builds it fresh for every test run.
+//! The binary runs `channels_server::cli::run(tutorial::app())`, exactly what the shipped
+//! `channels-server` binary runs; cargo builds it fresh for every test run.
 
 #![allow(
     dead_code,
@@ -19,26 +19,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-#[path = "metrics_text.rs"]
-mod metrics_text;
-#[path = "ws_client.rs"]
-mod ws_client;
-pub use ws_client::Client;
-
-/// How long any single receive may take.
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+pub use test_support::ws::Client;
+#[allow(unused_imports, reason = "each test binary uses part of it")]
+pub use test_support::{TIMEOUT, free_port};
 
 /// The server binary: `channels_server::cli::main`, built by this `cargo test` run.
 pub fn server_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_channels-server-under-test"))
-}
-
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 /// One `channels-server` process.
@@ -161,7 +148,7 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 pub async fn metrics(port: u16) -> std::collections::HashMap<String, f64> {
     let (status, body) = http_get(port, "/metrics").await.unwrap();
     assert_eq!(status, 200);
-    metrics_text::parse(&body)
+    test_support::metrics_text::parse(&body)
 }
 
 /// Waits until the replica's `/readyz` answers `status`, at most `within`; returns how long it
@@ -179,11 +166,4 @@ pub async fn wait_readyz(replica: &Replica, status: u16, within: Duration) -> Du
     started.elapsed()
 }
 
-/// Polls `check` until it is true, or fails after `within`.
-pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+pub use test_support::eventually_within as eventually;

@@ -21,8 +21,7 @@
     reason = "a benchmark: a failed unwrap is a failed run; criterion's macros make public fns"
 )]
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use test_support::redis_server;
 
 use std::future::Future;
 use std::hint::black_box;

@@ -3,11 +3,6 @@
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
-#[path = "support/shared_server.rs"]
-mod shared_server;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +13,8 @@ use channels_layer::{
     ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, Message, RedisChannelLayer,
     RedisCoreConfig, Value,
 };
-use redis_server::RedisServer;
-use shared_server::{server, unique_prefix};
+use test_support::eventually;
+use test_support::redis_server::{RedisServer, server, unique_prefix};
 
 fn make(local: LayerConfig) -> LayerFuture {
     let mut config = RedisCoreConfig::new(vec![server().url()]);
@@ -63,14 +58,6 @@ fn group(name: &str) -> GroupName {
 
 fn channel(name: &str) -> ChannelName {
     ChannelName::new(name).unwrap()
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn zrange(server: &RedisServer, key: &str) -> Vec<Vec<u8>> {

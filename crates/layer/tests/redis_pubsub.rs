@@ -2,17 +2,12 @@
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
-#[path = "support/shared_server.rs"]
-mod shared_server;
-
 use std::sync::Arc;
 
 use channels_layer::testing::LayerFuture;
 use channels_layer::{ChannelLayer, LayerConfig, RedisPubSubChannelLayer, RedisPubSubConfig};
-use redis_server::RedisServer;
-use shared_server::{server, unique_prefix};
+use test_support::eventually;
+use test_support::redis_server::{RedisServer, server, unique_prefix};
 
 fn config(local: LayerConfig) -> RedisPubSubConfig {
     let mut config = RedisPubSubConfig::new(vec![server().url()]);
@@ -55,14 +50,6 @@ async fn two_replicas(server: &RedisServer) -> (RedisPubSubChannelLayer, RedisPu
 
 fn group(name: &str) -> GroupName {
     GroupName::new(name).unwrap()
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

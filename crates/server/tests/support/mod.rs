@@ -18,14 +18,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-#[path = "../../../../tests/support/metrics_text.rs"]
-mod metrics_text;
-#[path = "../../../../tests/support/ws_client.rs"]
-mod ws_client;
-pub use ws_client::Client;
-
-/// How long any single receive may take.
-pub const TIMEOUT: Duration = Duration::from_secs(3);
+pub use test_support::ws::Client;
+#[allow(unused_imports, reason = "each test binary uses part of it")]
+pub use test_support::{TIMEOUT, eventually};
 
 /// How long [`Client::expect_silence`] waits in these tests.
 pub const SILENCE: Duration = Duration::from_millis(300);
@@ -97,18 +92,6 @@ impl TestServer {
     }
 }
 
-/// Polls `f` until it is true or the timeout passes.
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// `GET /metrics`, parsed into `name{labels}` -> value.
 pub async fn metrics(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -120,7 +103,7 @@ pub async fn metrics(addr: SocketAddr) -> std::collections::HashMap<String, f64>
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
     let (_, body) = raw.split_once("\r\n\r\n").unwrap();
-    metrics_text::parse(body)
+    test_support::metrics_text::parse(body)
 }
 
 /// A metric's value, 0 when it has no sample yet.

@@ -1,6 +1,4 @@
-//! Parsing the Prometheus text of `/metrics`, shared by the server crate's tests
-//! (`crates/server/tests/support/mod.rs`) and the system tests (`tests/support/replica.rs`), which
-//! each include it with `#[path = ".../metrics_text.rs"] mod metrics_text;`.
+//! Parsing the Prometheus text of `/metrics`.
 
 use std::collections::HashMap;
 

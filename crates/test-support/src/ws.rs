@@ -1,8 +1,4 @@
-//! A WebSocket test client with a timeout on every receive, shared by the server crate's tests
-//! (`crates/server/tests/support/mod.rs`) and the system tests (`tests/support/replica.rs`).
-//!
-//! The including module declares it with `#[path = ".../ws_client.rs"] mod ws_client;`, defines
-//! `TIMEOUT` (how long any single receive may take) and re-exports [`Client`].
+//! A WebSocket test client with a timeout ([`TIMEOUT`]) on every handshake and receive.
 
 use std::time::Duration;
 
@@ -12,12 +8,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::TIMEOUT;
+use crate::TIMEOUT;
 
 /// A WebSocket client with timeouts on every receive.
+#[derive(Debug)]
 pub struct Client(pub WebSocketStream<MaybeTlsStream<TcpStream>>);
 
 impl Client {
+    /// Connects to `url` (`ws://...`).
     pub async fn connect(url: &str) -> Client {
         Self::connect_to_replica(url).await.0
     }
@@ -39,10 +37,12 @@ impl Client {
         (Client(stream), replica)
     }
 
+    /// Sends a text frame.
     pub async fn send_text(&mut self, text: &str) {
         self.0.send(Message::text(text)).await.unwrap();
     }
 
+    /// Sends a binary frame.
     pub async fn send_binary(&mut self, bytes: &[u8]) {
         self.0.send(Message::binary(bytes.to_vec())).await.unwrap();
     }
@@ -61,6 +61,7 @@ impl Client {
         }
     }
 
+    /// The next frame, which must be a text frame.
     pub async fn recv_text(&mut self) -> String {
         match self.recv().await {
             Message::Text(t) => t.as_str().to_owned(),

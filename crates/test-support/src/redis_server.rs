@@ -1,34 +1,22 @@
 //! A `redis-server` of the test's own on a free loopback port, stopped when dropped and also
-//! when the test process dies (a shell watchdog kills it once our end of its stdin closes).
-//!
-//! Shared by the layer's tests and the system tests
-//! (`#[path = ".../redis_server.rs"] mod redis_server;`).
-
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::unwrap_used,
-    reason = "test support: each test binary uses part of it; a failed unwrap is a failed test"
-)]
+//! when the test process dies (a shell watchdog kills it once our end of its stdin closes); and
+//! one shared server per test binary ([`server`]) with a fresh key prefix for every layer on it
+//! ([`unique_prefix`]), so that tests cannot collide.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A running `redis-server`.
+#[derive(Debug)]
 pub struct RedisServer {
     port: u16,
     process: Option<(Child, ChildStdin)>,
 }
 
-/// A free loopback port (bound, read, released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
-}
+pub use crate::free_port;
 
 /// The redis-server program, or a failure that says how to install it.
 fn program() -> &'static str {
@@ -194,4 +182,21 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The binary's one server, started on first use.
+pub fn server() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
+
+/// A prefix no other layer of this process uses. Fixed width, so that no prefix is the start
+/// of another: a clean-up of `{prefix}*` touches only its own keys.
+pub fn unique_prefix() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t{}x{:05}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
