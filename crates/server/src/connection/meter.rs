@@ -250,6 +250,40 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any sequence of frames, cut into reads of any sizes, costs what its frames cost one
+        /// by one, and leaves the parser at a frame boundary.
+        #[test]
+        fn any_frames_in_any_reads_cost_their_tokens(
+            frames in proptest::collection::vec((0u8..16, proptest::bool::ANY, 0usize..3000), 0..40),
+            cuts in proptest::collection::vec(1usize..700, 1..20),
+        ) {
+            let mut bytes = Vec::new();
+            let mut expected = 0;
+            for (opcode, fin, len) in &frames {
+                bytes.extend(frame(*opcode, *fin, *len));
+                let continuation = *opcode == 0;
+                if !(continuation && (*fin || *len as u64 >= FREE_CONTINUATION)) {
+                    expected += 1;
+                }
+            }
+            let mut meter = FrameMeter::new((), 1);
+            let mut counted = 0;
+            let mut rest = &bytes[..];
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (now, later) = rest.split_at((*cut).min(rest.len()));
+                counted += meter.frames_in(now);
+                rest = later;
+            }
+            proptest::prop_assert_eq!(counted, expected);
+            let at_boundary = matches!(meter.position, Position::Header { have: 0, .. });
+            proptest::prop_assert!(at_boundary);
+        }
+    }
+
     #[tokio::test]
     async fn empty_continuations_past_the_rate_fail_the_read() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
