@@ -232,3 +232,26 @@ async fn with_two_shards_rust_writes_where_python_reads() {
     assert_same_message(&recv(&mut inbox).await, &rich_message());
     layer.close().await.unwrap();
 }
+
+/// A Django side that trims group members after a short `group_expiry` (channels_redis'
+/// `group_send` drops members older than its own setting): with the same `--group-expiry`, the
+/// Rust replica re-adds its live members well within it, so Django's `group_send` still reaches
+/// them three expiries later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_with_a_short_group_expiry_keeps_reaching_rust_members() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut args = core_args(&url).to_vec();
+    args.extend(["--group-expiry", "5"]);
+    let replica = Replica::start("r0", &args, &[]).await;
+    let mut client = replica.ws("/group/short/").await;
+    wait_members(&redis, "short", 1).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let django = SeedLayer::core(&url).with_group_expiry(5);
+    let message =
+        r#"{"type": "send_msg", "message": {"type": "websocket.receive", "text": "still here"}}"#;
+    layer_tool(&django, &["group-send", "short", "--message", message]).await;
+    assert_eq!(client.recv_text().await, "组内主动推送消息:still here");
+    // Without the refresh the member would be older than 5 s by now and trimmed away.
+    wait_members(&redis, "short", 1).await;
+}

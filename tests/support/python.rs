@@ -55,6 +55,7 @@ pub struct SeedLayer {
     kind: &'static str,
     redis_url: String,
     encryption_keys: Option<String>,
+    group_expiry: Option<u64>,
 }
 
 impl SeedLayer {
@@ -64,6 +65,7 @@ impl SeedLayer {
             kind: "pubsub",
             redis_url: redis_url.to_owned(),
             encryption_keys: None,
+            group_expiry: None,
         }
     }
 
@@ -81,15 +83,25 @@ impl SeedLayer {
         self
     }
 
+    /// The same with the core layer's `group_expiry` (seconds).
+    pub fn with_group_expiry(mut self, seconds: u64) -> Self {
+        self.group_expiry = Some(seconds);
+        self
+    }
+
     /// Sets the variables on `cmd`, removing any the test process inherited.
     fn apply(&self, cmd: &mut Command) {
         cmd.env("SEED_LAYER", self.kind)
             .env("SEED_REDIS_URLS", &self.redis_url)
             .env_remove("SEED_PREFIX")
             .env_remove("SEED_ENCRYPTION_KEYS")
+            .env_remove("SEED_GROUP_EXPIRY")
             // Lines reach our pipes at once, and no __pycache__ is left in the source tree.
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1");
+        if let Some(seconds) = self.group_expiry {
+            cmd.env("SEED_GROUP_EXPIRY", seconds.to_string());
+        }
         if let Some(keys) = &self.encryption_keys {
             cmd.env("SEED_ENCRYPTION_KEYS", keys);
         }

@@ -45,12 +45,67 @@ impl ChannelCapacity {
         })
     }
 
-    /// Whether the pattern matches the whole of `channel`.
+    /// A regular expression rule, as a compiled `re.Pattern` key of channels_redis'
+    /// `channel_capacity`: it matches a channel name from its start (Python's
+    /// `pattern.match(name)`), not necessarily to its end.
+    ///
+    /// ```
+    /// use channels_layer::ChannelCapacity;
+    /// let rule = ChannelCapacity::regex(r"asgi__group__team_\d+", 500)?;
+    /// assert!(rule.matches("asgi__group__team_42"));
+    /// assert!(!rule.matches("x_asgi__group__team_42"));
+    /// # Ok::<(), channels_layer::InvalidPattern>(())
+    /// ```
+    pub fn regex(pattern: &str, capacity: usize) -> Result<Self, InvalidPattern> {
+        let regex = Regex::new(&format!("^(?:{pattern})")).map_err(|e| InvalidPattern {
+            glob: pattern.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            glob: format!("re:{pattern}"),
+            regex,
+            capacity,
+        })
+    }
+
+    /// Parses a command-line rule `PATTERN=N`: a glob, or `re:REGEX` for a regular expression.
+    ///
+    /// ```
+    /// use channels_layer::ChannelCapacity;
+    /// let rule = ChannelCapacity::parse("worker-*=1000")?;
+    /// assert_eq!((rule.glob(), rule.capacity()), ("worker-*", 1000));
+    /// assert!(ChannelCapacity::parse("re:^http\\.=5")?.matches("http.response"));
+    /// assert!(ChannelCapacity::parse("no-capacity").is_err());
+    /// # Ok::<(), channels_layer::InvalidPattern>(())
+    /// ```
+    pub fn parse(rule: &str) -> Result<Self, InvalidPattern> {
+        let invalid = |reason: &str| InvalidPattern {
+            glob: rule.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (pattern, capacity) = rule.rsplit_once('=').ok_or_else(|| {
+            invalid("write PATTERN=N, for example worker-*=1000 or re:^http\\.=50")
+        })?;
+        let capacity = capacity
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                invalid("the capacity after '=' must be a whole number of at least 1")
+            })?;
+        match pattern.strip_prefix("re:") {
+            Some(regex) => Self::regex(regex, capacity),
+            None => Self::new(pattern, capacity),
+        }
+    }
+
+    /// Whether the rule matches `channel` (a glob: all of it; a regex: from its start).
     pub fn matches(&self, channel: &str) -> bool {
         self.regex.is_match(channel)
     }
 
-    /// The glob as given.
+    /// The pattern as given (`re:` before a regular expression).
     pub fn glob(&self) -> &str {
         &self.glob
     }

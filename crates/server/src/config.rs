@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use channels_layer::{
-    ChannelLayer, InMemoryChannelLayer, LayerConfig, LayerError, RedisChannelLayer,
-    RedisCoreConfig, RedisPubSubChannelLayer, RedisPubSubConfig,
+    ChannelCapacity, ChannelLayer, InMemoryChannelLayer, LayerConfig, LayerError,
+    RedisChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer, RedisPubSubConfig,
 };
 use clap::{Parser, ValueEnum};
 
@@ -59,6 +59,38 @@ pub struct Config {
     /// process must list them in the same order. Giving one selects redis-pubsub.
     #[arg(long = "redis-url", env = "CHANNELS_REDIS_URL", value_delimiter = ',')]
     pub redis_urls: Vec<String>,
+
+    /// Accept a Redis TLS certificate that does not verify (`rediss://` to a managed Redis with
+    /// a private CA or a self-signed certificate). Anyone on the path can then read and forge
+    /// the traffic: prefer giving the CA with SSL_CERT_FILE. Logged as a warning at start.
+    #[arg(
+        long = "redis-tls-insecure-skip-verify",
+        env = "CHANNELS_REDIS_TLS_INSECURE_SKIP_VERIFY"
+    )]
+    pub redis_tls_insecure_skip_verify: bool,
+
+    /// Seconds a message waits unread in a channel before it is dropped (channels_redis'
+    /// `expiry`).
+    #[arg(long, env = "CHANNELS_EXPIRY", default_value_t = 60)]
+    pub expiry: u64,
+
+    /// Seconds a group membership lasts after the latest `group_add` (channels_redis'
+    /// `group_expiry`; the redis-core layer only: it re-adds its live members every quarter of
+    /// this, so give it the Django side's value).
+    #[arg(long, env = "CHANNELS_GROUP_EXPIRY", default_value_t = 86_400)]
+    pub group_expiry: u64,
+
+    /// A per-channel capacity, channels_redis' `channel_capacity`: `PATTERN=N` with a glob
+    /// (`worker-*=1000`) or `re:REGEX` (matched from the start of the name, as a compiled
+    /// pattern in channels_redis). Repeat it (or separate with commas); the first match wins,
+    /// --capacity applies to the rest.
+    #[arg(
+        long = "channel-capacity",
+        env = "CHANNELS_CHANNEL_CAPACITY",
+        value_delimiter = ',',
+        value_parser = parse_channel_capacity
+    )]
+    pub channel_capacity: Vec<ChannelCapacity>,
 
     /// Prefix of every Redis channel: the same as channels_redis' `prefix` on the Django side.
     #[arg(long, env = "CHANNELS_PREFIX", default_value = "asgi")]
@@ -222,6 +254,10 @@ impl Default for Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             layer: None,
             redis_urls: Vec::new(),
+            redis_tls_insecure_skip_verify: false,
+            expiry: 60,
+            group_expiry: 86_400,
+            channel_capacity: Vec::new(),
             prefix: "asgi".to_owned(),
             replica_id: None,
             encryption_keys: Vec::new(),
@@ -248,6 +284,11 @@ impl Default for Config {
             healthcheck: false,
         }
     }
+}
+
+/// One `--channel-capacity` rule (clap's value parser).
+fn parse_channel_capacity(rule: &str) -> Result<ChannelCapacity, String> {
+    ChannelCapacity::parse(rule).map_err(|e| e.to_string())
 }
 
 /// A byte size that must be at least 1 (clap's value parser).
@@ -308,7 +349,7 @@ impl Config {
                         "--layer redis-pubsub needs --redis-url (or CHANNELS_REDIS_URL)".to_owned(),
                     ));
                 }
-                let mut config = RedisPubSubConfig::new(self.redis_urls.clone());
+                let mut config = RedisPubSubConfig::new(self.redis_hosts());
                 config.prefix.clone_from(&self.prefix);
                 config.replica_id = Some(replica_id.to_owned());
                 config.encryption_keys.clone_from(&self.encryption_keys);
@@ -321,19 +362,46 @@ impl Config {
                         "--layer redis-core needs --redis-url (or CHANNELS_REDIS_URL)".to_owned(),
                     ));
                 }
-                let mut config = RedisCoreConfig::new(self.redis_urls.clone());
+                let mut config = RedisCoreConfig::new(self.redis_hosts());
                 config.prefix.clone_from(&self.prefix);
                 config.encryption_keys.clone_from(&self.encryption_keys);
-                config.local = local;
+                config.local = LayerConfig {
+                    group_expiry: Duration::from_secs(self.group_expiry),
+                    ..local
+                };
                 Arc::new(RedisChannelLayer::connect(config).await?)
             }
         })
+    }
+
+    /// The Redis URLs as the layer takes them: with `--redis-tls-insecure-skip-verify`,
+    /// `rediss://` URLs get redis-rs' `#insecure` (and a warning is logged).
+    fn redis_hosts(&self) -> Vec<String> {
+        if !self.redis_tls_insecure_skip_verify {
+            return self.redis_urls.clone();
+        }
+        tracing::warn!(
+            "--redis-tls-insecure-skip-verify: Redis TLS certificates are NOT verified; anyone \
+             on the path can read and forge channel-layer traffic"
+        );
+        self.redis_urls
+            .iter()
+            .map(|url| {
+                if url.starts_with("rediss") && !url.contains('#') {
+                    format!("{url}#insecure")
+                } else {
+                    url.clone()
+                }
+            })
+            .collect()
     }
 
     /// The local settings every layer backend takes: capacity and the message size limit.
     pub fn layer_config(&self) -> LayerConfig {
         LayerConfig {
             capacity: self.capacity,
+            channel_capacity: self.channel_capacity.clone(),
+            expiry: Duration::from_secs(self.expiry),
             // A message larger than a client's whole budget would only make every member
             // format its own copy and then wait for a client that cannot take it: refuse it
             // once instead.
@@ -439,6 +507,73 @@ mod tests {
         assert_eq!(c.bind.port(), 9000);
         assert_eq!(c.layer_kind(), LayerKind::Memory);
         assert_eq!(c.log_level, "debug");
+    }
+
+    #[test]
+    fn channels_redis_settings_reach_the_layer() {
+        let c = Config::try_parse_from([
+            "channels-server",
+            "--expiry",
+            "30",
+            "--channel-capacity",
+            "specific.*=3,re:^asgi__group__t\\d+=7",
+            "--channel-capacity",
+            "worker-*=1000",
+        ])
+        .unwrap();
+        let local = c.layer_config();
+        assert_eq!(local.expiry, Duration::from_secs(30));
+        let rules: Vec<_> = local
+            .channel_capacity
+            .iter()
+            .map(|r| (r.glob().to_owned(), r.capacity()))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("specific.*".to_owned(), 3),
+                ("re:^asgi__group__t\\d+".to_owned(), 7),
+                ("worker-*".to_owned(), 1000)
+            ]
+        );
+        for bad in ["nocapacity", "x=0", "x=many", "re:(=5"] {
+            let err = Config::try_parse_from(["channels-server", "--channel-capacity", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("channel capacity"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn insecure_tls_is_an_explicit_choice_for_rediss_urls_only() {
+        let mut c = Config::try_parse_from([
+            "channels-server",
+            "--redis-url",
+            "rediss://a:6380/0,redis://b:6379/0",
+        ])
+        .unwrap();
+        assert_eq!(c.redis_hosts(), ["rediss://a:6380/0", "redis://b:6379/0"]);
+        c.redis_tls_insecure_skip_verify = true;
+        assert_eq!(
+            c.redis_hosts(),
+            ["rediss://a:6380/0#insecure", "redis://b:6379/0"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_channel_of_a_capacity_rule_drops_and_counts() {
+        let c = Config::try_parse_from(["channels-server", "--channel-capacity", "specific.*=2"])
+            .unwrap();
+        let layer = c.build_layer("r").await.unwrap();
+        let inbox = layer.new_channel().await.unwrap();
+        let group = channels_layer::GroupName::new("g").unwrap();
+        layer.group_add(&group, inbox.name()).await.unwrap();
+        for _ in 0..5 {
+            let msg = channels_layer::Message::new("m");
+            layer.group_send(&group, msg).await.unwrap();
+        }
+        assert_eq!(layer.stats().delivered, 2);
+        assert_eq!(layer.stats().dropped_full, 3);
     }
 
     #[test]

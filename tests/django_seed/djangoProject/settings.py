@@ -13,6 +13,8 @@ database, any host, and CHANNEL_LAYERS built from environment variables:
   "redis://127.0.0.1:6379/1", the tutorial's host).
 - SEED_PREFIX: the layer's key prefix (default "asgi").
 - SEED_ENCRYPTION_KEYS: comma-separated symmetric_encryption_keys (optional).
+- SEED_GROUP_EXPIRY: the core layer's group_expiry in seconds (optional; channels_redis' default
+  is 86400).
 """
 
 import os
@@ -108,6 +110,9 @@ def channel_layers_from_env(env=os.environ):
         "hosts": _split(env.get("SEED_REDIS_URLS", "")) or ["redis://127.0.0.1:6379/1"],
         "prefix": env.get("SEED_PREFIX", "asgi"),
     }
+    group_expiry = env.get("SEED_GROUP_EXPIRY", "").strip()
+    if group_expiry and kind == "core":
+        config["group_expiry"] = int(group_expiry)
     keys = _split(env.get("SEED_ENCRYPTION_KEYS", ""))
     if keys:
         config["symmetric_encryption_keys"] = keys

@@ -22,7 +22,7 @@ pub struct RedisCoreConfig {
     pub timeout: Duration,
     /// How long one `BZPOPMIN` blocks (channels_redis' `brpop_timeout`, 5 s).
     pub block_timeout: Duration,
-    /// Re-add this replica's live memberships every `group_expiry / 2`, so that a channel
+    /// Re-add this replica's live memberships every `group_expiry / 4`, so that a channel
     /// whose inbox lives longer than `group_expiry` stays in its groups. Python does not: its
     /// members drop out `group_expiry` after their latest `group_add`. With `false` the layer
     /// behaves as Python and as the trait's delivery contract states.

@@ -9,7 +9,7 @@
 //! * an inbox that is dropped leaves the registry; the reconciler `ZREM`s its memberships (a
 //!   failed `ZREM` is retried every second until Redis takes it);
 //! * a membership whose `ZADD` failed is added again once Redis answers;
-//! * with `refresh_memberships`, every live membership is re-added each `group_expiry / 2`,
+//! * with `refresh_memberships`, every live membership is re-added each `group_expiry / 4`,
 //!   so a socket that stays connected longer than `group_expiry` stays in its groups (Python
 //!   never refreshes, and drops such members after a day);
 //! * after a shard reconnects (a restarted Redis may have lost everything) its memberships are
@@ -282,7 +282,7 @@ impl Inner {
 }
 
 /// Keeps Redis in step with the registry: on every membership change, every second while a
-/// write is pending, and every `group_expiry / 2` to refresh.
+/// write is pending, and every `group_expiry / 4` to refresh.
 pub(super) async fn reconcile_loop(inner: Weak<Inner>) {
     let mut next_refresh: Option<Instant> = None;
     loop {
@@ -290,7 +290,7 @@ pub(super) async fn reconcile_loop(inner: Weak<Inner>) {
         let registry = Arc::clone(&layer.registry);
         let refresh_every = layer
             .refresh
-            .then(|| layer.registry.config().group_expiry / 2)
+            .then(|| refresh_interval(layer.registry.config().group_expiry))
             .filter(|d| !d.is_zero());
         if let Some(every) = refresh_every {
             next_refresh.get_or_insert_with(|| Instant::now() + every);
@@ -326,4 +326,12 @@ pub(super) async fn reconcile_loop(inner: Weak<Inner>) {
             next_refresh = Some(Instant::now() + again);
         }
     }
+}
+
+/// How often live memberships are re-added: a quarter of `group_expiry`, so that a Django
+/// process whose `group_send` trims members older than `group_expiry` (channels_redis does, with
+/// its own setting) always finds ours fresh, whatever the delays; never more than once a
+/// second.
+fn refresh_interval(group_expiry: Duration) -> Duration {
+    (group_expiry / 4).max(Duration::from_secs(1))
 }
