@@ -80,8 +80,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let server_config = config.server_config();
+    let auth = config.authenticator().map_err(ServerError::Config)?;
     let layer = config.build_layer(&server_config.replica_id).await?;
     let mut builder = app.into_builder(Server::builder(server_config).layer(layer));
+    if let Some(auth) = auth {
+        tracing::info!(
+            ?auth,
+            "identity on: connections need a token or the connect hook's yes"
+        );
+        builder = builder.authenticator(auth);
+    }
     if let Some(addr) = config.metrics_bind {
         let metrics = TcpListener::bind(addr).await?;
         tracing::info!(%addr, "serving /metrics");

@@ -12,6 +12,7 @@ use channels_layer::{
 };
 use clap::{Parser, ValueEnum};
 
+use crate::identity::{Authenticator, ConnectHook, TokenVerifier};
 use crate::server_config::{ServerConfig, random_replica_id};
 
 /// Which channel layer backend carries group messages.
@@ -26,6 +27,31 @@ pub enum LayerKind {
     /// Redis sorted sets, wire-compatible with channels_redis' `RedisChannelLayer` (the core
     /// layer, Django's usual setting): to join an existing Django deployment that uses it.
     RedisCore,
+}
+
+/// A secret from the command line or the environment: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
 }
 
 /// Log line format.
@@ -161,6 +187,81 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Ask this Django view who is connecting (`http://host:port/path`): before each upgrade
+    /// that carries no token, the replica POSTs a JSON description of the handshake (path,
+    /// query string, route kwargs, the `Cookie`, `Authorization`, `Origin`, `User-Agent` and
+    /// `X-Forwarded-For` headers, client address, replica id, channel name). `200` with
+    /// `{"user", "name", "groups", "info"}` accepts, `401`/`403` refuses with 403, anything
+    /// else (timeout, error, bad JSON, over 64 KiB) refuses with 503. Off by default.
+    #[arg(long = "connect-hook", env = "CHANNELS_CONNECT_HOOK")]
+    pub connect_hook: Option<String>,
+
+    /// Milliseconds a connect-hook call may take, answer included.
+    #[arg(long, env = "CHANNELS_CONNECT_HOOK_TIMEOUT_MS", default_value_t = 2000)]
+    pub connect_hook_timeout_ms: u64,
+
+    /// Connect-hook calls in flight at once per replica; handshakes past it get 503 at once.
+    #[arg(
+        long,
+        env = "CHANNELS_CONNECT_HOOK_MAX_IN_FLIGHT",
+        default_value_t = 64
+    )]
+    pub connect_hook_max_in_flight: usize,
+
+    /// Sent to the connect hook as `Authorization: Bearer <secret>`, so the Django view can
+    /// tell the call came from a replica. Prefer the environment variable to the flag (a
+    /// command line is visible to every local user).
+    #[arg(
+        long = "connect-hook-secret",
+        env = "CHANNELS_CONNECT_HOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub connect_hook_secret: Option<Secret>,
+
+    /// Accept connection tokens (JWT) signed with HS256 and this secret (at least 32 bytes).
+    /// Prefer the environment variable to the flag. Off by default.
+    #[arg(
+        long = "token-hs256-secret",
+        env = "CHANNELS_TOKEN_HS256_SECRET",
+        hide_env_values = true,
+        conflicts_with = "token_public_key"
+    )]
+    pub token_hs256_secret: Option<Secret>,
+
+    /// Accept connection tokens (JWT) signed with the private half of this public key (a PEM
+    /// file): RS256 for an RSA key, ES256 for an EC P-256 key. Off by default.
+    #[arg(
+        long = "token-public-key",
+        env = "CHANNELS_TOKEN_PUBLIC_KEY",
+        value_name = "PEM_FILE"
+    )]
+    pub token_public_key: Option<std::path::PathBuf>,
+
+    /// Also read the connection token from this cookie (besides `?token=` and the
+    /// `bearer, <token>` subprotocol pair).
+    #[arg(long = "token-cookie", env = "CHANNELS_TOKEN_COOKIE")]
+    pub token_cookie: Option<String>,
+
+    /// Seconds of clock difference allowed on a token's `exp` and `nbf`.
+    #[arg(long, env = "CHANNELS_TOKEN_LEEWAY", default_value_t = 5)]
+    pub token_leeway_secs: u64,
+
+    /// Require the token's `aud` claim to be one of these (comma-separated).
+    #[arg(
+        long = "token-audience",
+        env = "CHANNELS_TOKEN_AUDIENCE",
+        value_delimiter = ','
+    )]
+    pub token_audience: Vec<String>,
+
+    /// Require the token's `iss` claim to be one of these (comma-separated).
+    #[arg(
+        long = "token-issuer",
+        env = "CHANNELS_TOKEN_ISSUER",
+        value_delimiter = ','
+    )]
+    pub token_issuer: Vec<String>,
+
     /// Host names this server serves (Django's ALLOWED_HOSTS), comma-separated: `example.com`
     /// exactly, `.example.com` it and its subdomains, `*` any. A WebSocket handshake naming
     /// another Host gets HTTP 400 (DNS rebinding). Empty (the default): IP addresses and
@@ -267,6 +368,16 @@ impl Default for Config {
             capacity: 100,
             write_timeout_secs: 10,
             max_queued_bytes: 1024 * 1024,
+            connect_hook: None,
+            connect_hook_timeout_ms: 2000,
+            connect_hook_max_in_flight: 64,
+            connect_hook_secret: None,
+            token_hs256_secret: None,
+            token_public_key: None,
+            token_cookie: None,
+            token_leeway_secs: 5,
+            token_audience: Vec::new(),
+            token_issuer: Vec::new(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_messages_per_second: 20,
@@ -324,6 +435,56 @@ impl Config {
             max_http_connections: self.max_http_connections,
             max_http_connections_per_ip: self.max_http_connections_per_ip,
         }
+    }
+
+    /// The identity settings as an [`Authenticator`]: tokens (`--token-hs256-secret` or
+    /// `--token-public-key`) and the connect hook (`--connect-hook`); `None` when neither is
+    /// given. Fails with a message that names the flag when a key cannot be read or used.
+    pub fn authenticator(&self) -> Result<Option<Authenticator>, String> {
+        let mut auth = Authenticator::new();
+        let verifier = match (&self.token_hs256_secret, &self.token_public_key) {
+            (Some(secret), _) => Some(
+                TokenVerifier::hs256(secret.expose().as_bytes())
+                    .map_err(|e| format!("--token-hs256-secret: {e}"))?,
+            ),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!("--token-public-key: cannot read {}: {e}", path.display())
+                })?;
+                Some(
+                    TokenVerifier::public_key_pem(&pem)
+                        .map_err(|e| format!("--token-public-key {}: {e}", path.display()))?,
+                )
+            }
+            (None, None) => None,
+        };
+        if let Some(mut verifier) = verifier {
+            verifier = verifier.leeway(Duration::from_secs(self.token_leeway_secs));
+            if let Some(cookie) = &self.token_cookie {
+                verifier = verifier.cookie(cookie.clone());
+            }
+            if !self.token_audience.is_empty() {
+                verifier = verifier.audience(&self.token_audience);
+            }
+            if !self.token_issuer.is_empty() {
+                verifier = verifier.issuer(&self.token_issuer);
+            }
+            auth = auth.with_tokens(verifier);
+        } else if self.token_cookie.is_some() {
+            return Err(
+                "--token-cookie needs --token-hs256-secret or --token-public-key".to_owned(),
+            );
+        }
+        if let Some(url) = &self.connect_hook {
+            let mut hook = ConnectHook::new(url)?
+                .timeout(Duration::from_millis(self.connect_hook_timeout_ms.max(1)))
+                .max_in_flight(self.connect_hook_max_in_flight);
+            if let Some(secret) = &self.connect_hook_secret {
+                hook = hook.secret(secret.expose())?;
+            }
+            auth = auth.with_connect_hook(hook);
+        }
+        Ok(auth.is_enabled().then_some(auth))
     }
 
     /// The backend in use: the one asked for, else redis-pubsub when Redis URLs are given, else

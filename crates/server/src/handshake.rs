@@ -2,6 +2,7 @@
 //! run `connect`, answer 101 and hand the upgraded socket to the connection's driver.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,8 +14,9 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use crate::caps::CapGuard;
 use crate::connection::driver;
 use crate::connection::meter::FrameMeter;
-use crate::consumer::{Consumer, Context, Scope};
+use crate::consumer::{Close, Consumer, Context, Scope};
 use crate::hub::Hub;
+use crate::identity::{AuthRefusal, Authenticator, Credentials, FORWARDED_HEADERS, HookRequest};
 use crate::metrics::Refusal;
 
 /// A handshake that passed every check before the consumer, on its way to it.
@@ -23,6 +25,8 @@ pub(crate) struct Handshake {
     /// The `Sec-WebSocket-Accept` value of the 101 response.
     pub(crate) accept: HeaderValue,
     pub(crate) scope: Scope,
+    /// What the handshake carries towards its identity (a token).
+    pub(crate) credentials: Credentials,
     pub(crate) hub: Arc<Hub>,
     /// This connection's places under the connection caps, held until it ends.
     pub(crate) cap: CapGuard,
@@ -33,13 +37,23 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
     let Handshake {
         upgrade,
         accept,
-        scope,
+        mut scope,
+        credentials,
         hub,
         cap,
     } = handshake;
     let span = tracing::info_span!("ws", conn_id = hub.next_conn_id(), path = %scope.path);
     let limits = *hub.limits();
     let accepted = async {
+        // A token is judged before anything is created for the connection.
+        let mut identity = match hub
+            .auth()
+            .map(|auth| auth.identity_of_token(&credentials, SystemTime::now()))
+        {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(identity))) => Some(identity),
+            Some(Err(refusal)) => return Err(refuse_identity(&hub, refusal)),
+        };
         let inbox = match hub.layer().new_channel().await {
             Ok(inbox) => inbox,
             Err(error) => {
@@ -55,6 +69,19 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
                 ));
             }
         };
+        if identity.is_none()
+            && let Some(hook) = hub.auth().and_then(Authenticator::hook)
+        {
+            let request = hook_request(&scope, hub.replica(), inbox.name().as_str());
+            match hook.ask(&request).await {
+                Ok(answer) => identity = Some(answer),
+                Err(refusal) => return Err(refuse_identity(&hub, refusal)),
+            }
+        }
+        if let Some(identity) = &identity {
+            tracing::debug!(user = identity.user(), "identified");
+        }
+        scope.identity = identity.map(Arc::new);
         let mut cx = Context::new(
             Arc::new(scope),
             inbox.name().clone(),
@@ -64,6 +91,11 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
         );
         match consumer.connect(&mut cx).await {
             Ok(()) => Ok((cx, inbox)),
+            Err(close) if close == Close::FORBIDDEN => {
+                tracing::debug!("connection denied: a group its identity does not allow");
+                hub.metrics().refused(Refusal::GroupForbidden);
+                Err((StatusCode::FORBIDDEN, "not allowed to join this group\n"))
+            }
             Err(close) => {
                 tracing::debug!(close_code = close.code, "connection denied");
                 hub.metrics().refused(Refusal::Denied);
@@ -107,5 +139,45 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if credentials.subprotocol {
+        // Browsers fail a handshake that offered subprotocols and got none back.
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("bearer"),
+        );
+    }
     response
+}
+
+/// Counts and answers a handshake refused for its identity. The token itself is never logged.
+fn refuse_identity(hub: &Hub, refusal: AuthRefusal) -> (StatusCode, &'static str) {
+    tracing::debug!(reason = refusal.label(), "handshake refused: identity");
+    hub.metrics().refused(Refusal::Auth(refusal));
+    refusal.response()
+}
+
+/// What the connect hook is told about this handshake.
+fn hook_request(scope: &Scope, replica: &str, channel: &str) -> HookRequest {
+    let mut headers = std::collections::BTreeMap::new();
+    for name in FORWARDED_HEADERS {
+        let separator = if name == "cookie" { "; " } else { ", " };
+        let values: Vec<String> = scope
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        if !values.is_empty() {
+            headers.insert(name.to_owned(), values.join(separator));
+        }
+    }
+    HookRequest {
+        path: scope.path.clone(),
+        query_string: scope.query_string.clone(),
+        route_kwargs: scope.url_route.kwargs.clone(),
+        headers,
+        client: scope.client.map(|c| c.to_string()),
+        replica: replica.to_owned(),
+        channel: channel.to_owned(),
+    }
 }

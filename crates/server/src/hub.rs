@@ -9,6 +9,7 @@ use channels_layer::ChannelLayer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::identity::Authenticator;
 use crate::metrics::Metrics;
 
 /// Per-connection limits.
@@ -54,10 +55,17 @@ pub(crate) struct Hub {
     drain_tickets: AtomicU64,
     metrics: Arc<Metrics>,
     replica: String,
+    /// Tokens and the connect hook; `None`: every connection is anonymous.
+    auth: Option<Authenticator>,
 }
 
 impl Hub {
-    pub(crate) fn new(layer: Arc<dyn ChannelLayer>, limits: Limits, replica: String) -> Self {
+    pub(crate) fn new(
+        layer: Arc<dyn ChannelLayer>,
+        limits: Limits,
+        replica: String,
+        auth: Option<Authenticator>,
+    ) -> Self {
         Self {
             layer,
             limits,
@@ -67,6 +75,7 @@ impl Hub {
             drain_tickets: AtomicU64::new(0),
             metrics: Arc::new(Metrics::default()),
             replica,
+            auth: auth.filter(Authenticator::is_enabled),
         }
     }
 
@@ -90,6 +99,11 @@ impl Hub {
 
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Tokens and the connect hook, when configured.
+    pub(crate) fn auth(&self) -> Option<&Authenticator> {
+        self.auth.as_ref()
     }
 
     /// This replica's id, sent as `X-Channels-Replica`.

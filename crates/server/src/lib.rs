@@ -43,6 +43,8 @@
 //! * [`App`]: your routes; [`cli::run`] serves it with every flag of `channels-server`.
 //! * [`Server`], [`ServerBuilder`], [`ServerConfig`]: the server without the command line.
 //! * [`Config`]: flags and environment variables.
+//! * [`identity`]: who connects and which groups they may join, decided by your Django app
+//!   (signed connection tokens, a connect hook).
 //! * [`testing`]: a [`Communicator`](testing::Communicator) that drives one consumer with no
 //!   socket, as Channels' `WebsocketCommunicator`.
 //!
@@ -62,6 +64,7 @@ pub mod consumer;
 mod handshake;
 mod hosts;
 mod hub;
+pub mod identity;
 mod metrics;
 mod origin;
 pub mod routing;
@@ -74,7 +77,7 @@ pub mod tutorial;
 mod upgrade;
 
 pub use app::{App, serve};
-pub use config::{Config, LayerKind, LogFormat};
+pub use config::{Config, LayerKind, LogFormat, Secret};
 pub use server::{Server, ServerBuilder, ServerError};
 pub use server_config::{ServerConfig, random_replica_id};
 pub use shutdown::signal;

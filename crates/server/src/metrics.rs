@@ -25,6 +25,10 @@ pub(crate) enum Refusal {
     BadHandshake,
     MaxConnections,
     MaxConnectionsPerIp,
+    /// The handshake's identity was refused (token or connect hook).
+    Auth(crate::identity::AuthRefusal),
+    /// `connect` asked for a group the identity does not allow.
+    GroupForbidden,
 }
 
 impl Refusal {
@@ -39,6 +43,8 @@ impl Refusal {
             Refusal::BadHandshake => "bad_handshake",
             Refusal::MaxConnections => "max_connections",
             Refusal::MaxConnectionsPerIp => "max_connections_per_ip",
+            Refusal::Auth(why) => why.label(),
+            Refusal::GroupForbidden => "group_forbidden",
         }
     }
 }
@@ -98,6 +104,7 @@ pub(crate) struct Metrics {
     group_sends: AtomicU64,
     group_send_errors: AtomicU64,
     header_timeouts: AtomicU64,
+    group_forbidden: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Close codes: sent by the server, or received from clients.
     closes: Mutex<BTreeMap<(&'static str, CloseLabel), u64>>,
@@ -137,6 +144,11 @@ impl Metrics {
         if !ok {
             self.group_send_errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A group call was refused: the identity does not allow the group.
+    pub(crate) fn group_forbidden(&self) {
+        self.group_forbidden.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An HTTP connection closed because its request headers were not sent in time.
@@ -180,7 +192,7 @@ impl Metrics {
                 self.connections_open.load(Ordering::Relaxed).max(0) as u64,
             )],
         );
-        let simple: [(&str, &str, u64); 6] = [
+        let simple: [(&str, &str, u64); 7] = [
             (
                 "channels_connections_total",
                 "WebSocket connections accepted.",
@@ -210,6 +222,11 @@ impl Metrics {
                 "channels_http_header_timeouts_total",
                 "HTTP connections closed for sending their request headers too slowly.",
                 load(&self.header_timeouts),
+            ),
+            (
+                "channels_group_forbidden_total",
+                "group_add or group_send calls refused: the identity does not allow the group.",
+                load(&self.group_forbidden),
             ),
         ];
         for (name, help, value) in simple {

@@ -17,6 +17,7 @@ use crate::caps::{CapRefusal, ConnectionCaps};
 use crate::config::Config;
 use crate::hosts::HostPolicy;
 use crate::hub::Hub;
+use crate::identity::Authenticator;
 use crate::origin::OriginPolicy;
 use crate::routing::WsRouter;
 use crate::server_config::ServerConfig;
@@ -33,6 +34,9 @@ pub enum ServerError {
     /// Building or closing the channel layer failed.
     #[error("channel layer: {0}")]
     Layer(#[from] LayerError),
+    /// A setting cannot be used (a key file, a hook URL); the text names the flag.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A configured server: health, readiness, metrics, your HTTP routes, and WebSocket consumers
@@ -85,9 +89,17 @@ pub struct ServerBuilder {
     routes: WsRouter,
     http: Router,
     metrics_listener: Option<TcpListener>,
+    auth: Option<Authenticator>,
 }
 
 impl ServerBuilder {
+    /// Decides who connects: connection tokens, a connect hook, or both (default: nobody is
+    /// asked, every connection is anonymous).
+    pub fn authenticator(mut self, auth: Authenticator) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
     /// The channel layer the consumers share (default: a fresh in-memory layer, for one
     /// replica).
     pub fn layer(mut self, layer: Arc<dyn ChannelLayer>) -> Self {
@@ -120,7 +132,12 @@ impl ServerBuilder {
         let layer = self
             .layer
             .unwrap_or_else(|| Arc::new(channels_layer::InMemoryChannelLayer::default()));
-        let hub = Arc::new(Hub::new(layer, config.limits(), config.replica_id.clone()));
+        let hub = Arc::new(Hub::new(
+            layer,
+            config.limits(),
+            config.replica_id.clone(),
+            self.auth,
+        ));
         let admission = Admission {
             origins: OriginPolicy::new(&config.allowed_origins),
             hosts: HostPolicy::new(&config.allowed_hosts, !config.allowed_origins.is_empty()),
@@ -152,6 +169,7 @@ impl Server {
             routes: WsRouter::new(),
             http: Router::new(),
             metrics_listener: None,
+            auth: None,
         }
     }
 

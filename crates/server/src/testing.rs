@@ -38,6 +38,7 @@ use crate::connection::driver;
 use crate::connection::meter::FrameMeter;
 use crate::consumer::{Close, Consumer, Context, Scope};
 use crate::hub::Hub;
+use crate::identity::Identity;
 use crate::routing::{RePath, UrlRoute};
 use crate::server_config::ServerConfig;
 
@@ -70,6 +71,7 @@ pub struct CommunicatorBuilder {
     query_string: String,
     headers: HeaderMap,
     client: Option<SocketAddr>,
+    identity: Option<Identity>,
     route: Option<RePath>,
     layer: Option<Arc<dyn ChannelLayer>>,
     config: ServerConfig,
@@ -99,6 +101,14 @@ impl CommunicatorBuilder {
     /// The client's address in the scope.
     pub fn client(mut self, addr: SocketAddr) -> Self {
         self.client = Some(addr);
+        self
+    }
+
+    /// The connection's identity, as a token or the connect hook would give it (default:
+    /// anonymous). Its groups limit `group_add` and `group_send`; its expiry closes the
+    /// connection with 4401.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
         self
     }
 
@@ -133,6 +143,7 @@ impl CommunicatorBuilder {
             Arc::clone(&layer),
             limits,
             self.config.replica_id.clone(),
+            None,
         ));
         let path = self.path.trim_start_matches('/');
         let url_route = match &self.route {
@@ -145,6 +156,7 @@ impl CommunicatorBuilder {
             headers: self.headers,
             client: self.client,
             url_route,
+            identity: self.identity.map(Arc::new),
         };
         let inbox = layer.new_channel().await.map_err(|e| Close::from(&e))?;
         let channel = inbox.name().clone();
@@ -198,6 +210,7 @@ impl Communicator {
             query_string: String::new(),
             headers: HeaderMap::new(),
             client: Some(SocketAddr::from(([127, 0, 0, 1], 50_000))),
+            identity: None,
             route: None,
             layer: None,
             config: ServerConfig::default(),

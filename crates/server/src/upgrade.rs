@@ -25,6 +25,7 @@ use hyper::upgrade::OnUpgrade;
 use crate::caps::CapRefusal;
 use crate::consumer::Scope;
 use crate::handshake::Handshake;
+use crate::identity::Credentials;
 use crate::metrics::Refusal;
 use crate::state::AppState;
 
@@ -221,18 +222,26 @@ pub(crate) async fn dispatch(State(state): State<AppState>, req: Request, next: 
             "this connection cannot be upgraded (HTTP/1.1 is needed)\n",
         );
     };
+    let mut query_string = parts.uri.query().unwrap_or_default().to_owned();
+    // The token leaves the headers and the query string here: the scope never holds it.
+    let credentials = match state.hub().auth() {
+        Some(auth) => auth.credentials(&mut parts.headers, &mut query_string),
+        None => Credentials::default(),
+    };
     let scope = Scope {
         path,
-        query_string: parts.uri.query().unwrap_or_default().to_owned(),
+        query_string,
         client: peer,
         headers: compact(&parts.headers),
         url_route,
+        identity: None,
     };
     endpoint
         .start(Handshake {
             upgrade,
             accept,
             scope,
+            credentials,
             hub: Arc::clone(state.hub()),
             cap,
         })

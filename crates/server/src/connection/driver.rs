@@ -10,12 +10,13 @@
 //! holds up anyone else, and the memory it can pin is bounded.
 //!
 //! The one timer is set to the earliest of: this connection's drain time (after a shutdown
-//! began), the keepalive check ([`Keepalive`]: ping a silent client, close with
+//! began), its token's expiry ([`Close::TOKEN_EXPIRED`]), the keepalive check ([`Keepalive`]: ping a silent client, close with
 //! [`Close::NO_PONG`] if it does not answer) and the write-stall check. Frames from the client
 //! are metered below tungstenite ([`FrameMeter`](super::meter::FrameMeter): past the rate,
 //! [`Close::RATE_LIMIT`]).
 
 use std::task::Poll;
+use std::time::SystemTime;
 
 use channels_layer::{Inbox, Message};
 use futures_util::StreamExt;
@@ -81,11 +82,22 @@ pub(crate) async fn run<C: Consumer>(
     queue(&mut outbox, &mut cx);
     let mut end = cx.close.take().map(End::ByServer);
     let mut drain_at: Option<Instant> = None;
+    // A token's expiry, on this loop's clock.
+    let expires_at = cx
+        .scope()
+        .identity()
+        .and_then(|identity| identity.expires_at())
+        .map(|at| now + at.duration_since(SystemTime::now()).unwrap_or_default());
     while end.is_none() {
-        let due = [drain_at, keepalive.check_at(), outbox.check_at()]
-            .into_iter()
-            .flatten()
-            .min();
+        let due = [
+            drain_at,
+            expires_at,
+            keepalive.check_at(),
+            outbox.check_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if let Some(due) = due
             && armed != Some(due)
         {
@@ -126,7 +138,12 @@ pub(crate) async fn run<C: Consumer>(
             Event::Timer => {
                 // Never earlier than the time the timer was set for.
                 let now = armed.map_or_else(Instant::now, |at| Instant::now().max(at));
-                on_timer(now, drain_at, &mut outbox, &mut keepalive)
+                if expires_at.is_some_and(|at| at <= now) {
+                    tracing::debug!("token expired: closing");
+                    Err(End::ByServer(Close::TOKEN_EXPIRED))
+                } else {
+                    on_timer(now, drain_at, &mut outbox, &mut keepalive)
+                }
             }
             Event::Frame(frame) => {
                 keepalive.seen(Instant::now());

@@ -14,6 +14,8 @@
 //! | 1013 | [`Close::TRY_AGAIN_LATER`] | the channel layer (Redis) is unavailable: a group message could not be sent, or the group could not be joined | yes, with backoff |
 //! | 4008 | [`Close::SLOW`] | the client did not read its messages: a write stayed blocked for `--write-timeout-secs`, or more than `--max-queued-bytes` waited for it that long | yes, with backoff |
 //! | 4009 | [`Close::NO_PONG`] | the client did not answer a server ping within `--pong-timeout-secs` (dead peer, suspended tab, broken network) | yes, with backoff |
+//! | 4401 | [`Close::TOKEN_EXPIRED`] | the connection token's `exp` passed (with identity on) | yes, after fetching a new token |
+//! | 4403 | [`Close::FORBIDDEN`] | the connection's identity does not allow a group it asked to post into (with identity on) | no |
 //!
 //! Codes 4000–4999 are the application range of RFC 6455: apps define their own there (the
 //! tutorial's 4400, [`tutorial::INVALID_GROUP`](crate::tutorial::INVALID_GROUP)). A consumer
@@ -24,6 +26,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use channels_layer::LayerError;
+
+use super::context::GroupError;
 
 /// A close code and reason: the error type of consumer handlers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,9 +63,13 @@ impl Close {
     pub const SLOW: Close = Close::new(4008, "slow consumer");
     /// 4009: the client did not answer a ping in time.
     pub const NO_PONG: Close = Close::new(4009, "no pong");
+    /// 4401: the connection token expired; fetch a new one and reconnect.
+    pub const TOKEN_EXPIRED: Close = Close::new(4401, "token expired");
+    /// 4403: the connection's identity does not allow this group.
+    pub const FORBIDDEN: Close = Close::new(4403, "forbidden");
 
     /// Every code the framework itself sends (apps add their own in 4000–4999).
-    pub const ALL: [Close; 12] = [
+    pub const ALL: [Close; 14] = [
         Close::NORMAL,
         Close::GOING_AWAY,
         Close::PROTOCOL,
@@ -74,6 +82,8 @@ impl Close {
         Close::TRY_AGAIN_LATER,
         Close::SLOW,
         Close::NO_PONG,
+        Close::TOKEN_EXPIRED,
+        Close::FORBIDDEN,
     ];
 
     /// A close with `code` and a static `reason`.
@@ -111,6 +121,17 @@ impl From<&LayerError> for Close {
         match error {
             LayerError::Unavailable { .. } => Close::TRY_AGAIN_LATER,
             _ => Close::INTERNAL,
+        }
+    }
+}
+
+/// The close code for a failed group call: [`Close::FORBIDDEN`] (4403) for a group the
+/// identity does not allow, else as for its layer error.
+impl From<&GroupError> for Close {
+    fn from(error: &GroupError) -> Self {
+        match error {
+            GroupError::Forbidden(_) => Close::FORBIDDEN,
+            GroupError::Layer(error) => Close::from(error),
         }
     }
 }

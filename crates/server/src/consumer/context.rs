@@ -8,6 +8,7 @@ use axum::http::HeaderMap;
 use channels_layer::{ChannelLayer, ChannelName, GroupName, LayerError, Message};
 
 use super::close::Close;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 /// The captures of the matched route (Channels' `scope["url_route"]`).
@@ -34,6 +35,7 @@ pub struct Scope {
     pub(crate) headers: HeaderMap,
     pub(crate) client: Option<SocketAddr>,
     pub(crate) url_route: UrlRoute,
+    pub(crate) identity: Option<Arc<Identity>>,
 }
 
 impl Scope {
@@ -61,6 +63,25 @@ impl Scope {
     pub fn url_route(&self) -> &UrlRoute {
         &self.url_route
     }
+
+    /// Who is connected, when tokens or a connect hook are configured (Channels'
+    /// `scope["user"]`); `None` for an anonymous connection.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_deref()
+    }
+}
+
+/// Why a group call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// The connection's identity does not allow this group
+    /// ([`GroupGrant`](crate::identity::GroupGrant)).
+    #[error("group {0} is not among the groups this connection may join")]
+    Forbidden(GroupName),
+    /// The channel layer failed.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
 }
 
 /// A frame from the client.
@@ -182,8 +203,22 @@ impl Context {
         self.close.get_or_insert(close);
     }
 
-    /// Joins `group`; the runtime leaves it when the connection ends.
-    pub async fn group_add(&mut self, group: &GroupName) -> Result<(), LayerError> {
+    /// Fails with [`GroupError::Forbidden`] when the connection has an identity that does not
+    /// allow `group`.
+    fn check_access(&self, group: &GroupName) -> Result<(), GroupError> {
+        match self.scope.identity() {
+            Some(identity) if !identity.groups().allows(group.as_str()) => {
+                self.metrics.group_forbidden();
+                Err(GroupError::Forbidden(group.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Joins `group`; the runtime leaves it when the connection ends. With an identity, only
+    /// a group it allows.
+    pub async fn group_add(&mut self, group: &GroupName) -> Result<(), GroupError> {
+        self.check_access(group)?;
         self.layer().group_add(group, &self.channel).await?;
         if !self.groups.contains(group) {
             self.groups.push(group.clone());
@@ -198,10 +233,19 @@ impl Context {
     }
 
     /// Sends `msg` to every member of `group` (this connection too, if it is a member).
-    pub async fn group_send(&self, group: &GroupName, msg: Message) -> Result<(), LayerError> {
+    ///
+    /// With an identity, only to a group it allows, and the message carries the sender: its
+    /// `user` key is set to the user id and its `name` key to the display name (the user id
+    /// when there is none), whatever the consumer put there.
+    pub async fn group_send(&self, group: &GroupName, mut msg: Message) -> Result<(), GroupError> {
+        self.check_access(group)?;
+        if let Some(identity) = self.scope.identity() {
+            msg.insert("user", identity.user());
+            msg.insert("name", identity.name().unwrap_or(identity.user()));
+        }
         let result = self.layer().group_send(group, msg).await;
         self.metrics.group_send(result.is_ok());
-        result
+        Ok(result?)
     }
 
     /// Records that this consumer did not handle a layer message: counts it in

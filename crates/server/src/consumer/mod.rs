@@ -24,7 +24,7 @@ use channels_layer::Message;
 
 pub use close::Close;
 pub(crate) use context::Outgoing;
-pub use context::{ClientMessage, Context, Scope, UrlRoute};
+pub use context::{ClientMessage, Context, GroupError, Scope, UrlRoute};
 
 /// One WebSocket connection's behaviour, as Channels' `WebsocketConsumer`.
 ///

@@ -9,6 +9,10 @@
 //!   and every member answers that event with `组内主动推送消息:X`. A Django process running the
 //!   seed's own `GroupChatConsumer` on the same Redis can sit in the same group.
 //!
+//! With identity on (connection tokens or a connect hook, [`crate::identity`]), the group
+//! chat joins only a group the identity allows (another is refused with HTTP 403), and each
+//! line reads `name: X`, with the sender's name that the framework put in the group message.
+//!
 //! Where the seed would crash, these consumers close with a documented code instead:
 //! a group ID that is not a valid Channels group name (non-ASCII, 100+ characters) closes with
 //! [`INVALID_GROUP`] (4400) right after accepting, and a binary frame to the echo chat
@@ -19,7 +23,7 @@
 use channels_layer::{GroupName, Map, Message, Value};
 
 use crate::app::App;
-use crate::consumer::{ClientMessage, Close, Consumer, Context};
+use crate::consumer::{ClientMessage, Close, Consumer, Context, GroupError};
 use crate::routing::WsRouter;
 
 /// 4400: the group named in the URL is not a valid Channels group name (non-ASCII, 100+
@@ -98,11 +102,16 @@ impl Consumer for GroupChatConsumer {
                 return Ok(());
             }
         };
-        if let Err(error) = cx.group_add(&group).await {
-            // Accept, then tell the client why: it should come back later.
-            channels_layer::log_limited!(warn, %error, %group, "group_add failed");
-            cx.close(Close::from(&error));
-            return Ok(());
+        match cx.group_add(&group).await {
+            Ok(()) => {}
+            // Identity on and this group not allowed: refuse the handshake (HTTP 403).
+            Err(GroupError::Forbidden(_)) => return Err(Close::FORBIDDEN),
+            Err(error) => {
+                // Accept, then tell the client why: it should come back later.
+                channels_layer::log_limited!(warn, %error, %group, "group_add failed");
+                cx.close(Close::from(&error));
+                return Ok(());
+            }
         }
         self.group = Some(group);
         Ok(())
@@ -153,8 +162,13 @@ fn send_msg(cx: &mut Context, event: &Message) -> Result<(), Close> {
     let bytes = message
         .and_then(|m| m.get("bytes"))
         .and_then(Value::as_bytes);
+    // With identity on, every group message carries its sender's name: `name: text`.
+    let name = event.get("name").and_then(Value::as_str);
     match (text, bytes) {
-        (Some(text), _) => cx.send_text(format!("{GROUP_PREFIX}{text}")),
+        (Some(text), _) => match name {
+            Some(name) => cx.send_text(format!("{name}: {text}")),
+            None => cx.send_text(format!("{GROUP_PREFIX}{text}")),
+        },
         (None, Some(bytes)) => cx.send_bytes(bytes),
         (None, None) => {
             cx.ignore_event(event, "no_text");

@@ -42,11 +42,15 @@ pub async fn spawn_with(config: Config, routes: WsRouter) -> TestServer {
     let addr = listener.local_addr().unwrap();
     let layer = Arc::new(InMemoryChannelLayer::new(config.layer_config()));
     // The tutorial's pages too, as the `channels-server` binary serves them.
-    let server = Server::builder(config.server_config())
+    let mut builder = Server::builder(config.server_config())
         .layer(Arc::clone(&layer) as Arc<dyn ChannelLayer>)
         .routes(routes)
-        .http_routes(channels_web::router())
-        .build();
+        .http_routes(channels_web::router());
+    // Tokens and the connect hook, as `channels_server::serve` sets them from the flags.
+    if let Some(auth) = config.authenticator().unwrap() {
+        builder = builder.authenticator(auth);
+    }
+    let server = builder.build();
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     let handle = tokio::spawn(server.serve(listener, async move { signal.cancelled().await }));
