@@ -207,3 +207,84 @@ async fn two_group_chat_members_on_one_layer_chat_and_an_invalid_group_is_closed
         }
     );
 }
+
+/// Posts every text it receives as `to:<group>` into that group, closing with the group call's
+/// close code when it fails.
+struct Poster;
+
+impl Consumer for Poster {
+    async fn receive(&mut self, cx: &mut Context, msg: ClientMessage) -> Result<(), Close> {
+        let ClientMessage::Text(text) = msg else {
+            return Ok(());
+        };
+        let group = GroupName::new(text.trim_start_matches("to:")).unwrap();
+        // A forged sender: the framework overwrites it with the identity's.
+        let msg = Message::new("note")
+            .with("user", "forged")
+            .with("name", "Forged");
+        cx.group_send(&group, msg)
+            .await
+            .map_err(|error| Close::from(&error))
+    }
+
+    async fn event(&mut self, _cx: &mut Context, _event: Message) -> Result<(), Close> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_identity_posts_only_into_its_groups_and_every_message_names_it() {
+    use channels_server::identity::{GroupGrant, Identity};
+    let layer = Arc::new(InMemoryChannelLayer::default());
+    let mut member = layer.new_channel().await.unwrap();
+    layer
+        .group_add(&GroupName::new("team_a").unwrap(), member.name())
+        .await
+        .unwrap();
+    let identity = Identity::new("7").with_groups(GroupGrant::new(["team_*"]));
+    let mut comm = Communicator::builder("/post/")
+        .layer(Arc::clone(&layer) as Arc<dyn ChannelLayer>)
+        .identity(identity)
+        .connect(Poster)
+        .await
+        .unwrap();
+    comm.send_text("to:team_a").await;
+    let got = tokio::time::timeout(Duration::from_secs(1), member.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.get("user").and_then(|v| v.as_str()), Some("7"));
+    assert_eq!(
+        got.get("name").and_then(|v| v.as_str()),
+        Some("7"),
+        "no name: the user id"
+    );
+    comm.send_text("to:other").await;
+    assert_eq!(
+        comm.receive().await.unwrap(),
+        Output::Closed {
+            code: 4403,
+            reason: "forbidden".to_owned()
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_identity_that_expires_is_closed_with_4401() {
+    use channels_server::identity::Identity;
+    let identity =
+        Identity::new("7").with_expiry(std::time::SystemTime::now() + Duration::from_millis(300));
+    let mut comm = Communicator::builder("/post/")
+        .identity(identity)
+        .timeout(Duration::from_secs(3))
+        .connect(Poster)
+        .await
+        .unwrap();
+    assert_eq!(
+        comm.receive().await.unwrap(),
+        Output::Closed {
+            code: 4401,
+            reason: "token expired".to_owned()
+        }
+    );
+}

@@ -27,11 +27,13 @@ fn code_default(flag: &str) -> Option<String> {
         "--capacity" => c.capacity.to_string(),
         "--drain-timeout-secs" => c.drain_timeout_secs.to_string(),
         "--drain-batch" => c.drain_batch.to_string(),
+        "--connect-hook-timeout-ms" => c.connect_hook_timeout_ms.to_string(),
+        "--connect-hook-max-in-flight" => c.connect_hook_max_in_flight.to_string(),
         _ => return None,
     })
 }
 
-const LIMIT_FLAGS: [&str; 14] = [
+const LIMIT_FLAGS: [&str; 16] = [
     "--max-message-size",
     "--max-messages-per-second",
     "--max-connections",
@@ -46,6 +48,8 @@ const LIMIT_FLAGS: [&str; 14] = [
     "--capacity",
     "--drain-timeout-secs",
     "--drain-batch",
+    "--connect-hook-timeout-ms",
+    "--connect-hook-max-in-flight",
 ];
 
 fn read(name: &str) -> String {
