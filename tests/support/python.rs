@@ -69,6 +69,14 @@ impl SeedLayer {
         }
     }
 
+    /// Channels' `InMemoryChannelLayer` (one process only).
+    pub fn memory() -> Self {
+        Self {
+            kind: "memory",
+            ..Self::pubsub("")
+        }
+    }
+
     /// `RedisChannelLayer` (channels_redis core) on one Redis, without encryption.
     pub fn core(redis_url: &str) -> Self {
         Self {
@@ -262,6 +270,11 @@ pub struct Daphne {
 impl Daphne {
     /// Starts daphne with `layer` and waits until `GET /chatgroup?groupID=1` answers 200.
     pub async fn start(layer: &SeedLayer) -> Self {
+        Self::start_with(layer, None).await
+    }
+
+    /// The same, with the identity views (`accounts/`) working on `accounts`' database.
+    pub async fn start_with(layer: &SeedLayer, accounts: Option<&SeedAccounts>) -> Self {
         let port = free_port();
         let mut cmd = Command::new(venv_program("daphne"));
         cmd.args(["-b", "127.0.0.1", "-p", &port.to_string()])
@@ -272,6 +285,9 @@ impl Daphne {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         layer.apply(&mut cmd);
+        if let Some(accounts) = accounts {
+            accounts.apply(&mut cmd);
+        }
         let mut child = cmd.spawn().expect("cannot start .venv/bin/daphne");
         let mut output = Output::default();
         output.collect(child.stdout.take().expect("piped stdout"));
@@ -312,5 +328,86 @@ impl Drop for Daphne {
         if std::thread::panicking() {
             eprintln!("--- daphne output ---\n{}--- end ---", self.output());
         }
+    }
+}
+
+/// The seed project's identity side (`accounts/`): a SQLite database with two users made with
+/// Django's own `migrate` and `create_user`, and the secrets the replicas share with it. The
+/// database is removed when this is dropped.
+#[derive(Debug)]
+pub struct SeedAccounts {
+    database: PathBuf,
+    /// `SEED_TOKEN_SECRET`: the replicas' `CHANNELS_TOKEN_HS256_SECRET`.
+    pub token_secret: String,
+    /// `SEED_HOOK_SECRET`: the replicas' `CHANNELS_CONNECT_HOOK_SECRET`.
+    pub hook_secret: String,
+}
+
+/// The test users: (username, password).
+pub const USERS: [(&str, &str); 2] = [("alice", "alice-pw-5521"), ("bob", "bob-pw-5521")];
+
+impl SeedAccounts {
+    /// Migrates a fresh database and creates [`USERS`].
+    pub async fn create() -> Self {
+        let database = std::env::temp_dir().join(format!(
+            "channels-seed-{}-{}.sqlite3",
+            std::process::id(),
+            free_port()
+        ));
+        let accounts = Self {
+            database,
+            token_secret: "seed-token-secret-of-at-least-32-bytes-0123".to_owned(),
+            hook_secret: "seed-hook-secret".to_owned(),
+        };
+        accounts.manage(&["migrate", "--noinput"]).await;
+        let create = USERS
+            .iter()
+            .map(|(user, password)| {
+                format!("User.objects.create_user({user:?}, password={password:?})")
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        accounts
+            .manage(&[
+                "shell",
+                "-c",
+                &format!("from django.contrib.auth.models import User; {create}"),
+            ])
+            .await;
+        accounts
+    }
+
+    /// Runs `manage.py <args>` on this database, to its successful end.
+    async fn manage(&self, args: &[&str]) {
+        let mut cmd = Command::new(venv_program("python"));
+        cmd.arg("manage.py")
+            .args(args)
+            .current_dir(repo_root().join("tests/django_seed"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        SeedLayer::memory().apply(&mut cmd);
+        self.apply(&mut cmd);
+        let output = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("manage.py {args:?} did not finish in time"))
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "manage.py {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn apply(&self, cmd: &mut Command) {
+        cmd.env("SEED_DATABASE", &self.database)
+            .env("SEED_TOKEN_SECRET", &self.token_secret)
+            .env("SEED_HOOK_SECRET", &self.hook_secret);
+    }
+}
+
+impl Drop for SeedAccounts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.database);
     }
 }

@@ -166,4 +166,5 @@ pub async fn wait_readyz(replica: &Replica, status: u16, within: Duration) -> Du
     started.elapsed()
 }
 
+#[allow(unused_imports, reason = "each test binary uses part of it")]
 pub use test_support::eventually_within as eventually;

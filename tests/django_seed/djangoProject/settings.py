@@ -15,6 +15,10 @@ database, any host, and CHANNEL_LAYERS built from environment variables:
 - SEED_ENCRYPTION_KEYS: comma-separated symmetric_encryption_keys (optional).
 - SEED_GROUP_EXPIRY: the core layer's group_expiry in seconds (optional; channels_redis' default
   is 86400).
+- SEED_DATABASE: a SQLite file for users and sessions (optional; without it there is no database,
+  as before). The identity views (accounts/) need it.
+- SEED_TOKEN_SECRET, SEED_HOOK_SECRET: the connection-token secret (the replicas'
+  CHANNELS_TOKEN_HS256_SECRET) and the connect-hook secret (CHANNELS_CONNECT_HOOK_SECRET).
 """
 
 import os
@@ -42,6 +46,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "app01.apps.App01Config",
     "app02.apps.App02Config",
+    "accounts.apps.AccountsConfig",
     "channels",
 ]
 
@@ -77,6 +82,16 @@ ASGI_APPLICATION = "djangoProject.asgi.application"
 # The chat pages never touch a database; an empty dict selects Django's dummy backend, so nothing
 # is created on disk (the admin site is routed but unusable).
 DATABASES = {}
+if os.environ.get("SEED_DATABASE"):
+    DATABASES = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["SEED_DATABASE"]}
+    }
+
+# Identity for the Rust replicas (accounts/).
+CHANNELS_TOKEN_SECRET = os.environ.get("SEED_TOKEN_SECRET", "")
+CHANNELS_CONNECT_HOOK_SECRET = os.environ.get("SEED_HOOK_SECRET", "")
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/chatgroup?groupID=1"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -80,7 +80,14 @@ impl HookResponse {
         if body.len() > MAX_ANSWER_BYTES {
             return Err(format!("answer over {MAX_ANSWER_BYTES} bytes"));
         }
-        let answer: HookResponse = serde_json::from_slice(body)
+        // A JSON object, and only that: serde would also read a struct from an array
+        // (`["7"]`), which no hook means to send (found by the `hook_answer` fuzz target).
+        let value: Value =
+            serde_json::from_slice(body).map_err(|error| format!("answer is not JSON: {error}"))?;
+        if !value.is_object() {
+            return Err("answer is not a JSON object".to_owned());
+        }
+        let answer: HookResponse = serde_json::from_value(value)
             .map_err(|error| format!("answer is not the hook JSON: {error}"))?;
         if answer.user.is_empty() {
             return Err("answer has an empty \"user\"".to_owned());
@@ -246,5 +253,35 @@ impl ConnectHook {
                 Err(AuthRefusal::HookStatus)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_json_object_with_a_user_is_an_answer() {
+        let answer = HookResponse::parse(br#"{"user": "7", "groups": ["1"]}"#);
+        assert_eq!(answer.map(|a| a.user).as_deref(), Ok("7"));
+        for bad in [
+            &br#"["7"]"#[..],
+            br#"{"user": ""}"#,
+            br#"{"user": 7}"#,
+            br#"{"user": "7", "admin": true}"#,
+            b"null",
+            b"<html>",
+        ] {
+            assert!(
+                HookResponse::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let huge = format!(
+            r#"{{"user": "7", "name": "{}"}}"#,
+            "x".repeat(MAX_ANSWER_BYTES)
+        );
+        assert!(HookResponse::parse(huge.as_bytes()).is_err());
     }
 }
