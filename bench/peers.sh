@@ -118,12 +118,13 @@ case "$cmd" in
         raise_nofile
         # The benchmark's publishers send thousands of messages/s on one connection and its
         # idle test opens thousands per source address: lift the per-connection message rate
-        # and per-address connection caps (abuse limits, not capacity limits). The peers have
-        # no such limits.
+        # and per-address connection caps, WebSocket and HTTP (abuse limits, not capacity
+        # limits: the HTTP one, 64 by default, refuses the load generator's concurrent
+        # handshakes with 429). The peers have no such limits.
         # Two replicas share this machine's cores: one thread each (${PEERS_RUST_WORKERS:-1}),
         # like the single-threaded peers, instead of each assuming it has every core.
         exec "$bin" --bind "127.0.0.1:$1" --redis-url "$2" --layer "$layer" --log-level warn \
-            --max-messages-per-second 0 --max-connections-per-ip 0 \
+            --max-messages-per-second 0 --max-connections-per-ip 0 --max-http-connections-per-ip 0 \
             --workers "${PEERS_RUST_WORKERS:-1}"
         ;;
     wait)

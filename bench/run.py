@@ -23,14 +23,21 @@ builds and installs what this needs.
 """
 
 import argparse
+import base64
 import datetime
+import hashlib
+import hmac
+import http.cookiejar
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -93,14 +100,15 @@ class Redis:
 class System:
     """Two replicas of one system on one Redis."""
 
-    def __init__(self, kind, redis, replicas=2):
+    def __init__(self, kind, redis, replicas=2, env=None):
         self.kind = kind
         self.procs = []
         self.ports = []
         for _ in range(replicas):
             port = free_port()
             proc = subprocess.Popen([str(PEERS), kind, str(port), redis.url],
-                                    stdout=subprocess.DEVNULL, start_new_session=True)
+                                    stdout=subprocess.DEVNULL, start_new_session=True,
+                                    env={**os.environ, **(env or {})})
             self.procs.append(proc)
             self.ports.append(port)
         ready = subprocess.run([str(PEERS), "ready-path", kind], capture_output=True, text=True,
@@ -195,6 +203,99 @@ def fanout_sweep(system, args):
     return best, steps
 
 
+def hs256_token(secret, claims):
+    """A JWT signed with HS256, with the standard library only."""
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    message = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
+    tag = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
+    return message + "." + b64(tag)
+
+
+class DjangoHook:
+    """The seed project's connect hook (tests/django_seed, accounts/) under daphne, with one
+    logged-in user whose session cookie the load generator sends."""
+
+    SECRET = "bench-hook-secret"
+
+    def __init__(self, redis):
+        seed = ROOT / "tests" / "django_seed"
+        python = ROOT / ".venv" / "bin" / "python"
+        self.db = Path(tempfile.mkdtemp()) / "bench.sqlite3"
+        env = {**os.environ, "SEED_LAYER": "pubsub", "SEED_REDIS_URLS": redis.url,
+               "SEED_DATABASE": str(self.db), "SEED_HOOK_SECRET": self.SECRET,
+               "SEED_TOKEN_SECRET": "unused-unused-unused-unused-unused-0",
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        subprocess.run([str(python), "manage.py", "migrate", "--noinput"], cwd=seed, env=env,
+                       check=True, capture_output=True)
+        subprocess.run([str(python), "manage.py", "shell", "-c",
+                        "from django.contrib.auth.models import User; "
+                        "User.objects.create_user('bench', password='bench-pw-1')"],
+                       cwd=seed, env=env, check=True, capture_output=True)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "daphne"), "-b", "127.0.0.1", "-p", str(self.port),
+             "djangoProject.asgi:application"], cwd=seed, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_http(self.port, "/accounts/login/")
+        self.cookie = self._log_in()
+
+    def _log_in(self):
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        base = f"http://127.0.0.1:{self.port}"
+        page = opener.open(base + "/accounts/login/").read().decode()
+        csrf = page.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+        form = urllib.parse.urlencode({"csrfmiddlewaretoken": csrf, "username": "bench",
+                                       "password": "bench-pw-1"}).encode()
+        opener.open(base + "/accounts/login/", form)
+        session = next(c for c in jar if c.name == "sessionid")
+        return f"sessionid={session.value}"
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/ws/connect/"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.db.parent, ignore_errors=True)
+
+
+def connect_identity(redis, args):
+    """S-connect on one replica (--workers 1): anonymous, with a token (HS256), and with the
+    Django connect hook under daphne; connections/s and handshake p99 for each."""
+    secret = "bench-token-secret-of-at-least-32-bytes-0"
+    token = hs256_token(secret, {"sub": "bench", "exp": int(time.time()) + 3600,
+                                 "groups": ["*"]})
+    hook = DjangoHook(redis)
+    cases = [
+        ("anonymous", {}, [], args.connect_identity),
+        ("token", {"CHANNELS_TOKEN_HS256_SECRET": secret}, ["--query", f"token={token}"],
+         args.connect_identity),
+        ("hook", {"CHANNELS_CONNECT_HOOK": hook.url, "CHANNELS_CONNECT_HOOK_SECRET": hook.SECRET,
+                  "CHANNELS_CONNECT_HOOK_MAX_IN_FLIGHT": "256"},
+         ["--header", f"Cookie: {hook.cookie}"], args.connect_identity_hook),
+    ]
+    out = {}
+    try:
+        for label, env, extra, n in cases:
+            system = System("rust", redis, replicas=1, env=env)
+            try:
+                r = loadgen("idle", system, ["--connections", n, "--groups", 100, "--hold", 1,
+                                             "--source-ips", 4, "--connect-concurrency", 100]
+                            + extra, timeout=600)
+            finally:
+                system.stop()
+            out[label] = r.get("connect") or {"error": r.get("error")}
+            c = out[label]
+            log(f"  connect {label}: " + (c.get("error") or
+                f"{c['per_second']:.0f}/s, handshake p99 {c['handshake_ms']['p99']:.1f} ms"))
+    finally:
+        hook.stop()
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,6 +315,10 @@ def main():
     p.add_argument("--idle", type=int, default=19000, help="S-idle connections (rust, socketio)")
     p.add_argument("--idle-django", type=int, default=2000,
                    help="S-idle connections for daphne, which accepts them far more slowly")
+    p.add_argument("--connect-identity", type=int, default=5000,
+                   help="S-connect-identity connections for anonymous and token handshakes")
+    p.add_argument("--connect-identity-hook", type=int, default=1000,
+                   help="S-connect-identity connections through the Django connect hook")
     p.add_argument("--skip", default="", help="comma-separated scenarios to skip")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -278,6 +383,9 @@ def main():
                                                            "--duration", 5])
                 finally:
                     system.stop()
+        if "connect-identity" not in skip and "rust" in args.systems.split(","):
+            log("== connect-identity (rust)")
+            results["connect_identity"] = connect_identity(redis, args)
     finally:
         redis.stop()
 
@@ -339,6 +447,20 @@ def render(results):
         else:
             extra = ["", ""]
         lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
+    identity = results.get("connect_identity")
+    if identity:
+        lines += ["", "S-connect-identity (rust, one replica, --workers 1):", "",
+                  "| handshakes | connections/s | handshake p99 (ms) | vs anonymous |",
+                  "|---|---|---|---|"]
+        base = (identity.get("anonymous") or {}).get("per_second")
+        for label in ("anonymous", "token", "hook"):
+            c = identity.get(label) or {}
+            if "per_second" not in c:
+                lines.append(f"| {label} | {c.get('error', 'n/a')} | | |")
+                continue
+            share = f"{c['per_second'] / base:.0%}" if base else "n/a"
+            lines.append(f"| {label} | {c['per_second']:,.0f} | "
+                         f"{c['handshake_ms']['p99']:.1f} | {share} |")
     return "\n".join(lines)
 
 

@@ -437,6 +437,13 @@ def check_nginx(root: Path) -> None:
             problem(rel, f"must not set `{directive}` (the tests pass it with -g, or it breaks)")
     if re.search(r"proxy_hide_header\s+X-Channels-Replica", code, re.I):
         problem(rel, "X-Channels-Replica must reach the client")
+    for log_format in re.findall(r"log_format[^;]*;", code, re.S):
+        if re.search(r"\$(request|request_uri|args|query_string)\b", log_format):
+            problem(
+                rel,
+                "log_format must not log the query string ($request, $request_uri, $args): "
+                "a connection token may travel as ?token=; log $uri",
+            )
 
 
 def check_dockerfile(root: Path, drain: int | None) -> None:

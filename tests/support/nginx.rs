@@ -28,6 +28,13 @@ fn program() -> PathBuf {
 
 /// The deploy config with the test's listen port and upstream ports.
 pub fn render(listen: u16, upstreams: &[u16]) -> String {
+    render_with(listen, upstreams, None)
+}
+
+/// The same, and with `django` (a daphne port) serving Django's login (`/accounts/`) and the
+/// identity views (`/ws/`: the token view and the connect hook) before `location /`, as a
+/// deployment with identity on does (deploy/README.md).
+pub fn render_with(listen: u16, upstreams: &[u16], django: Option<u16>) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/nginx.conf");
     let source = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
@@ -56,6 +63,21 @@ pub fn render(listen: u16, upstreams: &[u16]) -> String {
                 ));
             }
         } else {
+            if line.trim() == "location / {"
+                && let Some(port) = django
+            {
+                for block_line in [
+                    "        location ~ ^/(accounts|ws)/ {".to_owned(),
+                    format!("            proxy_pass http://127.0.0.1:{port};"),
+                    "            proxy_set_header Host $http_host;".to_owned(),
+                    "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
+                        .to_owned(),
+                    "        }".to_owned(),
+                ] {
+                    out.push_str(&block_line);
+                    out.push('\n');
+                }
+            }
             out.push_str(line);
             out.push('\n');
         }
@@ -79,10 +101,15 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx on a free port in front of `upstreams`.
     pub async fn start(upstreams: &[u16]) -> Nginx {
+        Self::start_with(upstreams, None).await
+    }
+
+    /// The same, with Django on port `django` for `/accounts/` and `/ws/` ([`render_with`]).
+    pub async fn start_with(upstreams: &[u16], django: Option<u16>) -> Nginx {
         let port = crate::replica::free_port();
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, render(port, upstreams)).unwrap();
+        std::fs::write(&conf, render_with(port, upstreams, django)).unwrap();
         let prefix = format!("{}/", dir.path().display());
         let globals = format!(
             "daemon off; pid {}/nginx.pid; error_log stderr;",

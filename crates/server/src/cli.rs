@@ -22,6 +22,12 @@ use crate::config::{Config, LogFormat};
 /// Parses flags and environment, sets up logging, binds, and serves `app` until
 /// SIGTERM/SIGINT. Errors are printed to stderr with what to do about them.
 pub fn run(app: App) -> ExitCode {
+    run_with(|_| app)
+}
+
+/// [`run`] with an app made from the parsed configuration (for apps whose pages depend on a
+/// flag, as the tutorial's on `--page-token-url`).
+pub fn run_with(make_app: impl FnOnce(&Config) -> App) -> ExitCode {
     let config = Config::parse();
     if config.healthcheck {
         return healthcheck(&config);
@@ -56,6 +62,7 @@ pub fn run(app: App) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let app = make_app(&config);
     match runtime.block_on(serve(config, app)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -262,6 +262,12 @@ pub struct Config {
     )]
     pub token_issuer: Vec<String>,
 
+    /// The tutorial pages fetch a connection token here before each connect (the Django token
+    /// view on the same origin, e.g. `/ws/token/` behind the same nginx), connect with it, show
+    /// who is signed in, and say "not signed in" instead of reconnecting when it refuses.
+    #[arg(long = "page-token-url", env = "CHANNELS_PAGE_TOKEN_URL")]
+    pub page_token_url: Option<String>,
+
     /// Host names this server serves (Django's ALLOWED_HOSTS), comma-separated: `example.com`
     /// exactly, `.example.com` it and its subdomains, `*` any. A WebSocket handshake naming
     /// another Host gets HTTP 400 (DNS rebinding). Empty (the default): IP addresses and
@@ -378,6 +384,7 @@ impl Default for Config {
             token_leeway_secs: 5,
             token_audience: Vec::new(),
             token_issuer: Vec::new(),
+            page_token_url: None,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_messages_per_second: 20,

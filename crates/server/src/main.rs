@@ -3,5 +3,5 @@
 //! yours.
 
 fn main() -> std::process::ExitCode {
-    channels_server::cli::run(channels_server::tutorial::app())
+    channels_server::cli::run_with(channels_server::tutorial::app_for)
 }

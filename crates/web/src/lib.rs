@@ -29,7 +29,7 @@
 //!   reject an empty id anyway.
 //! - The group page shows `[连接已断开!]` when the socket closes, whoever closed it; the
 //!   tutorial's group page printed it only from its close button.
-//! - After an unexpected close (1001, 1006, 1011, 1012, 1013, 4008, 4009) the pages reconnect by
+//! - After an unexpected close (1001, 1006, 1011, 1012, 1013, 4008, 4009, 4401) the pages reconnect by
 //!   themselves, with exponential backoff and full jitter, and never after 1000 (the echo
 //!   chat's `exit`), 1003, 1008, 1009, 4400 or the close button; [`reconnect`] has the numbers.
 //!   A reconnect opens the same path, so the group page rejoins its group. The tutorial's pages
@@ -85,6 +85,32 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// # let _ = app;
 /// ```
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    router_with(PageOptions::default())
+}
+
+/// How the pages behave beyond the tutorial.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PageOptions {
+    /// Where the pages fetch a connection token before each connect (the Django token view,
+    /// e.g. `/ws/token/`, served on the same origin): a `200` with `{"token", "name"}` connects
+    /// with the subprotocol pair `bearer, <token>` and shows who is signed in; a `401`/`403`
+    /// says "not signed in" with a link to Django's login and stops. `None`: anonymous, as the
+    /// tutorial.
+    pub token_url: Option<String>,
+}
+
+impl PageOptions {
+    /// The pages fetch a connection token from `url` before connecting.
+    #[must_use]
+    pub fn with_token_url(mut self, url: impl Into<String>) -> Self {
+        self.token_url = Some(url.into());
+        self
+    }
+}
+
+/// [`router`] with `options`.
+pub fn router_with<S: Clone + Send + Sync + 'static>(options: PageOptions) -> Router<S> {
     Router::new()
         .route("/", get(pages::index))
         .route("/chatone", get(pages::chat_one))
@@ -94,6 +120,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/static/chatone.js", get(assets::chat_one_js))
         .route("/static/chatgroup.js", get(assets::chat_group_js))
         .route("/favicon.ico", get(assets::favicon))
+        .layer(axum::Extension(std::sync::Arc::new(options)))
         .layer(middleware::map_response(security_headers))
 }
 

@@ -5,9 +5,14 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::Extension;
 use axum::extract::Query;
+
+use crate::PageOptions;
 
 /// The query parameter that names the group, spelled as in the tutorial's view.
 const GROUP_ID_PARAM: &str = "groupID";
@@ -20,7 +25,10 @@ pub(crate) struct Index;
 /// `templates/chatone.html`: the tutorial's `chatting.html`.
 #[derive(Debug, Template, WebTemplate)]
 #[template(path = "chatone.html")]
-pub(crate) struct ChatOne;
+pub(crate) struct ChatOne {
+    /// The `#identity` data block (JSON), when the pages fetch connection tokens.
+    identity_json: Option<String>,
+}
 
 /// `templates/chatgroup.html`: the tutorial's `groupchatting.html`.
 #[derive(Debug, Template, WebTemplate)]
@@ -30,6 +38,8 @@ pub(crate) struct ChatGroup {
     group_id: String,
     /// The id as a JSON string (or `null`) for the `#group-id` data block.
     group_id_json: String,
+    /// The `#identity` data block (JSON), when the pages fetch connection tokens.
+    identity_json: Option<String>,
 }
 
 /// `GET /`.
@@ -38,8 +48,10 @@ pub(crate) async fn index() -> Index {
 }
 
 /// `GET /chatone`.
-pub(crate) async fn chat_one() -> ChatOne {
-    ChatOne
+pub(crate) async fn chat_one(Extension(options): Extension<Arc<PageOptions>>) -> ChatOne {
+    ChatOne {
+        identity_json: identity_json(&options),
+    }
 }
 
 /// `GET /chatgroup?groupID=N`.
@@ -47,7 +59,10 @@ pub(crate) async fn chat_one() -> ChatOne {
 /// The query is read as a map so that no query string is ever rejected: a repeated `groupID`
 /// keeps its last value, as Django's `request.GET.get` does, and a missing or empty one renders
 /// the page without connecting (the template shows a note and the script sees `null`).
-pub(crate) async fn chat_group(Query(query): Query<HashMap<String, String>>) -> ChatGroup {
+pub(crate) async fn chat_group(
+    Extension(options): Extension<Arc<PageOptions>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ChatGroup {
     let group_id = query
         .get(GROUP_ID_PARAM)
         .filter(|id| !id.is_empty())
@@ -55,7 +70,15 @@ pub(crate) async fn chat_group(Query(query): Query<HashMap<String, String>>) -> 
     ChatGroup {
         group_id_json: json_for_script(group_id.as_deref()),
         group_id: group_id.unwrap_or_default(),
+        identity_json: identity_json(&options),
     }
+}
+
+/// The `#identity` data block: `{"token_url": ...}` when the pages fetch connection tokens.
+fn identity_json(options: &PageOptions) -> Option<String> {
+    let url = options.token_url.as_deref()?;
+    let url = json_for_script(Some(url));
+    Some(format!(r#"{{"token_url": {url}}}"#))
 }
 
 impl ChatGroup {

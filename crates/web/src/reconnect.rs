@@ -31,8 +31,9 @@ pub const STABLE_MS: u32 = 5_000;
 /// The close codes after which the pages reconnect: 1001 going away (shutdown, drain), 1006
 /// abnormal closure (no close frame: a killed replica, a refused connection), 1011 internal
 /// error, 1012 service restart, 1013 try again later (the channel layer is unavailable), 4008
-/// slow consumer and 4009 no pong (the server thought the connection dead).
-pub const RECONNECT_CODES: [u16; 7] = [1001, 1006, 1011, 1012, 1013, 4008, 4009];
+/// slow consumer, 4009 no pong (the server thought the connection dead) and 4401 token expired
+/// (the pages fetch a new token first).
+pub const RECONNECT_CODES: [u16; 8] = [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4401];
 
 /// The close codes of a deliberate drain, after which the first retry is almost immediate.
 pub const DRAIN_CODES: [u16; 2] = [1001, 1012];

@@ -43,7 +43,7 @@ def ws_token(request):
         "exp": int(time.time()) + TOKEN_SECONDS,
     }
     token = jwt.encode(claims, settings.CHANNELS_TOKEN_SECRET, algorithm="HS256")
-    return JsonResponse({"token": token, "name": claims["name"]})
+    return JsonResponse({"token": token, "name": claims["name"], "groups": claims["groups"]})
 
 
 def _cookies(header):

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use system_tests::loadgen::{self, FanoutOptions, IdleOptions, Target, proto::Protocol};
 
@@ -37,6 +38,13 @@ struct Cli {
     /// Prefix of group names, to keep runs apart.
     #[arg(long, default_value = "b", global = true)]
     tag: String,
+    /// A query string for every handshake URL (e.g. `token=...`), without the `?`.
+    #[arg(long, global = true)]
+    query: Option<String>,
+    /// A request header for every handshake, as `Name: value` (repeatable; e.g. a session
+    /// cookie for a connect hook).
+    #[arg(long = "header", global = true)]
+    headers: Vec<String>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -97,6 +105,17 @@ async fn main() -> anyhow::Result<()> {
         source_ips: cli.source_ips,
         pids: cli.pids,
         tag: cli.tag,
+        query: cli.query,
+        headers: cli
+            .headers
+            .iter()
+            .map(|h| {
+                let (name, value) = h
+                    .split_once(':')
+                    .with_context(|| format!("--header {h:?} is not `Name: value`"))?;
+                Ok((name.trim().to_owned(), value.trim().to_owned()))
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     let report = match cli.mode {
         Mode::Fanout {

@@ -2,5 +2,5 @@
 //! a fresh binary (`CARGO_BIN_EXE_channels-server-under-test`) from the same `cargo test` run.
 
 fn main() -> std::process::ExitCode {
-    channels_server::cli::run(channels_server::tutorial::app())
+    channels_server::cli::run_with(channels_server::tutorial::app_for)
 }

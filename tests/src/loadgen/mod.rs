@@ -38,6 +38,10 @@ pub struct Target {
     pub pids: Vec<u32>,
     /// Makes group names unique to this run.
     pub tag: String,
+    /// A query string for every handshake URL (without `?`), e.g. a connection token.
+    pub query: Option<String>,
+    /// Request headers for every handshake, e.g. a session cookie.
+    pub headers: Vec<(String, String)>,
 }
 
 /// How the connect phase went.
@@ -72,10 +76,14 @@ async fn connect_all(
         });
         let gate = Arc::clone(&gate);
         let hist = Arc::clone(&hist);
+        let extra = proto::Extra {
+            query: target.query.clone(),
+            headers: target.headers.clone(),
+        };
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let t = Instant::now();
-            let conn = proto::connect(&url, protocol, &group, echo, source)
+            let conn = proto::connect(&url, protocol, &group, echo, source, &extra)
                 .await
                 .with_context(|| format!("connecting to {url} for {group}"))?;
             hist.record(t.elapsed());

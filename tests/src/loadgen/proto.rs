@@ -38,6 +38,16 @@ pub struct Sender {
     protocol: Protocol,
 }
 
+/// What a handshake carries besides the path: a query string and request headers (a token, a
+/// session cookie).
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Appended to the URL after `?` (or `&` when it has a query).
+    pub query: Option<String>,
+    /// Added to the request.
+    pub headers: Vec<(String, String)>,
+}
+
 /// Connects to `base` (`ws://host:port`) for group `group` (or an echo room when `echo`).
 /// `source` binds the local address first, to spread connections over 127.0.0.x.
 pub async fn connect(
@@ -46,6 +56,7 @@ pub async fn connect(
     group: &str,
     echo: bool,
     source: Option<IpAddr>,
+    extra: &Extra,
 ) -> anyhow::Result<(Sender, Stream)> {
     let url = match (protocol, echo) {
         (Protocol::Seed, false) => format!("{base}/group/{group}/"),
@@ -54,7 +65,18 @@ pub async fn connect(
             format!("{base}/socket.io/?EIO=4&transport=websocket&room={group}")
         }
     };
-    let request = url.as_str().into_client_request()?;
+    let url = match &extra.query {
+        Some(query) if url.contains('?') => format!("{url}&{query}"),
+        Some(query) => format!("{url}?{query}"),
+        None => url,
+    };
+    let mut request = url.as_str().into_client_request()?;
+    for (name, value) in &extra.headers {
+        request.headers_mut().append(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())?,
+            value.parse()?,
+        );
+    }
     let host = request.uri().host().context("url without host")?.to_owned();
     let port = request.uri().port_u16().unwrap_or(80);
     let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))

@@ -14,7 +14,7 @@
 //! | 1013 | [`Close::TRY_AGAIN_LATER`] | the channel layer (Redis) is unavailable: a group message could not be sent, or the group could not be joined | yes, with backoff |
 //! | 4008 | [`Close::SLOW`] | the client did not read its messages: a write stayed blocked for `--write-timeout-secs`, or more than `--max-queued-bytes` waited for it that long | yes, with backoff |
 //! | 4009 | [`Close::NO_PONG`] | the client did not answer a server ping within `--pong-timeout-secs` (dead peer, suspended tab, broken network) | yes, with backoff |
-//! | 4401 | [`Close::TOKEN_EXPIRED`] | the connection token's `exp` passed (with identity on) | after fetching a new token (the tutorial pages stop) |
+//! | 4401 | [`Close::TOKEN_EXPIRED`] | the connection token's `exp` passed (with identity on) | yes, after fetching a new token |
 //! | 4403 | [`Close::FORBIDDEN`] | the connection's identity does not allow a group it asked to post into (with identity on) | no |
 //!
 //! Codes 4000–4999 are the application range of RFC 6455: apps define their own there (the

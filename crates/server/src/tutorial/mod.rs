@@ -23,6 +23,7 @@
 use channels_layer::{GroupName, Map, Message, Value};
 
 use crate::app::App;
+use crate::config::Config;
 use crate::consumer::{ClientMessage, Close, Consumer, Context, GroupError};
 use crate::routing::WsRouter;
 
@@ -34,6 +35,16 @@ pub const INVALID_GROUP: Close = Close::new(4400, "invalid group name");
 /// and their assets).
 pub fn app() -> App {
     App::new(routes()).http_routes(channels_web::router())
+}
+
+/// [`app`] with the pages set up by `config`: with `--page-token-url`, they fetch a connection
+/// token there before connecting and show who is signed in (identity on).
+pub fn app_for(config: &Config) -> App {
+    let mut pages = channels_web::PageOptions::default();
+    if let Some(url) = &config.page_token_url {
+        pages = pages.with_token_url(url.clone());
+    }
+    App::new(routes()).http_routes(channels_web::router_with(pages))
 }
 
 /// The echo chat's reply prefix.

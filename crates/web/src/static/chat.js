@@ -12,8 +12,9 @@
 // unit test keeps the two in step):
 // - Reconnect after close codes 1001 (going away: shutdown or drain), 1006 (abnormal: no close
 //   frame, e.g. a killed replica or a refused connection), 1011 (internal error), 1012 (service
-//   restart), 1013 (try again later: the channel layer is unavailable), 4008 (slow consumer) and
-//   4009 (no pong: the server took the connection for dead).
+//   restart), 1013 (try again later: the channel layer is unavailable), 4008 (slow consumer),
+//   4009 (no pong: the server took the connection for dead) and 4401 (token expired: with
+//   identity on, a new token is fetched first).
 //   Every other code is final: 1000 (normal, e.g. the echo chat's "exit"), 1003, 1008, 1009,
 //   4400 (invalid group name), ... And the close button stops reconnecting for good.
 // - Exponential backoff with full jitter (AWS "Exponential Backoff and Jitter"): retry number
@@ -27,9 +28,21 @@
 // - A reconnect opens the same path, so the group page rejoins its group: the server joins the
 //   group named in the URL on connect.
 //
+// Identity (only when the page has an #identity data block, that is when the server runs with
+// --page-token-url): before each connect the page fetches a connection token from the Django
+// token view on the same origin (with the session cookie). 200 {"token", "name"}: it connects
+// with the subprotocol pair ["bearer", token] (the token stays out of the URL) and shows who is
+// signed in. 401/403: it says "not signed in" with a link to Django's login, and stops. Other
+// answers or a network failure: it retries with the backoff below. After 4401 (token expired)
+// it fetches a new token and reconnects. A socket that fails before opening, with a fresh token,
+// was refused (403: a group its token does not allow) or hit a replica that is down: the page
+// checks the token's groups and says "not allowed in this group" and stops when the group is
+// not among them, else retries.
+//
 // Browser tests read these globals:
 // - window.wsState: "idle" until start() runs, then "connecting", "open", "error", "closed",
-//   and "reconnecting" while waiting to retry;
+//   "reconnecting" while waiting to retry, and "refused" when identity says no;
+// - window.wsUser: the signed-in name (identity on), else null;
 // - window.wsCloseCode: the code of the last close event;
 // - window.wsConnects: how many times a socket opened;
 // - window.wsReconnectDelays: every retry delay chosen, in ms.
@@ -39,12 +52,13 @@ window.wsState = "idle";
 window.wsCloseCode = null;
 window.wsConnects = 0;
 window.wsReconnectDelays = [];
+window.wsUser = null;
 
 window.channelsChat = (function () {
   var BASE_MS = 500;
   var CAP_MS = 15000;
   var STABLE_MS = 5000;
-  var RECONNECT_CODES = [1001, 1006, 1011, 1012, 1013, 4008, 4009];
+  var RECONNECT_CODES = [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4401];
   var DRAIN_CODES = [1001, 1012];
 
   // Whether a close with `code` should be followed by a reconnect.
@@ -99,6 +113,32 @@ window.channelsChat = (function () {
     return scheme + "//" + location.host + path;
   }
 
+  // The #identity data block ({"token_url": ...}), or null when the page is anonymous.
+  function identityConfig() {
+    var block = document.getElementById("identity");
+    if (block === null) {
+      return null;
+    }
+    var config = JSON.parse(block.textContent);
+    return config && typeof config.token_url === "string" ? config : null;
+  }
+
+  // Whether a token's `groups` (exact names, or prefixes ending in "*") allow the group of
+  // `path` (/group/<id>/); paths without a group are always allowed.
+  function groupAllowed(groups, path) {
+    var match = /^\/group\/([^/]+)\/$/.exec(path);
+    if (match === null) {
+      return true;
+    }
+    var group = decodeURIComponent(match[1]);
+    return (groups || []).some(function (pattern) {
+      if (pattern.slice(-1) === "*") {
+        return group.indexOf(pattern.slice(0, -1)) === 0;
+      }
+      return pattern === group;
+    });
+  }
+
   // Connects to `path`, reconnects after unexpected closes, and wires the send and close
   // buttons. `closeNote`, if not null, is appended when the user presses the close button.
   function start(path, closeNote) {
@@ -131,12 +171,74 @@ window.channelsChat = (function () {
       }, delay);
     }
 
+    var identity = identityConfig();
+    var token = null;
+
+    // Identity says no: say so, with a link to Django's login, and stop reconnecting.
+    function refused(text) {
+      stopped = true;
+      window.wsState = "refused";
+      showStatus("refused", text);
+      var status = document.getElementById("status");
+      if (status !== null) {
+        var link = document.createElement("a");
+        link.href = "/accounts/login/?next=" + encodeURIComponent(location.pathname + location.search);
+        link.textContent = " 登录 / log in";
+        status.appendChild(link);
+      }
+    }
+
+    // Fetches a connection token, then opens the socket with it.
+    function connectWithToken() {
+      window.wsState = "connecting";
+      showStatus("connecting", "获取令牌 / fetching a token");
+      fetch(identity.token_url, {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+      })
+        .then(function (response) {
+          if (response.status === 401 || response.status === 403) {
+            refused("未登录 / not signed in");
+            return null;
+          }
+          if (!response.ok) {
+            throw new Error("token view answered " + response.status);
+          }
+          return response.json();
+        })
+        .then(function (answer) {
+          if (answer === null || stopped) {
+            return;
+          }
+          token = answer;
+          window.wsUser = answer.name || null;
+          if (!groupAllowed(answer.groups, path)) {
+            refused("不允许加入此群组 / not allowed in this group (" + window.wsUser + ")");
+            return;
+          }
+          open(answer.token);
+        })
+        .catch(function () {
+          if (!stopped) {
+            scheduleRetry(1006);
+          }
+        });
+    }
+
     function connect() {
+      if (identity !== null) {
+        connectWithToken();
+        return;
+      }
+      open(null);
+    }
+
+    function open(bearer) {
       var ws;
       window.wsState = "connecting";
       showStatus("connecting", "连接中 / connecting");
       try {
-        ws = new WebSocket(socketUrl(path));
+        ws = bearer === null ? new WebSocket(socketUrl(path)) : new WebSocket(socketUrl(path), ["bearer", bearer]);
       } catch (error) {
         // A malformed URL: retrying would fail the same way.
         socket = null;
@@ -156,7 +258,11 @@ window.channelsChat = (function () {
         openedAt = Date.now();
         window.wsConnects += 1;
         window.wsState = "open";
-        showStatus("open", "已连接 / connected");
+        if (window.wsUser !== null) {
+          showStatus("open", "已连接: " + window.wsUser + " / connected as " + window.wsUser);
+        } else {
+          showStatus("open", "已连接 / connected");
+        }
         appendLine("[连接成功!]");
       });
       // Fired when the connection fails; a "close" event always follows.
