@@ -55,14 +55,14 @@ enum Check {
         /// Clients to connect; at least one per replica.
         #[arg(long, default_value_t = 6)]
         clients: usize,
-        #[arg(long, default_value = "compose-chat")]
+        #[arg(long, default_value = "compose_chat")]
         group: String,
     },
     /// `docker stop` of one replica: 1001 at once, exit 0 within the drain, reconnects.
     Stop {
         #[arg(long, default_value_t = 6)]
         clients: usize,
-        #[arg(long, default_value = "compose-stop")]
+        #[arg(long, default_value = "compose_stop")]
         group: String,
         /// `CHANNELS_DRAIN_TIMEOUT` of the replicas.
         #[arg(long, default_value_t = 30)]
