@@ -145,6 +145,7 @@ async fn stop(cli: &Cli, n: usize, group: &str, drain_secs: u64) -> anyhow::Resu
     let stopping = tokio::task::spawn_blocking(move || {
         let status = Command::new(docker)
             .args(["stop", "-t", &grace, &container])
+            .stdout(std::process::Stdio::null())
             .status();
         (status, started.elapsed())
     });
@@ -167,14 +168,21 @@ async fn stop(cli: &Cli, n: usize, group: &str, drain_secs: u64) -> anyhow::Resu
         "the replica took {took:?} to exit, longer than the {drain_secs} s drain"
     );
 
-    // The pages reconnect; nginx sends them to the replicas still running.
-    let mut back = connect(cli, group, gone.len()).await;
-    for (_, replica) in &back {
+    // The pages reconnect; nginx sends them to the replicas still running. Until nginx
+    // forgets the stopped replica's address, an attempt may first wait for that address to
+    // fail (no host answers it any more) before nginx tries the next replica.
+    let url = format!("ws://{}/group/{group}/", cli.via);
+    let mut back = Vec::new();
+    for _ in 0..gone.len() {
+        let (client, replica, took) = reconnect(&url, Duration::from_secs(20)).await?;
+        println!("stop: a client reconnected to {replica} in {took:?}");
         ensure!(
-            *replica != victim.name,
+            replica != victim.name,
             "a reconnect landed on the stopped replica"
         );
+        back.push((client, replica));
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
         "stop: {} clients reconnected to {:?}",
         back.len(),
@@ -265,6 +273,32 @@ async fn connect(cli: &Cli, group: &str, n: usize) -> Vec<(Client, String)> {
     // The consumer joins the group just after it accepts: give the joins a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
     clients
+}
+
+/// A client's handshake through `url`, retried as the pages do until `within`: the client,
+/// the replica that answered, and how long it took.
+async fn reconnect(url: &str, within: Duration) -> anyhow::Result<(Client, String, Duration)> {
+    let started = Instant::now();
+    loop {
+        let left = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, tokio_tungstenite::connect_async(url)).await {
+            Ok(Ok((stream, response))) => {
+                let replica = response
+                    .headers()
+                    .get("x-channels-replica")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                return Ok((Client(stream), replica, started.elapsed()));
+            }
+            Ok(Err(error)) if started.elapsed() < within => {
+                println!("stop: a reconnect attempt failed ({error}): retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(Err(error)) => bail!("no reconnect within {within:?}: {error}"),
+            Err(_) => bail!("no reconnect within {within:?}"),
+        }
+    }
 }
 
 /// Every client sends one message; every client must receive all of them.
