@@ -7,7 +7,10 @@
 //! counts only 127.0.0.1 and ::1 as local, so the test connects the replica through a relay that
 //! reaches Redis from 127.0.0.2 (still this machine's loopback interface).
 
-#![allow(clippy::unwrap_used, reason = "tests: a failed unwrap is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a failed unwrap is a failed test"
+)]
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -83,7 +86,11 @@ impl Replica {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let readyz = self.readyz().await.unwrap_or_default();
-            let body = readyz.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+            let body = readyz
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
             let logged = self
                 .log
                 .lock()
@@ -108,7 +115,12 @@ const LAYERS: [&str; 2] = ["redis-pubsub", "redis-core"];
 
 fn with_password() -> RedisServer {
     let redis = RedisServer::start();
-    let () = redis.query(redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("s3cret"));
+    let () = redis.query(
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg("s3cret"),
+    );
     redis
 }
 
@@ -129,7 +141,12 @@ async fn wrongpass_reaches_the_log_and_readyz() {
         let replica = Replica::start(layer, &url);
         replica.expect_refusal("WRONGPASS").await;
         assert!(
-            !replica.log.lock().unwrap().iter().any(|l| l.contains("not-it")),
+            !replica
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("not-it")),
             "the password reached the log"
         );
     }
@@ -160,7 +177,12 @@ async fn noperm_reaches_the_log_and_readyz() {
 #[tokio::test]
 async fn denied_reaches_the_log_and_readyz() {
     let redis = RedisServer::start();
-    let () = redis.query(redis::cmd("CONFIG").arg("SET").arg("protected-mode").arg("yes"));
+    let () = redis.query(
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("protected-mode")
+            .arg("yes"),
+    );
     let relay = relay_from(redis.port(), [127, 0, 0, 2]).await;
     for layer in LAYERS {
         let replica = Replica::start(layer, &format!("redis://127.0.0.1:{relay}/0"));

@@ -33,7 +33,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser, Debug)]
-#[command(name = "channels-compose-check", about = "checks of the running compose stack")]
+#[command(
+    name = "channels-compose-check",
+    about = "checks of the running compose stack"
+)]
 struct Cli {
     /// nginx's published address.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -152,7 +155,10 @@ async fn stop(cli: &Cli, n: usize, group: &str, drain_secs: u64) -> anyhow::Resu
     let closes = join_all(gone.iter_mut().map(|(c, _)| close_frame(c, started))).await;
     for (code, after) in &closes {
         println!("stop: client closed with {code} after {after:?}");
-        ensure!(*code == 1001, "a client of the stopped replica got {code}, not 1001");
+        ensure!(
+            *code == 1001,
+            "a client of the stopped replica got {code}, not 1001"
+        );
         ensure!(
             *after <= Duration::from_secs(1),
             "1001 came after {after:?}, more than a second"
@@ -160,7 +166,10 @@ async fn stop(cli: &Cli, n: usize, group: &str, drain_secs: u64) -> anyhow::Resu
     }
     let (status, took) = stopping.await?;
     ensure!(status?.success(), "docker stop failed");
-    let exit = docker_out(cli, &["inspect", "-f", "{{.State.ExitCode}}", &victim.container])?;
+    let exit = docker_out(
+        cli,
+        &["inspect", "-f", "{{.State.ExitCode}}", &victim.container],
+    )?;
     println!("stop: container exited with {exit} after {took:?} (drain {drain_secs} s)");
     ensure!(exit == "0", "the stopped replica exited with {exit}, not 0");
     ensure!(
@@ -186,7 +195,9 @@ async fn stop(cli: &Cli, n: usize, group: &str, drain_secs: u64) -> anyhow::Resu
     println!(
         "stop: {} clients reconnected to {:?}",
         back.len(),
-        back.iter().map(|(_, r)| r.as_str()).collect::<BTreeSet<_>>()
+        back.iter()
+            .map(|(_, r)| r.as_str())
+            .collect::<BTreeSet<_>>()
     );
     kept.append(&mut back);
     chat_all(&mut kept, "after").await?;
@@ -222,7 +233,10 @@ async fn replicas(cli: &Cli) -> anyhow::Result<Vec<Replica>> {
                 container,
             ],
         )?;
-        let ip = ip.split_whitespace().next().context("container without an address")?;
+        let ip = ip
+            .split_whitespace()
+            .next()
+            .context("container without an address")?;
         let name = replica_name(&format!("{ip}:8000")).await?;
         println!("replica {name}: container {} at {ip}", short(container));
         replicas.push(Replica {
@@ -320,7 +334,10 @@ async fn chat_all(clients: &mut [(Client, String)], tag: &str) -> anyhow::Result
         received.insert(i, (replica.clone(), got));
     }
     for (i, (replica, got)) in received {
-        ensure!(got == sent, "client {i} on {replica} got {got:?} of {sent:?}");
+        ensure!(
+            got == sent,
+            "client {i} on {replica} got {got:?} of {sent:?}"
+        );
     }
     Ok(())
 }

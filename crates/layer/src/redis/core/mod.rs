@@ -398,9 +398,11 @@ impl ChannelLayer for RedisChannelLayer {
             .iter()
             .find(|s| !s.healthy.load(Ordering::SeqCst))
         {
-            return Some(shard.problem().unwrap_or_else(|| {
-                format!("redis shard {} is connecting", shard.host.display())
-            }));
+            return Some(
+                shard.problem().unwrap_or_else(|| {
+                    format!("redis shard {} is connecting", shard.host.display())
+                }),
+            );
         }
         if !inner.inbox_ready.load(Ordering::SeqCst) {
             return Some(

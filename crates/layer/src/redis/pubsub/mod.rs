@@ -325,7 +325,10 @@ impl ChannelLayer for RedisPubSubChannelLayer {
             .iter()
             .find(|s| !connected[s.index].load(Ordering::SeqCst))?;
         Some(shard.problem().unwrap_or_else(|| {
-            format!("the redis subscriber of {} is connecting", shard.host.display())
+            format!(
+                "the redis subscriber of {} is connecting",
+                shard.host.display()
+            )
         }))
     }
 }
