@@ -39,10 +39,20 @@ fi
 source scripts/lib/apt.sh
 needs=(docker.io:dockerd docker.io:/usr/bin/docker docker-compose:docker-compose
   debootstrap:debootstrap iptables:iptables iproute2:ip)
+# Installing docker.io must not start Debian's own (system) engine: while it installs, a
+# policy-rc.d (when the machine has none) tells the package scripts not to start services.
+policy=
+if [[ -n $(missing_packages "${needs[@]}") && ! -e /usr/sbin/policy-rc.d ]]; then
+  policy=/usr/sbin/policy-rc.d
+  printf '#!/bin/sh\nexit 101\n' >"$policy"
+  chmod 755 "$policy"
+fi
 # shellcheck disable=SC2046
 if ! ensure_packages "compose-test: " "${needs[@]}"; then
+  [[ -n $policy ]] && rm -f "$policy"
   fail "missing Debian packages:" $(missing_packages "${needs[@]}")
 fi
+[[ -n $policy ]] && rm -f "$policy"
 # /usr/bin/docker is Debian's CLI, the one that matches Debian's dockerd (another `docker` may
 # come first on PATH).
 docker_cli=/usr/bin/docker
