@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check CI runs: formatting, clippy, the API docs, and the whole test suite.
+# Runs every check CI runs: formatting, clippy, the API docs, the whole test suite, and the
+# compose stack brought up for real (scripts/compose-test.sh).
 #
 # Some tests start their own redis-server, nginx and Chromium (with chromedriver), and fail if
 # those programs are missing. So this script first installs the Debian packages that provide
@@ -34,3 +35,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 scripts/fuzz.sh --short
 cargo test --workspace --locked
+# `docker compose up` for real: the image built and the shipped stack up on a private Docker
+# engine (it installs docker.io, docker-compose and debootstrap with apt-get when missing).
+scripts/compose-test.sh

@@ -33,7 +33,8 @@ install_packages() {
 ensure_packages() {
   local label=$1 missing
   shift
-  mapfile -t missing < <(missing_packages "$@")
+  # Once each, though several programs may come from one package.
+  mapfile -t missing < <(missing_packages "$@" | awk '!seen[$0]++')
   ((${#missing[@]})) || return 0
   echo "${label}installing missing Debian packages: ${missing[*]}"
   install_packages "${missing[@]}" && [[ -z $(missing_packages "$@") ]]

@@ -73,4 +73,12 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug + 'static {
     fn is_ready(&self) -> bool {
         true
     }
+
+    /// Why the layer is not ready, for the operator (readiness probe body, logs): a Redis
+    /// backend gives Redis' own error when Redis refused it (`NOAUTH Authentication
+    /// required.`, `WRONGPASS ...`, `DENIED ...`, `NOPERM ...`), or what failed otherwise.
+    /// `None` when it is ready or has nothing to say.
+    fn not_ready_reason(&self) -> Option<String> {
+        None
+    }
 }

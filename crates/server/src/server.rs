@@ -407,20 +407,23 @@ async fn accept_error(error: std::io::Error) {
 }
 
 /// Ready when the channel layer can carry messages and the server is not draining; a load
-/// balancer stops sending new connections otherwise.
+/// balancer stops sending new connections otherwise. A layer that is not ready says why (Redis'
+/// own error when Redis refused it), for the operator who reads the probe.
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> (axum::http::StatusCode, &'static str) {
+) -> (axum::http::StatusCode, String) {
     use axum::http::StatusCode;
+    let layer = state.hub().layer();
     if state.hub().shutdown().is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else if !state.hub().layer().is_ready() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "channel layer disconnected\n",
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
+    } else if !layer.is_ready() {
+        let body = match layer.not_ready_reason() {
+            Some(reason) => format!("channel layer disconnected: {reason}\n"),
+            None => "channel layer disconnected\n".to_owned(),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, body)
     } else {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_owned())
     }
 }
 

@@ -56,6 +56,70 @@ impl HostUrl {
         format!("{}{sep}protocol=resp3", self.url)
     }
 
+    /// `error`, or Redis' own words when Redis refuses a fresh connection (see
+    /// [`refusal`](Self::refusal)): redis-rs retries a refused subscriber connection in
+    /// silence, so calls on it only time out, and it reports a refused `AUTH` without Redis'
+    /// text.
+    pub(crate) async fn explain(&self, error: LayerError, timeout: Duration) -> LayerError {
+        match self.refusal(timeout).await {
+            Some(answer) => self.unavailable(format!("Redis answered: {answer}")),
+            None => error,
+        }
+    }
+
+    /// Redis' first error reply on a fresh connection to `AUTH` (with the URL's credentials)
+    /// and `PING`, in Redis' words: `DENIED ...` (protected mode), `NOAUTH ...`,
+    /// `WRONGPASS ...`, `NOPERM ...`. `None` when both succeed or Redis says nothing (down,
+    /// unreachable, too slow). Spoken in plain RESP, not through redis-rs, whose handshake
+    /// turns these replies into errors of its own. TLS hosts are asked through redis-rs.
+    pub(crate) async fn refusal(&self, timeout: Duration) -> Option<String> {
+        let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str()).ok()?;
+        let settings = info.redis_settings();
+        let mut request = Vec::new();
+        let mut replies = 1;
+        if let Some(password) = settings.password() {
+            replies += 1;
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = settings.username() {
+                auth.arg(user);
+            }
+            request.extend(auth.arg(password).get_packed_command());
+        }
+        request.extend(redis::cmd("PING").get_packed_command());
+        let exchange = async {
+            match info.addr() {
+                redis::ConnectionAddr::Tcp(host, port) => {
+                    let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await;
+                    first_error(stream.ok()?, &request, replies).await
+                }
+                redis::ConnectionAddr::Unix(path) => {
+                    let stream = tokio::net::UnixStream::connect(path).await;
+                    first_error(stream.ok()?, &request, replies).await
+                }
+                _ => self.refusal_tls(timeout).await,
+            }
+        };
+        tokio::time::timeout(timeout, exchange).await.ok().flatten()
+    }
+
+    /// [`refusal`](Self::refusal) through redis-rs, for TLS hosts.
+    async fn refusal_tls(&self, timeout: Duration) -> Option<String> {
+        let client = redis::Client::open(self.url.as_str()).ok()?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let attempt = async {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        };
+        match attempt.await {
+            Err(error) if !error.is_io_error() && !error.is_timeout() => Some(words(&error)),
+            _ => None,
+        }
+    }
+
     /// A pool of publisher connections, bounded in size and in every wait.
     pub(crate) fn pool(&self, timeout: Duration, size: usize) -> Result<Pool, LayerError> {
         let mut config = PoolConfig::from_url(self.url.clone());
@@ -100,6 +164,41 @@ impl HostUrl {
     }
 }
 
+/// A Redis error in Redis' words when Redis answered with one (`NOPERM this user has no
+/// permissions ...`, where redis-rs would say `NoPerm: ...`), redis-rs' description otherwise.
+pub(crate) fn words(error: &redis::RedisError) -> String {
+    match (error.code(), error.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        _ => error.to_string(),
+    }
+}
+
+/// Sends `request` (commands answered by one-line replies) and reads up to its `expected`
+/// replies or the connection's end; returns the first error reply without its `-`. Redis
+/// sends `DENIED` unasked on accept, then closes.
+async fn first_error(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    request: &[u8],
+    expected: usize,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A refusal may close the connection before the request is written: read anyway.
+    let _ = stream.write_all(request).await;
+    let mut replies = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let complete = |replies: &[u8]| replies.windows(2).filter(|w| w == b"\r\n").count();
+    while complete(&replies) < expected && replies.len() < 64 * 1024 {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => replies.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&replies)
+        .split("\r\n")
+        .find_map(|line| line.strip_prefix('-'))
+        .map(str::to_owned)
+}
+
 /// `scheme://user:password@host/...` without the user and password.
 pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -119,7 +218,7 @@ pub(crate) async fn bounded<T>(
 ) -> Result<T, LayerError> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(host.unavailable(format!("{what} failed: {error}"))),
+        Ok(Err(error)) => Err(host.unavailable(format!("{what} failed: {}", words(&error)))),
         Err(_) => Err(host.unavailable(format!("{what} timed out after {timeout:?}"))),
     }
 }

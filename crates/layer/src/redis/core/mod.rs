@@ -112,6 +112,8 @@ struct Inner {
     counters: Counters,
     /// The inbox receive loop's latest call succeeded.
     inbox_ready: AtomicBool,
+    /// Why the receive loop last failed, for `not_ready_reason` (`None` once it runs).
+    inbox_problem: Mutex<Option<String>>,
     /// Shard of the next send to a general channel.
     round_robin: AtomicUsize,
     /// Memberships this replica wrote to Redis, with the score written.
@@ -167,7 +169,11 @@ impl RedisChannelLayer {
         let deadline = tokio::time::Instant::now() + timeout;
         while !layer.is_ready() {
             if tokio::time::Instant::now() >= deadline {
-                tracing::error!("redis is unreachable at startup: retrying in the background");
+                let error = layer.not_ready_reason().unwrap_or_default();
+                tracing::error!(
+                    %error,
+                    "redis is unreachable at startup: retrying in the background"
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -207,6 +213,7 @@ impl RedisChannelLayer {
             refresh: config.refresh_memberships,
             counters: Counters::default(),
             inbox_ready: AtomicBool::new(false),
+            inbox_problem: Mutex::new(None),
             round_robin: AtomicUsize::new(0),
             memberships: Mutex::default(),
             retry: AtomicBool::new(false),
@@ -379,5 +386,31 @@ impl ChannelLayer for RedisChannelLayer {
                 .shards
                 .iter()
                 .all(|s| s.healthy.load(Ordering::SeqCst))
+    }
+
+    fn not_ready_reason(&self) -> Option<String> {
+        let inner = &self.inner;
+        if inner.registry.is_closed() {
+            return Some(LayerError::Closed.to_string());
+        }
+        if let Some(shard) = inner
+            .shards
+            .iter()
+            .find(|s| !s.healthy.load(Ordering::SeqCst))
+        {
+            return Some(
+                shard.problem().unwrap_or_else(|| {
+                    format!("redis shard {} is connecting", shard.host.display())
+                }),
+            );
+        }
+        if !inner.inbox_ready.load(Ordering::SeqCst) {
+            return Some(
+                lock(&inner.inbox_problem)
+                    .clone()
+                    .unwrap_or_else(|| "the redis receive loop is connecting".to_owned()),
+            );
+        }
+        None
     }
 }

@@ -154,6 +154,7 @@ impl Reader {
             backup.delivered = all.into_iter().map(|(m, _)| m).collect();
             backup.restore = false;
             if !layer.inbox_ready.swap(true, Ordering::SeqCst) {
+                *crate::sync::lock(&layer.inbox_problem) = None;
                 tracing::info!(host = host.display(), "redis receive loop connected");
             }
             fresh
@@ -196,6 +197,9 @@ impl Reader {
 
     fn report_down(&self, layer: &Inner, error: &LayerError) {
         layer.shards[self.shard].mark_down(error);
+        if self.inbox {
+            *crate::sync::lock(&layer.inbox_problem) = Some(error.to_string());
+        }
         if !self.inbox {
             tracing::debug!(%error, key = %self.key, "channel receive loop reconnecting");
         } else if layer.inbox_ready.swap(false, Ordering::SeqCst) {

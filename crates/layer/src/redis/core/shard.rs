@@ -27,6 +27,9 @@ pub(super) struct Shard {
     pub(super) disconnects: AtomicU64,
     /// Wakes the health loop early when another call saw the host fail.
     wake: Notify,
+    /// The latest failure while unhealthy (Redis' own error when it answered with one), for
+    /// `not_ready_reason`; `None` once healthy.
+    problem: std::sync::Mutex<Option<String>>,
 }
 
 impl Shard {
@@ -41,11 +44,27 @@ impl Shard {
             healthy: AtomicBool::new(false),
             disconnects: AtomicU64::new(0),
             wake: Notify::new(),
+            problem: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Why the host is not healthy, as last recorded.
+    pub(super) fn problem(&self) -> Option<String> {
+        crate::sync::lock(&self.problem).clone()
+    }
+
+    /// Records why the host is not healthy (`None`: it is); true if that changed.
+    fn set_problem(&self, error: Option<&LayerError>) -> bool {
+        let problem = error.map(ToString::to_string);
+        let mut slot = crate::sync::lock(&self.problem);
+        let changed = *slot != problem;
+        *slot = problem;
+        changed
     }
 
     /// Records that a call failed; logs once per outage.
     pub(super) fn mark_down(&self, error: &LayerError) {
+        let _ = self.set_problem(Some(error));
         if self.healthy.swap(false, Ordering::SeqCst) {
             self.disconnects.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%error, host = self.host.display(), "redis shard unreachable: reconnecting");
@@ -128,8 +147,18 @@ pub(super) async fn health_loop(inner: Weak<Inner>, i: usize) {
             }
             Err(error) => {
                 conn = None;
+                // redis-rs reports a refused AUTH without Redis' words: ask Redis.
+                let error = shard.host.explain(error, layer.timeout).await;
+                let was_healthy = shard.healthy.load(Ordering::SeqCst);
+                let changed = shard.set_problem(Some(&error));
                 shard.mark_down(&error);
-                tracing::debug!(%error, "redis shard health check failed");
+                if !was_healthy && changed {
+                    // Never connected, or Redis now says something else (mark_down logs the
+                    // start of an outage).
+                    tracing::error!(%error, host = shard.host.display(), "redis shard unreachable: reconnecting");
+                } else {
+                    tracing::debug!(%error, "redis shard health check failed");
+                }
                 let wait = delay;
                 delay = (delay * 2).min(layer.reconnect_max_delay);
                 wait
@@ -162,6 +191,7 @@ async fn check(
     .await?;
     if !shard.healthy.load(Ordering::SeqCst) {
         layer.resync(i).await?;
+        let _ = shard.set_problem(None);
         shard.healthy.store(true, Ordering::SeqCst);
         tracing::info!(host = shard.host.display(), "redis shard connected");
     }

@@ -49,9 +49,12 @@ pub(super) async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) 
                 if router.resync[i].swap(false, Ordering::SeqCst) {
                     if let Err(error) = inner.resync(i).await {
                         router.resync[i].store(true, Ordering::SeqCst);
+                        let error = shard.explain(error).await;
+                        let _ = shard.set_problem(Some(&error));
                         tracing::warn!(%error, "resubscribe failed: retrying");
                         continue;
                     }
+                    let _ = shard.set_problem(None);
                     if !router.connected[i].swap(true, Ordering::SeqCst) {
                         tracing::info!(host = shard.host.display(), "redis subscriber connected");
                     }
@@ -64,13 +67,21 @@ pub(super) async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) 
                     if router.connected[i].swap(false, Ordering::SeqCst) {
                         router.counters.disconnects.fetch_add(1, Ordering::Relaxed);
                     }
+                    let _ = shard.set_problem(Some(&error));
                     tracing::error!(%error, "redis subscriber hears nothing: connection replaced");
                 }
             }
             Err(error) => {
+                let error = shard.explain(error).await;
+                let changed = shard.set_problem(Some(&error));
                 router.resync[i].store(true, Ordering::SeqCst);
-                if router.connected[i].swap(false, Ordering::SeqCst) {
+                let was_connected = router.connected[i].swap(false, Ordering::SeqCst);
+                if was_connected {
                     router.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                // Once per outage, and again when Redis says something else (a password
+                // changed while it was down): not once per ping.
+                if was_connected || changed {
                     tracing::error!(%error, "redis subscriber unreachable: reconnecting");
                 }
             }

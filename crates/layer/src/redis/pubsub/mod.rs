@@ -99,10 +99,15 @@ impl RedisPubSubChannelLayer {
                     router.resync[shard].store(false, Ordering::SeqCst);
                     router.connected[shard].store(true, Ordering::SeqCst);
                 }
-                Err(error) => tracing::error!(
-                    %error,
-                    "redis is unreachable at startup: retrying in the background"
-                ),
+                Err(error) => {
+                    let shard = &layer.inner.shards[shard];
+                    let error = shard.explain(error).await;
+                    let _ = shard.set_problem(Some(&error));
+                    tracing::error!(
+                        %error,
+                        "redis is unreachable at startup: retrying in the background"
+                    );
+                }
             }
         }
         Ok(layer)
@@ -307,5 +312,23 @@ impl ChannelLayer for RedisPubSubChannelLayer {
                 .connected
                 .iter()
                 .all(|c| c.load(Ordering::SeqCst))
+    }
+
+    fn not_ready_reason(&self) -> Option<String> {
+        if self.inner.registry.is_closed() {
+            return Some(LayerError::Closed.to_string());
+        }
+        let connected = &self.inner.router.connected;
+        let shard = self
+            .inner
+            .shards
+            .iter()
+            .find(|s| !connected[s.index].load(Ordering::SeqCst))?;
+        Some(shard.problem().unwrap_or_else(|| {
+            format!(
+                "the redis subscriber of {} is connecting",
+                shard.host.display()
+            )
+        }))
     }
 }

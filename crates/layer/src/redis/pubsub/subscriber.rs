@@ -23,6 +23,8 @@ pub(super) struct Shard {
     pub(super) router: Arc<Router>,
     pub(super) timeout: Duration,
     pub(super) reconnect_max_delay: Duration,
+    /// Why the subscriber is not connected, for `not_ready_reason` (`None` once it is).
+    problem: Mutex<Option<String>>,
 }
 
 impl Shard {
@@ -48,6 +50,7 @@ impl Shard {
             router: Arc::clone(router),
             timeout: config.timeout,
             reconnect_max_delay: config.reconnect_max_delay,
+            problem: Mutex::new(None),
         })
     }
 
@@ -66,6 +69,29 @@ impl Shard {
             router.on_push(index, generation, push);
             Ok(())
         })
+    }
+
+    /// `error` from a subscriber call, or Redis' own words when Redis refuses a fresh
+    /// connection: the subscriber reconnects in silence, so its calls only time out.
+    pub(super) async fn explain(&self, error: LayerError) -> LayerError {
+        self.host.explain(error, self.timeout).await
+    }
+
+    /// Records why the subscriber is not connected (`None`: it is); true if that changed.
+    pub(super) fn set_problem(&self, error: Option<&LayerError>) -> bool {
+        let problem = error.map(ToString::to_string);
+        let mut slot = self.problem.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = *slot != problem;
+        *slot = problem;
+        changed
+    }
+
+    /// Why the subscriber is not connected, as last recorded.
+    pub(super) fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(super) fn subscriber(&self) -> ConnectionManager {
