@@ -27,8 +27,6 @@ use std::fmt;
 
 use channels_layer::LayerError;
 
-use super::context::GroupError;
-
 /// A close code and reason: the error type of consumer handlers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Close {
@@ -121,17 +119,6 @@ impl From<&LayerError> for Close {
         match error {
             LayerError::Unavailable { .. } => Close::TRY_AGAIN_LATER,
             _ => Close::INTERNAL,
-        }
-    }
-}
-
-/// The close code for a failed group call: [`Close::FORBIDDEN`] (4403) for a group the
-/// identity does not allow, else as for its layer error.
-impl From<&GroupError> for Close {
-    fn from(error: &GroupError) -> Self {
-        match error {
-            GroupError::Forbidden(_) => Close::FORBIDDEN,
-            GroupError::Layer(error) => Close::from(error),
         }
     }
 }

@@ -276,3 +276,14 @@ impl Context {
         }
     }
 }
+
+/// The close code for a failed group call: [`Close::FORBIDDEN`] (4403) for a group the
+/// identity does not allow, else as for its layer error.
+impl From<&GroupError> for Close {
+    fn from(error: &GroupError) -> Self {
+        match error {
+            GroupError::Forbidden(_) => Close::FORBIDDEN,
+            GroupError::Layer(error) => Close::from(error),
+        }
+    }
+}
