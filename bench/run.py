@@ -230,7 +230,7 @@ class DjangoHook:
                        check=True, capture_output=True)
         subprocess.run([str(python), "manage.py", "shell", "-c",
                         "from django.contrib.auth.models import User; "
-                        "User.objects.create_user('bench', password='bench-pw-1')"],
+                        "User.objects.create_user('bench', password='bench-pw-1', is_staff=True)"],
                        cwd=seed, env=env, check=True, capture_output=True)
         self.port = free_port()
         self.proc = subprocess.Popen(
@@ -279,7 +279,10 @@ def connect_identity(redis, args):
     ]
     out = {}
     try:
-        for label, env, extra, n in cases:
+        # Alternating anonymous and token three times each (the median is reported), then the
+        # hook once: the order of runs on a shared machine moves a single figure by 20 %.
+        runs = {}
+        for label, env, extra, n in cases[:2] * 3 + cases[2:]:
             system = System("rust", redis, replicas=1, env=env)
             try:
                 r = loadgen("idle", system, ["--connections", n, "--groups", 100, "--hold", 1,
@@ -287,10 +290,14 @@ def connect_identity(redis, args):
                             + extra, timeout=600)
             finally:
                 system.stop()
-            out[label] = r.get("connect") or {"error": r.get("error")}
-            c = out[label]
+            c = r.get("connect") or {"error": r.get("error")}
+            runs.setdefault(label, []).append(c)
             log(f"  connect {label}: " + (c.get("error") or
                 f"{c['per_second']:.0f}/s, handshake p99 {c['handshake_ms']['p99']:.1f} ms"))
+        for label, results in runs.items():
+            ok = sorted((c for c in results if "per_second" in c), key=lambda c: c["per_second"])
+            out[label] = ok[len(ok) // 2] if ok else results[0]
+            out[label + "_runs"] = results
     finally:
         hook.stop()
     return out
@@ -315,7 +322,7 @@ def main():
     p.add_argument("--idle", type=int, default=19000, help="S-idle connections (rust, socketio)")
     p.add_argument("--idle-django", type=int, default=2000,
                    help="S-idle connections for daphne, which accepts them far more slowly")
-    p.add_argument("--connect-identity", type=int, default=5000,
+    p.add_argument("--connect-identity", type=int, default=10000,
                    help="S-connect-identity connections for anonymous and token handshakes")
     p.add_argument("--connect-identity-hook", type=int, default=1000,
                    help="S-connect-identity connections through the Django connect hook")
@@ -449,7 +456,8 @@ def render(results):
         lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
     identity = results.get("connect_identity")
     if identity:
-        lines += ["", "S-connect-identity (rust, one replica, --workers 1):", "",
+        lines += ["", "S-connect-identity (rust, one replica, --workers 1; anonymous and token: "
+                  "median of 3 alternating runs):", "",
                   "| handshakes | connections/s | handshake p99 (ms) | vs anonymous |",
                   "|---|---|---|---|"]
         base = (identity.get("anonymous") or {}).get("per_second")
