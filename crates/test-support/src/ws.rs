@@ -10,6 +10,19 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::TIMEOUT;
 
+/// The replica that answered a handshake: its `X-Channels-Replica` header, empty when there is
+/// none.
+pub fn replica_of(
+    response: &tokio_tungstenite::tungstenite::handshake::client::Response,
+) -> String {
+    response
+        .headers()
+        .get("x-channels-replica")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A WebSocket client with timeouts on every receive.
 #[derive(Debug)]
 pub struct Client(pub WebSocketStream<MaybeTlsStream<TcpStream>>);
@@ -28,13 +41,7 @@ impl Client {
                 .await
                 .expect("handshake timed out")
                 .unwrap_or_else(|e| panic!("handshake to {url} failed: {e}"));
-        let replica = response
-            .headers()
-            .get("x-channels-replica")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        (Client(stream), replica)
+        (Client(stream), replica_of(&response))
     }
 
     /// Sends a text frame.

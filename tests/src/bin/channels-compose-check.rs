@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::{Parser, Subcommand};
 use futures_util::future::join_all;
-use test_support::ws::Client;
+use test_support::ws::{Client, replica_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -297,13 +297,7 @@ async fn reconnect(url: &str, within: Duration) -> anyhow::Result<(Client, Strin
         let left = within.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, tokio_tungstenite::connect_async(url)).await {
             Ok(Ok((stream, response))) => {
-                let replica = response
-                    .headers()
-                    .get("x-channels-replica")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                return Ok((Client(stream), replica, started.elapsed()));
+                return Ok((Client(stream), replica_of(&response), started.elapsed()));
             }
             Ok(Err(error)) if started.elapsed() < within => {
                 println!("stop: a reconnect attempt failed ({error}): retrying");

@@ -1,7 +1,5 @@
 //! Which groups a connection may join: exact names, or prefixes ending in `*`.
 
-use std::fmt;
-
 /// The groups an identity may join and post into, as the connect hook or a token's `groups`
 /// claim lists them: `"chat_1"` allows exactly that group, `"team_*"` every group whose name
 /// starts with `team_`, and `"*"` every group. An empty grant allows none.
@@ -39,30 +37,6 @@ impl GroupGrant {
         self.exact.iter().any(|g| g == group)
             || self.prefixes.iter().any(|p| group.starts_with(p.as_str()))
     }
-
-    /// Whether no group is allowed.
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.prefixes.is_empty()
-    }
-}
-
-impl fmt::Display for GroupGrant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for pattern in self
-            .exact
-            .iter()
-            .map(|g| (g.as_str(), ""))
-            .chain(self.prefixes.iter().map(|p| (p.as_str(), "*")))
-        {
-            if !first {
-                f.write_str(",")?;
-            }
-            first = false;
-            write!(f, "{}{}", pattern.0, pattern.1)?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -83,6 +57,5 @@ mod tests {
             "only a trailing * is a wildcard"
         );
         assert!(GroupGrant::new(["a*b"]).allows("a*b"));
-        assert_eq!(grant.to_string(), "a,b_*");
     }
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
-use super::{AuthRefusal, GroupGrant, Identity};
+use super::{AuthRefusal, Identity};
 
 /// The largest answer the hook may give.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -97,13 +97,7 @@ impl HookResponse {
 
     /// The identity this answer gives.
     pub fn into_identity(self) -> Identity {
-        let mut identity = Identity::new(self.user)
-            .with_groups(GroupGrant::new(&self.groups))
-            .with_info(self.info);
-        if let Some(name) = self.name {
-            identity = identity.with_name(name);
-        }
-        identity
+        Identity::granted(self.user, self.name, &self.groups, self.info)
     }
 }
 

@@ -84,6 +84,23 @@ impl Identity {
         self
     }
 
+    /// The identity a token's claims or a hook's answer describe: `user`, an optional `name`,
+    /// the `groups` patterns and the `info` map.
+    pub(crate) fn granted(
+        user: String,
+        name: Option<String>,
+        groups: &[String],
+        info: Map<String, Value>,
+    ) -> Self {
+        Self {
+            user,
+            name,
+            info,
+            groups: GroupGrant::new(groups),
+            expires_at: None,
+        }
+    }
+
     /// The user id (a token's `sub`, the hook's `user`).
     pub fn user(&self) -> &str {
         &self.user
@@ -160,22 +177,6 @@ impl AuthRefusal {
             AuthRefusal::HookBusy => "hook_busy",
         }
     }
-
-    /// Every refusal, for the metrics' zero lines.
-    pub const ALL: [AuthRefusal; 12] = [
-        AuthRefusal::TokenMissing,
-        AuthRefusal::TokenTooLarge,
-        AuthRefusal::TokenExpired,
-        AuthRefusal::TokenNotYetValid,
-        AuthRefusal::TokenInvalid,
-        AuthRefusal::HookDenied,
-        AuthRefusal::HookTimeout,
-        AuthRefusal::HookUnreachable,
-        AuthRefusal::HookStatus,
-        AuthRefusal::HookBadAnswer,
-        AuthRefusal::HookTooLarge,
-        AuthRefusal::HookBusy,
-    ];
 
     /// The handshake's HTTP status and one-line body.
     pub fn response(self) -> (StatusCode, &'static str) {

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{AuthRefusal, GroupGrant, Identity};
+use super::{AuthRefusal, Identity};
 
 /// Tokens longer than this are refused before they are parsed.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -134,11 +134,6 @@ impl TokenVerifier {
         }
     }
 
-    /// The algorithm tokens must be signed with.
-    pub fn algorithm(&self) -> Algorithm {
-        self.validation.algorithms[0]
-    }
-
     /// Also reads the token from the cookie `name`.
     #[must_use]
     pub fn cookie(mut self, name: impl Into<String>) -> Self {
@@ -196,14 +191,10 @@ impl TokenVerifier {
         let expires_at = UNIX_EPOCH
             .checked_add(Duration::from_secs(claims.exp.saturating_add(leeway)))
             .ok_or_else(|| TokenError::Invalid("exp out of range".to_owned()))?;
-        let mut identity = Identity::new(claims.sub)
-            .with_groups(GroupGrant::new(&claims.groups))
-            .with_info(claims.info)
-            .with_expiry(expires_at);
-        if let Some(name) = claims.name {
-            identity = identity.with_name(name);
-        }
-        Ok(identity)
+        Ok(
+            Identity::granted(claims.sub, claims.name, &claims.groups, claims.info)
+                .with_expiry(expires_at),
+        )
     }
 
     /// The verified claims of `token` (signature, algorithm, `exp`, `nbf`, and `aud`/`iss` when
