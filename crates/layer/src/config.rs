@@ -5,11 +5,15 @@ use std::time::Duration;
 
 use crate::capacity::ChannelCapacity;
 use crate::error::LayerError;
+use crate::history::HistoryLimits;
 
 /// How long a message waits unread before it is dropped, as in Channels.
 pub(crate) const DEFAULT_EXPIRY: Duration = Duration::from_secs(60);
 /// How long a membership lasts after the latest `group_add`, as in Channels.
 pub(crate) const DEFAULT_GROUP_EXPIRY: Duration = Duration::from_secs(86_400);
+
+/// How long a group's history is kept after its latest message.
+pub(crate) const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
 
 /// Local settings shared by every backend: capacities and expiry.
 ///
@@ -38,6 +42,11 @@ pub struct LayerConfig {
     /// [`LayerError::TooLarge`]; a larger one arriving from Redis is dropped once for the whole
     /// process (not once per member), counted in [`LayerStats::oversized`] and logged.
     pub max_message_size: usize,
+    /// Messages kept per group for recovery and recent history (0: history off, the default).
+    /// See [`crate::history`].
+    pub history_size: usize,
+    /// How long a group's history is kept after its latest message (300 s).
+    pub history_ttl: Duration,
 }
 
 impl Default for LayerConfig {
@@ -48,6 +57,8 @@ impl Default for LayerConfig {
             capacity: 100,
             channel_capacity: Vec::new(),
             max_message_size: 0,
+            history_size: 0,
+            history_ttl: DEFAULT_HISTORY_TTL,
         }
     }
 }
@@ -77,9 +88,21 @@ pub struct LayerStats {
     pub disconnects: u64,
     /// Messages refused or dropped for being over `max_message_size`.
     pub oversized: u64,
+    /// With history on, group messages that arrived without a position (sent by something
+    /// that does not store history, such as a Python `group_send`): delivered live, not
+    /// recoverable. The pub/sub layer counts them.
+    pub unpositioned: u64,
 }
 
 impl LayerConfig {
+    /// The history settings, `None` when history is off.
+    pub(crate) fn history(&self) -> Option<HistoryLimits> {
+        (self.history_size > 0).then_some(HistoryLimits {
+            size: self.history_size,
+            ttl: self.history_ttl.max(Duration::from_secs(1)),
+        })
+    }
+
     /// `Err(TooLarge)` when a message of `size` encoded bytes is over the limit.
     pub(crate) fn check_size(&self, size: usize) -> Result<(), LayerError> {
         if self.max_message_size > 0 && size > self.max_message_size {

@@ -52,6 +52,9 @@ pub enum LayerError {
         /// What failed.
         reason: String,
     },
+    /// History was asked for but the layer keeps none (`history_size` is 0).
+    #[error("this channel layer keeps no history: set a history size (--history-size) to use it")]
+    HistoryOff,
     /// The configuration cannot work (bad URL, bad prefix, no hosts).
     #[error("invalid channel layer configuration: {0}")]
     Config(String),

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use crate::config::LayerStats;
 use crate::error::LayerError;
+use crate::history::{HistoryRead, Since};
 use crate::inbox::Inbox;
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
@@ -58,6 +59,21 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug + 'static {
     /// the layer accepted the message for delivery, not that every member got it (see the
     /// delivery contract).
     async fn group_send(&self, group: &GroupName, msg: Message) -> Result<(), LayerError>;
+
+    /// The number of messages kept per group (0: history off, the default). With history on,
+    /// every [`group_send`](Self::group_send) stores the message in the group's history and
+    /// delivers it with its [`Position`](crate::Position), in one atomic step, so every member
+    /// sees the group's messages in offset order.
+    fn history_size(&self) -> usize {
+        0
+    }
+
+    /// Reads `group`'s history ([`crate::history`]); starts an epoch when the group has none.
+    /// Fails with [`LayerError::HistoryOff`] when the layer keeps no history.
+    async fn history(&self, group: &GroupName, since: Since) -> Result<HistoryRead, LayerError> {
+        let _ = (group, since);
+        Err(LayerError::HistoryOff)
+    }
 
     /// Drops every channel and group this layer holds; open inboxes end.
     async fn flush(&self) -> Result<(), LayerError>;

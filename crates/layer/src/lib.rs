@@ -11,6 +11,7 @@
 //! * [`message`]: [`Message`] and [`Value`], msgpack maps faithful to Python's types.
 //! * [`codec`]: msgpack encoding byte-compatible with Python, and a hardened decoder.
 //! * [`ChannelLayer`]: the trait, with the delivery contract in its docs.
+//! * [`history`]: per-group history with offsets and epochs, for recovery after a reconnect.
 //! * [`Inbox`]: the receiving end of a channel; dropping it leaves its groups.
 //! * [`InMemoryChannelLayer`]: the single-process backend.
 //! * [`ratelog`]: [`log_limited!`] for log lines that outsiders can trigger.
@@ -40,6 +41,7 @@ mod capacity;
 pub mod codec;
 mod config;
 mod error;
+pub mod history;
 mod inbox;
 mod layer;
 mod memory;
@@ -56,6 +58,7 @@ mod value;
 pub use capacity::{ChannelCapacity, InvalidPattern};
 pub use config::{LayerConfig, LayerStats};
 pub use error::LayerError;
+pub use history::{Epoch, HistoryRead, Position, Since};
 pub use inbox::Inbox;
 pub use layer::ChannelLayer;
 pub use memory::InMemoryChannelLayer;

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use crate::config::{LayerConfig, LayerStats};
 use crate::error::LayerError;
+use crate::history::{HistoryRead, MemoryHistory, Since};
 use crate::inbox::Inbox;
 use crate::layer::ChannelLayer;
 use crate::message::Message;
@@ -37,6 +38,8 @@ use crate::registry::Registry;
 #[derive(Debug, Clone)]
 pub struct InMemoryChannelLayer {
     registry: Arc<Registry>,
+    /// Per-group history, when `history_size` is set.
+    history: Option<Arc<MemoryHistory>>,
 }
 
 impl Default for InMemoryChannelLayer {
@@ -49,6 +52,9 @@ impl InMemoryChannelLayer {
     /// A layer with the given capacities and expiry.
     pub fn new(config: LayerConfig) -> Self {
         Self {
+            history: config
+                .history()
+                .map(|limits| Arc::new(MemoryHistory::new(limits))),
             registry: Registry::new(config),
         }
     }
@@ -93,12 +99,36 @@ impl ChannelLayer for InMemoryChannelLayer {
             return Err(LayerError::Closed);
         }
         self.registry.check_message(&msg)?;
-        self.registry.deliver_group(group, &msg);
+        match &self.history {
+            Some(history) => {
+                history.append(group, msg, |msg| self.registry.deliver_group(group, msg));
+            }
+            None => {
+                self.registry.deliver_group(group, &msg);
+            }
+        }
         Ok(())
+    }
+
+    fn history_size(&self) -> usize {
+        self.registry.config().history_size
+    }
+
+    async fn history(&self, group: &GroupName, since: Since) -> Result<HistoryRead, LayerError> {
+        if self.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        match &self.history {
+            Some(history) => Ok(history.read(group, since)),
+            None => Err(LayerError::HistoryOff),
+        }
     }
 
     async fn flush(&self) -> Result<(), LayerError> {
         self.registry.flush();
+        if let Some(history) = &self.history {
+            history.clear();
+        }
         Ok(())
     }
 

@@ -20,9 +20,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
+use crate::history::Position;
 pub use crate::value::{Map, MessageError, Value};
 
-/// A channel-layer message: a [`Map`] behind a reference count.
+/// A channel-layer message: a [`Map`] behind a reference count, and, for a group message
+/// delivered with history on, its [`Position`] in the group's history. The position is not
+/// part of the map: it never reaches the wire, and equality compares the maps only.
 ///
 /// ```
 /// use channels_layer::{Message, Value};
@@ -32,8 +35,14 @@ pub use crate::value::{Map, MessageError, Value};
 /// let bytes = msg.to_msgpack();
 /// assert_eq!(Message::from_msgpack(&bytes).unwrap(), msg);
 /// ```
-#[derive(Clone, PartialEq)]
-pub struct Message(Arc<Map>);
+#[derive(Clone)]
+pub struct Message(Arc<Map>, Option<Position>);
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
 
 /// Why a message's `type` cannot name a handler (Channels' `get_handler_name`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,12 +61,26 @@ impl Message {
     pub fn new(message_type: &str) -> Self {
         let mut map = Map::new();
         map.insert("type", message_type);
-        Self(Arc::new(map))
+        Self(Arc::new(map), None)
     }
 
     /// Wraps a map.
     pub fn from_map(map: Map) -> Self {
-        Self(Arc::new(map))
+        Self(Arc::new(map), None)
+    }
+
+    /// Where this message sits in its group's history: set by the layer on a group message
+    /// delivered with history on (`--history-size`), `None` otherwise (direct sends, history
+    /// off, and group messages that did not go through history, such as a Python
+    /// `group_send`).
+    pub fn position(&self) -> Option<Position> {
+        self.1
+    }
+
+    /// The message with `position` (layers set it on delivery).
+    pub fn with_position(mut self, position: Option<Position>) -> Self {
+        self.1 = position;
+        self
     }
 
     /// Returns the message with `key` set to `value` (copy-on-write if shared).

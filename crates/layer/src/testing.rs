@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crate::{
     ChannelCapacity, ChannelLayer, ChannelName, GroupName, Inbox, LayerConfig, LayerError, Map,
-    Message, Value,
+    Message, Since, Value,
 };
 
 /// A backend under test, built from a configuration.
@@ -60,7 +60,12 @@ macro_rules! conformance_suite {
             per_publisher_order,
             messages_keep_every_python_type,
             oversized_messages_are_refused_and_counted,
-            close_refuses_further_calls
+            close_refuses_further_calls,
+            history_is_off_by_default,
+            history_positions_group_messages,
+            history_keeps_the_last_n,
+            history_offsets_follow_delivery_order,
+            history_expires_after_its_ttl
         );
     };
     (@cases $make:path; $($case:ident),*) => {
@@ -547,4 +552,155 @@ pub async fn close_refuses_further_calls(make: Make) {
         layer.group_send(&group("g"), msg(1)).await,
         Err(LayerError::Closed)
     ));
+}
+
+fn history_config(size: usize) -> LayerConfig {
+    LayerConfig {
+        history_size: size,
+        ..LayerConfig::default()
+    }
+}
+
+fn offsets(messages: &[Message]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| m.position().expect("history messages have a position").offset)
+        .collect()
+}
+
+/// Without a history size, nothing is stored and nothing carries a position.
+pub async fn history_is_off_by_default(make: Make) {
+    let layer = layer(make).await;
+    assert_eq!(layer.history_size(), 0);
+    let g = group("nohistory");
+    assert!(matches!(
+        layer.history(&g, Since::Latest(1)).await,
+        Err(LayerError::HistoryOff)
+    ));
+    let mut inbox = new_channel(&layer).await;
+    layer.group_add(&g, inbox.name()).await.expect("group_add");
+    layer.group_send(&g, msg(1)).await.expect("group_send");
+    assert_eq!(recv(&mut inbox).await.position(), None);
+}
+
+/// With history on, group messages arrive with offsets 1, 2, 3 in one epoch (the one a read
+/// before the first message saw), direct sends without, and the history returns what was sent
+/// after an offset, equal and positioned.
+pub async fn history_positions_group_messages(make: Make) {
+    let layer = make(history_config(5)).await;
+    assert_eq!(layer.history_size(), 5);
+    let g = group("positioned");
+    let before = layer.history(&g, Since::After(0)).await.expect("history");
+    assert_eq!((before.top, before.messages.len()), (0, 0));
+    assert!(before.is_complete_after(0));
+    let mut inbox = new_channel(&layer).await;
+    layer.group_add(&g, inbox.name()).await.expect("group_add");
+    let typed = Message::new("types.check")
+        .with("str", "组内 <b>")
+        .with("bytes", Value::Bytes(vec![0, 255]))
+        .with("big", u64::MAX);
+    layer.group_send(&g, msg(1)).await.expect("group_send");
+    layer.group_send(&g, typed.clone()).await.expect("group_send");
+    layer.group_send(&g, msg(3)).await.expect("group_send");
+    layer.send(inbox.name(), msg(4)).await.expect("send");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(recv(&mut inbox).await);
+    }
+    assert_eq!(offsets(&got), [1, 2, 3]);
+    assert!(got.iter().all(|m| m.position().map(|p| p.epoch) == Some(before.epoch)));
+    assert_eq!(recv(&mut inbox).await.position(), None, "a direct send");
+    let read = layer.history(&g, Since::After(1)).await.expect("history");
+    assert_eq!((read.epoch, read.top), (before.epoch, 3));
+    assert_eq!(offsets(&read.messages), [2, 3]);
+    assert_eq!(read.messages[0], typed);
+    assert!(read.is_complete_after(1));
+    let other = layer.history(&group("other"), Since::Latest(5)).await.expect("history");
+    assert_eq!((other.top, other.messages.len()), (0, 0), "history is per group");
+}
+
+/// The history holds the last `history_size` messages: recovery from before them is not
+/// complete, and `Latest(n)` gives the newest n, oldest first.
+pub async fn history_keeps_the_last_n(make: Make) {
+    let layer = make(history_config(5)).await;
+    let g = group("window");
+    for n in 1..=8 {
+        layer.group_send(&g, msg(n)).await.expect("group_send");
+    }
+    let read = layer.history(&g, Since::After(0)).await.expect("history");
+    assert_eq!(read.top, 8);
+    assert_eq!(offsets(&read.messages), [4, 5, 6, 7, 8]);
+    assert!(!read.is_complete_after(0), "1..3 fell out of the window");
+    assert!(!read.is_complete_after(2));
+    let read = layer.history(&g, Since::After(3)).await.expect("history");
+    assert!(read.is_complete_after(3));
+    let latest = layer.history(&g, Since::Latest(3)).await.expect("history");
+    assert_eq!(offsets(&latest.messages), [6, 7, 8]);
+    assert_eq!(latest.messages.iter().map(n_of).collect::<Vec<_>>(), [6, 7, 8]);
+    let all = layer.history(&g, Since::Latest(100)).await.expect("history");
+    assert_eq!(offsets(&all.messages), [4, 5, 6, 7, 8]);
+}
+
+/// Two concurrent publishers: every member sees offsets 1, 2, 3, ... with no gap and no
+/// reordering, which is what lets a client detect a loss.
+pub async fn history_offsets_follow_delivery_order(make: Make) {
+    const PER_PUBLISHER: i64 = 40;
+    let layer = make(history_config(100)).await;
+    let g = group("ordered");
+    let mut inboxes = Vec::new();
+    for _ in 0..2 {
+        let inbox = new_channel(&layer).await;
+        layer.group_add(&g, inbox.name()).await.expect("group_add");
+        inboxes.push(inbox);
+    }
+    let publishers: Vec<_> = (0..2)
+        .map(|p: i64| {
+            let layer = Arc::clone(&layer);
+            let g = g.clone();
+            tokio::spawn(async move {
+                for seq in 0..PER_PUBLISHER {
+                    let m = Message::new("seq").with("p", p).with("n", seq);
+                    layer.group_send(&g, m).await.expect("group_send");
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.expect("publisher task");
+    }
+    for inbox in &mut inboxes {
+        let mut got = Vec::new();
+        for _ in 0..2 * PER_PUBLISHER {
+            got.push(recv(inbox).await);
+        }
+        let expected: Vec<u64> = (1..=2 * PER_PUBLISHER as u64).collect();
+        assert_eq!(offsets(&got), expected);
+    }
+    let read = layer.history(&g, Since::After(0)).await.expect("history");
+    assert_eq!(read.messages.len(), 2 * PER_PUBLISHER as usize);
+}
+
+/// The messages are kept `history_ttl` after the group's latest one; its epoch and top offset
+/// outlive them, so a client that was away longer learns it missed messages.
+pub async fn history_expires_after_its_ttl(make: Make) {
+    let layer = make(LayerConfig {
+        history_size: 10,
+        history_ttl: Duration::from_secs(1),
+        ..LayerConfig::default()
+    })
+    .await;
+    let g = group("ttl");
+    layer.group_send(&g, msg(1)).await.expect("group_send");
+    layer.group_send(&g, msg(2)).await.expect("group_send");
+    let before = layer.history(&g, Since::After(0)).await.expect("history");
+    assert_eq!(offsets(&before.messages), [1, 2]);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let after = layer.history(&g, Since::After(0)).await.expect("history");
+    assert_eq!((after.epoch, after.top), (before.epoch, 2));
+    assert!(after.messages.is_empty());
+    assert!(!after.is_complete_after(0));
+    assert!(after.is_complete_after(2), "nothing was missed");
+    layer.group_send(&g, msg(3)).await.expect("group_send");
+    let next = layer.history(&g, Since::After(2)).await.expect("history");
+    assert_eq!((next.epoch, offsets(&next.messages)), (before.epoch, vec![3]));
 }

@@ -4,6 +4,7 @@
 mod conn;
 mod core;
 pub mod fernet;
+mod history;
 mod pubsub;
 pub mod shard;
 
@@ -65,8 +66,22 @@ impl Serializer {
     }
 
     pub(crate) fn deserialize(&self, payload: &[u8]) -> Result<Message, PayloadError> {
+        self.deserialize_within(payload, self.ttl)
+    }
+
+    /// As [`deserialize`](Self::deserialize), with no age limit on a token: history entries are
+    /// kept longer than messages wait in a queue.
+    pub(crate) fn deserialize_any_age(&self, payload: &[u8]) -> Result<Message, PayloadError> {
+        self.deserialize_within(payload, None)
+    }
+
+    fn deserialize_within(
+        &self,
+        payload: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Message, PayloadError> {
         match &self.fernet {
-            Some(f) => Ok(Message::from_msgpack(&f.decrypt(payload, self.ttl)?)?),
+            Some(f) => Ok(Message::from_msgpack(&f.decrypt(payload, ttl)?)?),
             None => Ok(Message::from_msgpack(payload)?),
         }
     }

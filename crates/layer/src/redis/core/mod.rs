@@ -76,6 +76,7 @@ use super::Serializer;
 use super::shard::consistent_hash;
 use crate::config::LayerStats;
 use crate::error::LayerError;
+use crate::history::{HistoryLimits, HistoryRead, Since};
 use crate::inbox::Inbox;
 use crate::layer::ChannelLayer;
 use crate::message::Message;
@@ -124,6 +125,10 @@ struct Inner {
     readers: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
     /// The inbox loop, the health loops and the reconciler.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// History settings, `None` when history is off.
+    history: Option<HistoryLimits>,
+    /// The group-send-with-history script's text.
+    history_script: String,
 }
 
 impl Drop for Inner {
@@ -191,6 +196,14 @@ impl RedisChannelLayer {
                     .to_owned(),
             ));
         }
+        if config.local.history().is_some() && config.hosts.len() > 1 {
+            return Err(LayerError::Config(
+                "history with the core layer needs a single Redis host: storing a group's \
+                 message and writing it to its members are one script on one Redis. Use the \
+                 pub/sub layer (--layer redis-pubsub) to shard with history"
+                    .to_owned(),
+            ));
+        }
         let client_prefix = wire::uuid4_hex();
         let keys = Keys::new(&config.prefix, &client_prefix);
         let shards = config
@@ -219,6 +232,8 @@ impl RedisChannelLayer {
             retry: AtomicBool::new(false),
             readers: Mutex::default(),
             tasks: Mutex::default(),
+            history: config.local.history(),
+            history_script: super::history::core_group_send_script(),
         });
         tracing::info!(
             client_prefix = %inner.client_prefix,
@@ -327,6 +342,17 @@ impl ChannelLayer for RedisChannelLayer {
             return Err(LayerError::Closed);
         }
         self.inner.group_send(group, &msg).await
+    }
+
+    fn history_size(&self) -> usize {
+        self.inner.history.map_or(0, |limits| limits.size)
+    }
+
+    async fn history(&self, group: &GroupName, since: Since) -> Result<HistoryRead, LayerError> {
+        if self.inner.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        self.inner.history(group, since).await
     }
 
     async fn flush(&self) -> Result<(), LayerError> {

@@ -258,10 +258,10 @@ impl Inner {
             tracing::debug!(key, "message expired in redis before it was popped");
             return;
         };
+        let message = decoded.message.with_position(decoded.position);
         for name in &names {
             if let Err(LayerError::ChannelFull(_)) =
-                self.registry
-                    .send_until(name, decoded.message.clone(), deadline)
+                self.registry.send_until(name, message.clone(), deadline)
             {
                 let n = self.counters.full_logged.fetch_add(1, Ordering::Relaxed) + 1;
                 crate::log_limited!(warn, channel = %name, total = n, "inbox full: message dropped");

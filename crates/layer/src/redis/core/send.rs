@@ -8,6 +8,7 @@ use super::Inner;
 use super::wire::{self, GROUP_SEND};
 use crate::capacity::capacity_for;
 use crate::error::LayerError;
+use crate::history::{HistoryLimits, HistoryRead, Since};
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
 use crate::redis::shard::consistent_hash;
@@ -108,6 +109,9 @@ impl Inner {
             .into_iter()
             .filter_map(|m| String::from_utf8(m).ok())
             .collect();
+        if let Some(limits) = &self.history {
+            return self.group_send_with_history(group, limits, msg, &members).await;
+        }
         if members.is_empty() {
             return Ok(());
         }
@@ -124,6 +128,11 @@ impl Inner {
                 }
             }
         }
+        self.count_over(group, over, members.len());
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn count_over(&self, group: &GroupName, over: usize, members: usize) {
         if over > 0 {
             self.counters
                 .dropped_full
@@ -133,11 +142,64 @@ impl Inner {
                 warn,
                 %group,
                 dropped = over,
-                members = members.len(),
+                members,
                 "channels over capacity in group: message dropped for them"
             );
         }
-        first_error.map_or(Ok(()), Err)
+    }
+
+    /// `group_send` with history (one Redis host): one script stores the message in the
+    /// group's history and writes it, behind its position, to every member key.
+    async fn group_send_with_history(
+        &self,
+        group: &GroupName,
+        limits: &HistoryLimits,
+        msg: &Message,
+        members: &[String],
+    ) -> Result<(), LayerError> {
+        let (meta, stream) = self.keys.history(group);
+        let plan = self.plan(members);
+        let deliveries: Vec<&Delivery> = plan.iter().flat_map(|(_, d)| d).collect();
+        let mut keys = vec![meta.as_str(), stream.as_str()];
+        keys.extend(deliveries.iter().map(|d| d.key.as_str()));
+        let mut cmd = wire::eval(&self.history_script, &keys);
+        let stored = self.serializer.serialize(&wire::without_routing(msg.clone()));
+        crate::redis::history::append_args(&mut cmd, limits, &stored);
+        for d in &deliveries {
+            let addressed = wire::addressed_to_all(msg, &d.channels);
+            cmd.arg(self.serializer.serialize(&addressed));
+        }
+        for d in &deliveries {
+            cmd.arg(d.capacity);
+        }
+        cmd.arg(wire::expire_secs(self.registry.config().expiry));
+        let full: Vec<usize> = self.shards[0]
+            .query(self.timeout, "EVAL group_send history", &cmd)
+            .await
+            .inspect_err(|error| self.group_send_failed(error, group))?;
+        let over = full
+            .iter()
+            .filter_map(|i| deliveries.get(i.wrapping_sub(1)))
+            .map(|d| d.channels.len())
+            .sum();
+        self.count_over(group, over, members.len());
+        Ok(())
+    }
+
+    /// Reads `group`'s history (one Redis host).
+    pub(super) async fn history(
+        &self,
+        group: &GroupName,
+        since: Since,
+    ) -> Result<HistoryRead, LayerError> {
+        let limits = self.history.ok_or(LayerError::HistoryOff)?;
+        let (meta, stream) = self.keys.history(group);
+        let cmd = crate::redis::history::read_cmd(&meta, &stream, &limits, since);
+        let shard = &self.shards[0];
+        let reply = shard
+            .query::<redis::Value>(self.timeout, "EVAL history read", &cmd)
+            .await?;
+        crate::redis::history::parse_read(shard.host.display(), &self.serializer, reply)
     }
 
     fn group_send_failed(&self, error: &LayerError, group: &GroupName) {

@@ -51,6 +51,12 @@ impl Keys {
         &self.inbox
     }
 
+    /// The history keys of `group` (named after its pub/sub channel, as in the pub/sub layer).
+    pub(super) fn history(&self, group: &GroupName) -> (String, String) {
+        let channel = crate::redis::group_channel(&self.prefix, group);
+        crate::redis::history::keys(&self.prefix, &channel)
+    }
+
     /// `{prefix}:group:{group}`
     pub(super) fn group(&self, group: &GroupName) -> String {
         format!("{}:group:{group}", self.prefix)
@@ -166,6 +172,8 @@ pub(super) struct Decoded {
     pub(super) message: Message,
     /// The channels named by `__asgi_channel__`, if it was there.
     pub(super) channels: Option<Vec<String>>,
+    /// The history position in the prefix, if the payload has one.
+    pub(super) position: Option<crate::history::Position>,
 }
 
 /// Why a stored payload was rejected.
@@ -198,6 +206,7 @@ pub(super) fn decode(serializer: &Serializer, payload: &[u8]) -> Result<Decoded,
     Ok(Decoded {
         message: without_routing(message),
         channels,
+        position: crate::redis::history::core_position(payload),
     })
 }
 

@@ -53,9 +53,11 @@ pub use names::group_channel;
 
 use super::Serializer;
 use super::conn::bounded;
+use super::history;
 use super::shard::consistent_hash;
 use crate::config::LayerStats;
 use crate::error::LayerError;
+use crate::history::{HistoryLimits, HistoryRead, Since};
 use crate::inbox::Inbox;
 use crate::layer::ChannelLayer;
 use crate::message::Message;
@@ -77,6 +79,10 @@ struct Inner {
     subscribed: tokio::sync::Mutex<Vec<Subscriptions>>,
     timeout: Duration,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// History settings, `None` when history is off.
+    history: Option<HistoryLimits>,
+    /// The publish-with-history script's text.
+    publish_script: String,
 }
 
 /// A channel layer shared through Redis pub/sub, wire-compatible with channels_redis'
@@ -125,7 +131,13 @@ impl RedisPubSubChannelLayer {
         let registry = Registry::new(config.local.clone());
         let n = config.hosts.len();
         let serializer = Serializer::new(&config.encryption_keys, None)?;
-        let router = Arc::new(Router::new(Arc::clone(&registry), names, serializer, n));
+        let router = Arc::new(Router::new(
+            Arc::clone(&registry),
+            names,
+            serializer,
+            n,
+            config.local.history().is_some(),
+        ));
         let shards = config
             .hosts
             .iter()
@@ -144,6 +156,8 @@ impl RedisPubSubChannelLayer {
             shards,
             timeout: config.timeout,
             tasks: Mutex::default(),
+            history: config.local.history(),
+            publish_script: history::publish_script(),
         });
         let mut tasks = Vec::new();
         for shard in 0..n {
@@ -176,6 +190,57 @@ impl Inner {
         let shard = &self.shards[self.shard_of(channel)];
         match self.publish_on(shard, channel, payload).await {
             Ok(_receivers) => Ok(()),
+            Err(error) => {
+                self.router
+                    .counters
+                    .publish_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                crate::log_limited!(warn, %error, %channel, "publish failed");
+                Err(error)
+            }
+        }
+    }
+
+    /// One command on `shard` through its pool, within the timeout.
+    async fn query_on<T: redis::FromRedisValue>(
+        &self,
+        shard: &Shard,
+        what: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, LayerError> {
+        bounded(&shard.host, self.timeout, what, async {
+            let mut conn = shard.pool.get().await.map_err(|e| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    e.to_string(),
+                ))
+            })?;
+            cmd.query_async::<T>(&mut conn).await
+        })
+        .await
+    }
+
+    /// Stores `payload` in `group`'s history and publishes it with its position, in one script
+    /// on the group channel's shard.
+    async fn publish_with_history(
+        &self,
+        group: &GroupName,
+        limits: &HistoryLimits,
+        payload: &[u8],
+    ) -> Result<(), LayerError> {
+        let names = &self.router.names;
+        let channel = names.group_channel(group);
+        let (meta, stream) = names.history_keys(group);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(&self.publish_script).arg(2).arg(&meta).arg(&stream);
+        history::append_args(&mut cmd, limits, payload);
+        cmd.arg(&channel).arg(names.side_channel(group));
+        let shard = &self.shards[self.shard_of(&channel)];
+        match self
+            .query_on::<redis::Value>(shard, "EVAL history publish", &cmd)
+            .await
+        {
+            Ok(_) => Ok(()),
             Err(error) => {
                 self.router
                     .counters
@@ -225,7 +290,7 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         let inbox = self.inner.registry.open(name.clone())?;
         if !self.inner.router.names.is_own(name) {
             self.inner
-                .ensure_subscribed(name.as_str().to_owned())
+                .ensure_subscribed(vec![name.as_str().to_owned()])
                 .await?;
         }
         Ok(inbox)
@@ -247,9 +312,14 @@ impl ChannelLayer for RedisPubSubChannelLayer {
 
     async fn group_add(&self, group: &GroupName, channel: &ChannelName) -> Result<(), LayerError> {
         self.inner.registry.group_add(group, channel)?;
-        self.inner
-            .ensure_subscribed(self.inner.router.names.group_channel(group))
-            .await
+        let names = &self.inner.router.names;
+        let mut channels = vec![names.group_channel(group)];
+        if self.inner.history.is_some() {
+            // One SUBSCRIBE for both: positions and payloads arrive on one connection, in the
+            // order the script published them.
+            channels.push(names.side_channel(group));
+        }
+        self.inner.ensure_subscribed(channels).await
     }
 
     async fn group_discard(
@@ -268,9 +338,35 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         }
         self.inner.registry.check_message(&msg)?;
         let payload = self.inner.router.serializer.serialize(&msg);
+        if let Some(limits) = &self.inner.history {
+            return self
+                .inner
+                .publish_with_history(group, limits, &payload)
+                .await;
+        }
         self.inner
             .publish(&self.inner.router.names.group_channel(group), payload)
             .await
+    }
+
+    fn history_size(&self) -> usize {
+        self.inner.history.map_or(0, |limits| limits.size)
+    }
+
+    async fn history(&self, group: &GroupName, since: Since) -> Result<HistoryRead, LayerError> {
+        if self.inner.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        let limits = self.inner.history.ok_or(LayerError::HistoryOff)?;
+        let names = &self.inner.router.names;
+        let (meta, stream) = names.history_keys(group);
+        let shard = &self.inner.shards[self.inner.shard_of(&names.group_channel(group))];
+        let cmd = history::read_cmd(&meta, &stream, &limits, since);
+        let reply = self
+            .inner
+            .query_on::<redis::Value>(shard, "EVAL history read", &cmd)
+            .await?;
+        history::parse_read(shard.host.display(), &self.inner.router.serializer, reply)
     }
 
     async fn flush(&self) -> Result<(), LayerError> {
@@ -300,6 +396,7 @@ impl ChannelLayer for RedisPubSubChannelLayer {
             undecodable: c.undecodable.load(Ordering::Relaxed),
             publish_errors: c.publish_errors.load(Ordering::Relaxed),
             disconnects: c.disconnects.load(Ordering::Relaxed),
+            unpositioned: self.inner.router.unpositioned.load(Ordering::Relaxed),
             ..self.inner.registry.stats()
         }
     }

@@ -26,6 +26,12 @@ pub(super) fn group_channel_prefix(prefix: &str) -> String {
 pub(super) struct Names {
     /// `{prefix}__group__`
     pub(super) group: String,
+    /// `{prefix}__side__`: with history on, each group's positions travel on
+    /// `{prefix}__side__{group}`, a channel only Rust replicas read (see
+    /// [`crate::redis::history`]).
+    pub(super) side: String,
+    /// `{prefix}`, for the history keys.
+    pub(super) prefix: String,
     /// `{prefix}specific.{replica}`, the non-`!` part of this replica's channel names.
     pub(super) specific: String,
     /// `{prefix}specific.{replica}!*`
@@ -50,6 +56,8 @@ impl Names {
         })?;
         Ok(Self {
             group: group_channel_prefix(prefix),
+            side: format!("{prefix}__side__"),
+            prefix: prefix.to_owned(),
             pattern: format!("{specific}!*"),
             probe: format!("{specific}!~probe"),
             specific,
@@ -58,6 +66,16 @@ impl Names {
 
     pub(super) fn group_channel(&self, group: &GroupName) -> String {
         format!("{}{group}", self.group)
+    }
+
+    /// The side channel of `group` (history on).
+    pub(super) fn side_channel(&self, group: &GroupName) -> String {
+        format!("{}{group}", self.side)
+    }
+
+    /// The history keys of `group`.
+    pub(super) fn history_keys(&self, group: &GroupName) -> (String, String) {
+        crate::redis::history::keys(&self.prefix, &self.group_channel(group))
     }
 
     pub(super) fn is_own(&self, channel: &ChannelName) -> bool {

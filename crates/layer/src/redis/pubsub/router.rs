@@ -2,13 +2,14 @@
 //! one local inbox, this replica's liveness probes to their counters. Runs inside redis-rs' push
 //! callback, so it never blocks.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redis::{PushInfo, PushKind};
 
 use super::names::Names;
 use super::probe::ProbeKey;
+use crate::history::Position;
 use crate::name::{ChannelName, GroupName};
 use crate::redis::Serializer;
 use crate::registry::Registry;
@@ -42,6 +43,15 @@ pub(super) struct Router {
     /// Per shard: the number of the latest liveness probe that came back (never above
     /// `probe_sent`).
     pub(super) probe_seen: Vec<AtomicU64>,
+    /// History on: side channels carry positions.
+    history: bool,
+    /// Per shard: the position that arrived on a side channel, for the very next message,
+    /// with the group channel it is for. The history script publishes the two back to back,
+    /// so anything else in between means they do not belong together.
+    pending: Vec<Mutex<Option<(String, Position)>>>,
+    /// Group messages delivered without a position while history is on (a `group_send` that
+    /// did not go through the history script, such as Python's).
+    pub(super) unpositioned: AtomicU64,
 }
 
 impl Router {
@@ -51,6 +61,7 @@ impl Router {
         names: Names,
         serializer: Serializer,
         shards: usize,
+        history: bool,
     ) -> Self {
         let zeros = || (0..shards).map(|_| AtomicU64::new(0)).collect();
         Self {
@@ -64,7 +75,34 @@ impl Router {
             probe_key: ProbeKey::random(),
             probe_sent: zeros(),
             probe_seen: zeros(),
+            history,
+            pending: (0..shards).map(|_| Mutex::new(None)).collect(),
+            unpositioned: AtomicU64::new(0),
         }
+    }
+
+    /// Takes the position waiting on `shard` if it is for `channel`.
+    fn take_pending(&self, shard: usize, channel: &[u8]) -> Option<Position> {
+        if !self.history {
+            return None;
+        }
+        let pending = crate::sync::lock(&self.pending[shard]).take();
+        pending.and_then(|(ch, position)| (ch.as_bytes() == channel).then_some(position))
+    }
+
+    /// A position arrived on a side channel: keep it for the next message of its group.
+    fn position_arrived(&self, shard: usize, side: &str, marker: &[u8]) {
+        let position = std::str::from_utf8(marker).ok().and_then(|m| {
+            let (epoch, offset) = m.split_once(':')?;
+            crate::redis::history::parse_position(epoch.as_bytes(), offset.as_bytes())
+        });
+        let Some(position) = position else {
+            *crate::sync::lock(&self.pending[shard]) = None;
+            return self.undecodable(side, "not a history position");
+        };
+        let group = &side[self.names.side.len()..];
+        let channel = format!("{}{group}", self.names.group);
+        *crate::sync::lock(&self.pending[shard]) = Some((channel, position));
     }
 
     pub(super) fn on_push(&self, shard: usize, generation: u64, push: PushInfo) {
@@ -78,7 +116,14 @@ impl Router {
                     redis::Value::BulkString(payload),
                 ] = &push.data[..]
                 {
-                    self.route(ch, payload);
+                    if self.history
+                        && let Ok(side) = std::str::from_utf8(ch)
+                        && side.starts_with(&self.names.side)
+                    {
+                        return self.position_arrived(shard, side, payload);
+                    }
+                    let position = self.take_pending(shard, ch);
+                    self.route(ch, payload, position);
                 }
             }
             PushKind::PMessage => {
@@ -88,10 +133,11 @@ impl Router {
                     redis::Value::BulkString(payload),
                 ] = &push.data[..]
                 {
+                    let _ = self.take_pending(shard, ch);
                     if *ch == self.names.probe.as_bytes() {
                         self.probe_returned(shard, payload);
                     } else {
-                        self.route(ch, payload);
+                        self.route(ch, payload, None);
                     }
                 }
             }
@@ -119,9 +165,10 @@ impl Router {
         }
     }
 
-    /// Delivers one published payload to the local inboxes it is for. Never blocks: full
-    /// inboxes drop (and count) the message.
-    pub(super) fn route(&self, channel: &[u8], payload: &[u8]) {
+    /// Delivers one published payload to the local inboxes it is for, a group message with its
+    /// history position if one came with it. Never blocks: full inboxes drop (and count) the
+    /// message.
+    pub(super) fn route(&self, channel: &[u8], payload: &[u8], position: Option<Position>) {
         let Ok(channel) = std::str::from_utf8(channel) else {
             return self.undecodable("?", "channel name is not UTF-8");
         };
@@ -138,7 +185,11 @@ impl Router {
         if let Some(group) = channel.strip_prefix(&self.names.group) {
             match GroupName::new(group) {
                 Ok(group) => {
-                    self.registry.deliver_group(&group, &msg);
+                    if self.history && position.is_none() {
+                        self.unpositioned.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.registry
+                        .deliver_group(&group, &msg.with_position(position));
                 }
                 Err(error) => self.undecodable(channel, error),
             }

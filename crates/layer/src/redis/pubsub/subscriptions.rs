@@ -14,16 +14,19 @@ use crate::error::LayerError;
 use crate::redis::conn::bounded;
 
 impl Inner {
-    /// Subscribes to `channel` unless Redis already confirmed it. Safe to cancel: see
-    /// [`Subscriptions`].
-    pub(super) async fn ensure_subscribed(&self, channel: String) -> Result<(), LayerError> {
-        let i = self.shard_of(&channel);
+    /// Subscribes to `channels` (in one `SUBSCRIBE`, on the shard of the first) unless Redis
+    /// already confirmed them all. Safe to cancel: see [`Subscriptions`].
+    pub(super) async fn ensure_subscribed(&self, channels: Vec<String>) -> Result<(), LayerError> {
+        let Some(first) = channels.first() else {
+            return Ok(());
+        };
+        let i = self.shard_of(first);
         let mut subscribed = self.subscribed.lock().await;
-        if subscribed[i].is_confirmed(&channel) {
+        if channels.iter().all(|c| subscribed[i].is_confirmed(c)) {
             return Ok(());
         }
         subscribed[i]
-            .apply(Change::Subscribe, &self.shards[i], self.timeout, &[channel])
+            .apply(Change::Subscribe, &self.shards[i], self.timeout, &channels)
             .await
     }
 
@@ -40,6 +43,14 @@ impl Inner {
         );
         for channel in wanted {
             desired[self.shard_of(&channel)].insert(channel);
+        }
+        if self.history.is_some() {
+            // A group's side channel lives on its group channel's shard (the script publishes
+            // both there).
+            for group in &groups {
+                let shard = self.shard_of(&names.group_channel(group));
+                desired[shard].insert(names.side_channel(group));
+            }
         }
         desired
     }
