@@ -106,6 +106,22 @@ pub struct Config {
     #[arg(long, env = "CHANNELS_GROUP_EXPIRY", default_value_t = 86_400)]
     pub group_expiry: u64,
 
+    /// Messages kept per group for recovery and recent history (0: off). With it, every group
+    /// message a replica sends gets an offset and is kept in the layer (Redis), and group
+    /// WebSocket URLs take `?recover=1`, `?history=K` and `?since=OFFSET&epoch=EPOCH` (README,
+    /// "History and recovery").
+    #[arg(long, env = "CHANNELS_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: usize,
+
+    /// Seconds a group's history is kept after its latest message.
+    #[arg(
+        long = "history-ttl-secs",
+        env = "CHANNELS_HISTORY_TTL",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub history_ttl_secs: u64,
+
     /// A per-channel capacity, channels_redis' `channel_capacity`: `PATTERN=N` with a glob
     /// (`worker-*=1000`) or `re:REGEX` (matched from the start of the name, as a compiled
     /// pattern in channels_redis). Repeat it (or separate with commas); the first match wins,
@@ -385,6 +401,8 @@ impl Default for Config {
             token_audience: Vec::new(),
             token_issuer: Vec::new(),
             page_token_url: None,
+            history_size: 0,
+            history_ttl_secs: 300,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_messages_per_second: 20,
@@ -574,6 +592,8 @@ impl Config {
             // format its own copy and then wait for a client that cannot take it: refuse it
             // once instead.
             max_message_size: self.max_queued_bytes,
+            history_size: self.history_size,
+            history_ttl: Duration::from_secs(self.history_ttl_secs),
             ..LayerConfig::default()
         }
     }

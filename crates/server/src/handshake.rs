@@ -14,6 +14,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use crate::caps::CapGuard;
 use crate::connection::driver;
 use crate::connection::meter::FrameMeter;
+use crate::consumer::recovery::{Recovery, RecoveryRequest};
 use crate::consumer::{Close, Consumer, Context, Scope};
 use crate::hub::Hub;
 use crate::identity::{AuthRefusal, Authenticator, Credentials, FORWARDED_HEADERS, HookRequest};
@@ -54,6 +55,22 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
             Some(Ok(Some(identity))) => Some(identity),
             Some(Err(refusal)) => return Err(refuse_identity(&hub, refusal)),
         };
+        // Recovery parameters are judged before anything is created, too (history on only).
+        let recovery = if hub.layer().history_size() > 0 {
+            match RecoveryRequest::parse(&scope.query_string) {
+                Ok(request) => request.map(Recovery::new),
+                Err(reason) => {
+                    tracing::debug!(%reason, "handshake refused: recovery parameters");
+                    hub.metrics().refused(Refusal::BadHandshake);
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        "invalid recovery parameters (recover=1, history=K, since=OFFSET&epoch=EPOCH)\n",
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         let inbox = match hub.layer().new_channel().await {
             Ok(inbox) => inbox,
             Err(error) => {
@@ -89,6 +106,9 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
             Arc::clone(hub.metrics()),
             limits.max_outgoing_frames,
         );
+        if let Some(recovery) = recovery {
+            cx.set_recovery(recovery);
+        }
         match consumer.connect(&mut cx).await {
             Ok(()) => Ok((cx, inbox)),
             Err(close) if close == Close::FORBIDDEN => {

@@ -105,6 +105,7 @@ pub(crate) struct Metrics {
     group_send_errors: AtomicU64,
     header_timeouts: AtomicU64,
     group_forbidden: AtomicU64,
+    missed: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Close codes: sent by the server, or received from clients.
     closes: Mutex<BTreeMap<(&'static str, CloseLabel), u64>>,
@@ -144,6 +145,11 @@ impl Metrics {
         if !ok {
             self.group_send_errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A recovering connection missed a group message and was closed with 4010.
+    pub(crate) fn missed(&self) {
+        self.missed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A group call was refused: the identity does not allow the group.
@@ -192,7 +198,7 @@ impl Metrics {
                 self.connections_open.load(Ordering::Relaxed).max(0) as u64,
             )],
         );
-        let simple: [(&str, &str, u64); 7] = [
+        let simple: [(&str, &str, u64); 8] = [
             (
                 "channels_connections_total",
                 "WebSocket connections accepted.",
@@ -227,6 +233,12 @@ impl Metrics {
                 "channels_group_forbidden_total",
                 "group_add or group_send calls refused: the identity does not allow the group.",
                 load(&self.group_forbidden),
+            ),
+            (
+                "channels_recovery_missed_total",
+                "Recovering connections closed with 4010: a group message was missed (queue \
+                 full, or the group's history restarted); the client recovers on reconnect.",
+                load(&self.missed),
             ),
         ];
         for (name, help, value) in simple {
@@ -294,7 +306,7 @@ impl Metrics {
             &rows,
         );
         let stats = layer.stats();
-        let layer_counters: [(&str, &str, u64); 8] = [
+        let layer_counters: [(&str, &str, u64); 9] = [
             (
                 "channels_layer_delivered_total",
                 "Messages queued for local inboxes.",
@@ -335,6 +347,12 @@ impl Metrics {
                 "channels_layer_disconnects_total",
                 "Times a Redis subscriber connection was lost (it reconnects by itself).",
                 stats.disconnects,
+            ),
+            (
+                "channels_layer_unpositioned_total",
+                "With history on, group messages that arrived without a history position (a \
+                 Python group_send): delivered live, not recoverable.",
+                stats.unpositioned,
             ),
         ];
         for (name, help, value) in layer_counters {

@@ -98,6 +98,11 @@ pub struct PageOptions {
     /// says "not signed in" with a link to Django's login and stops. `None`: anonymous, as the
     /// tutorial.
     pub token_url: Option<String>,
+    /// With group history on (`--history-size`), the group chat page asks for the group's last
+    /// `history` messages when it opens (`?history=K`), keeps the offset and epoch of the
+    /// latest message, resumes from them after every reconnect (`?since=...&epoch=...`), and
+    /// shows a line when recovery failed. 0: as the tutorial.
+    pub history: usize,
 }
 
 impl PageOptions {
@@ -105,6 +110,15 @@ impl PageOptions {
     #[must_use]
     pub fn with_token_url(mut self, url: impl Into<String>) -> Self {
         self.token_url = Some(url.into());
+        self
+    }
+}
+
+impl PageOptions {
+    /// The group chat page shows the last `history` messages and recovers after reconnects.
+    #[must_use]
+    pub fn with_history(mut self, history: usize) -> Self {
+        self.history = history;
         self
     }
 }

@@ -40,6 +40,8 @@ pub(crate) struct ChatGroup {
     group_id_json: String,
     /// The `#identity` data block (JSON), when the pages fetch connection tokens.
     identity_json: Option<String>,
+    /// The `#history` data block (JSON), when the server keeps group history.
+    history_json: Option<String>,
 }
 
 /// `GET /`.
@@ -71,6 +73,7 @@ pub(crate) async fn chat_group(
         group_id_json: json_for_script(group_id.as_deref()),
         group_id: group_id.unwrap_or_default(),
         identity_json: identity_json(&options),
+        history_json: (options.history > 0).then(|| format!(r#"{{"history": {}}}"#, options.history)),
     }
 }
 

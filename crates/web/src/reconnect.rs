@@ -12,7 +12,8 @@
 //!   every client back in lockstep (reliability-security.md §5 and R-07; phoenix.js, which has
 //!   no jitter, is the counter-example).
 //! - **Drains:** after [`DRAIN_CODES`] (1001, 1012: the server is going away on purpose and other
-//!   replicas are up) the first retry waits only `random(0, BASE_MS)`.
+//!   replicas are up; 4010: a message was missed and the page recovers it) the first retry
+//!   waits only `random(0, BASE_MS)`.
 //! - **Reset:** the retry number starts again at 1 once a connection has stayed open for
 //!   [`STABLE_MS`]. A mere successful open does not reset it, so a server that accepts and then
 //!   closes at once (1011, or 1013 when the group cannot be joined) still sees growing delays.
@@ -31,12 +32,15 @@ pub const STABLE_MS: u32 = 5_000;
 /// The close codes after which the pages reconnect: 1001 going away (shutdown, drain), 1006
 /// abnormal closure (no close frame: a killed replica, a refused connection), 1011 internal
 /// error, 1012 service restart, 1013 try again later (the channel layer is unavailable), 4008
-/// slow consumer, 4009 no pong (the server thought the connection dead) and 4401 token expired
-/// (the pages fetch a new token first).
-pub const RECONNECT_CODES: [u16; 8] = [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4401];
+/// slow consumer, 4009 no pong (the server thought the connection dead), 4010 missed messages
+/// (history on: the page resumes from its latest position) and 4401 token expired (the pages
+/// fetch a new token first).
+pub const RECONNECT_CODES: [u16; 9] = [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4010, 4401];
 
-/// The close codes of a deliberate drain, after which the first retry is almost immediate.
-pub const DRAIN_CODES: [u16; 2] = [1001, 1012];
+/// The close codes of a deliberate close with other replicas (or the same one) ready, after
+/// which the first retry is almost immediate: a drain (1001, 1012), or a missed message to
+/// recover (4010).
+pub const DRAIN_CODES: [u16; 3] = [1001, 1012, 4010];
 
 /// Whether the pages reconnect after a close with `code`.
 ///

@@ -257,7 +257,7 @@ async fn chat_script_declares_the_documented_reconnect_policy() {
     // The documented numbers themselves (reliability-security.md §5).
     assert_eq!((reconnect::BASE_MS, reconnect::CAP_MS), (500, 15_000));
     assert_eq!(reconnect::STABLE_MS, 5_000);
-    assert_eq!(codes, [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4401]);
+    assert_eq!(codes, [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4010, 4401]);
 }
 
 #[tokio::test]
@@ -318,7 +318,7 @@ async fn status_has_a_style_for_every_state() {
 
 #[test]
 fn reconnect_codes_follow_the_server_close_codes() {
-    for code in [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4401] {
+    for code in [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4010, 4401] {
         assert!(reconnect::should_reconnect(code), "{code} should reconnect");
     }
     // 1005 is what a browser reports when the user's close() sent no code.

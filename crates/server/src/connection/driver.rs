@@ -29,6 +29,7 @@ use super::Socket;
 use super::meter::RateLimited;
 use super::outbox::Outbox;
 use super::watch::{Keepalive, Liveness};
+use crate::consumer::recovery::Admit;
 use crate::consumer::{ClientMessage, Close, Consumer, Context, Outgoing};
 use crate::hub::{Hub, Limits};
 use crate::metrics::CloseLabel;
@@ -81,6 +82,9 @@ pub(crate) async fn run<C: Consumer>(
     // Frames queued by `connect`, and a close it asked for.
     queue(&mut outbox, &mut cx);
     let mut end = cx.close.take().map(End::ByServer);
+    if end.is_none() {
+        end = Box::pin(replay(&mut consumer, &mut cx, &mut outbox)).await.err();
+    }
     let mut drain_at: Option<Instant> = None;
     // A token's expiry, on this loop's clock.
     let expires_at = cx
@@ -178,6 +182,10 @@ pub(crate) async fn run<C: Consumer>(
             Err(e) => Some(e),
             Ok(()) => cx.close.take().map(End::ByServer),
         };
+        if end.is_none() && cx.is_recovering() {
+            // A group joined by this handler may have history to replay.
+            end = Box::pin(replay(&mut consumer, &mut cx, &mut outbox)).await.err();
+        }
     }
     // Channels' websocket_disconnect: leave the groups, then tell the consumer. The groups are
     // left first, so a connection waiting for its close handshake takes no group messages.
@@ -271,8 +279,49 @@ async fn on_layer<C: Consumer>(
     outbox: &Outbox,
     msg: Message,
 ) -> Result<(), End> {
-    consumer.event(cx, msg).await.map_err(End::ByServer)?;
+    deliver(consumer, cx, msg).await?;
     drain_inbox(consumer, cx, inbox, outbox).await
+}
+
+/// Hands a live layer message to the consumer; in recovery mode only in offset order
+/// (duplicates skipped, a gap closes with [`Close::MISSED`]), with its position for the frames
+/// it produces.
+async fn deliver<C: Consumer>(consumer: &mut C, cx: &mut Context, msg: Message) -> Result<(), End> {
+    if !cx.is_recovering() {
+        return consumer.event(cx, msg).await.map_err(End::ByServer);
+    }
+    match cx.admit(&msg) {
+        Ok(Admit::Deliver) => {}
+        Ok(Admit::Duplicate) => return Ok(()),
+        Err(close) => {
+            cx.metrics().missed();
+            return Err(End::ByServer(close));
+        }
+    }
+    cx.set_current(msg.position());
+    let handled = consumer.event(cx, msg).await;
+    cx.set_current(None);
+    handled.map_err(End::ByServer)
+}
+
+/// Hands the history messages that group joins left (recovered or recent ones) to the
+/// consumer, oldest first, before any live one; their frames go to the outbox as they come.
+async fn replay<C: Consumer>(
+    consumer: &mut C,
+    cx: &mut Context,
+    outbox: &mut Outbox,
+) -> Result<(), End> {
+    while let Some(msg) = cx.next_replay() {
+        cx.set_current(msg.position());
+        let handled = consumer.event(cx, msg).await;
+        cx.set_current(None);
+        queue(outbox, cx);
+        handled.map_err(End::ByServer)?;
+        if let Some(close) = cx.close.take() {
+            return Err(End::ByServer(close));
+        }
+    }
+    Ok(())
 }
 
 /// Handles the layer messages already waiting in the inbox, up to a write batch or the
@@ -285,7 +334,7 @@ async fn drain_inbox<C: Consumer>(
 ) -> Result<(), End> {
     while cx.outgoing.len() < WRITE_BATCH && !outbox.over_budget_with(cx.outgoing_bytes()) {
         let Some(next) = inbox.try_recv() else { break };
-        consumer.event(cx, next).await.map_err(End::ByServer)?;
+        deliver(consumer, cx, next).await?;
     }
     Ok(())
 }

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use channels_layer::{ChannelLayer, ChannelName, GroupName, LayerError, Message};
+use channels_layer::{ChannelLayer, ChannelName, GroupName, LayerError, Message, Position};
 
 use super::close::Close;
+use super::recovery::{Admit, Recovery};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 
@@ -117,6 +118,9 @@ pub struct Context {
     outgoing_bytes: usize,
     max_outgoing: usize,
     pub(crate) close: Option<Close>,
+    /// History and recovery, when the client asked for it (`?recover=1`, `?history=K`,
+    /// `?since=...&epoch=...`) and the layer keeps history.
+    recovery: Option<Recovery>,
 }
 
 impl Context {
@@ -137,7 +141,38 @@ impl Context {
             outgoing: VecDeque::new(),
             outgoing_bytes: 0,
             close: None,
+            recovery: None,
         }
+    }
+
+    /// Turns recovery on for this connection (the client asked, and history is on).
+    pub(crate) fn set_recovery(&mut self, recovery: Recovery) {
+        self.recovery = Some(recovery);
+    }
+
+    /// Whether the client asked for history and recovery.
+    pub fn is_recovering(&self) -> bool {
+        self.recovery.is_some()
+    }
+
+    /// Judges a live layer message in recovery mode ([`Recovery::admit`]).
+    pub(crate) fn admit(&mut self, msg: &Message) -> Result<Admit, Close> {
+        match &mut self.recovery {
+            Some(recovery) => recovery.admit(msg),
+            None => Ok(Admit::Deliver),
+        }
+    }
+
+    /// The position of the group message being handled: frames sent meanwhile carry it.
+    pub(crate) fn set_current(&mut self, position: Option<Position>) {
+        if let Some(recovery) = &mut self.recovery {
+            recovery.current = position;
+        }
+    }
+
+    /// The next history message to replay to the consumer.
+    pub(crate) fn next_replay(&mut self) -> Option<Message> {
+        self.recovery.as_mut().and_then(Recovery::next_replay)
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -165,9 +200,14 @@ impl Context {
     }
 
     /// Queues a text frame. Fails with [`Close::SLOW`] when more frames are pending than the
-    /// per-connection bound allows.
+    /// per-connection bound allows. In recovery mode the client gets it as JSON, with the
+    /// position of the group message being handled ([`recovery`](super::recovery)).
     pub fn send_text(&mut self, text: impl Into<String>) -> Result<(), Close> {
-        self.push(Outgoing::Text(text.into()))
+        let text = match &self.recovery {
+            Some(recovery) => recovery.wrap(text.into()),
+            None => text.into(),
+        };
+        self.push(Outgoing::Text(text))
     }
 
     /// Queues a binary frame, with the same bound as [`send_text`](Self::send_text).
@@ -217,11 +257,28 @@ impl Context {
 
     /// Joins `group`; the runtime leaves it when the connection ends. With an identity, only
     /// a group it allows.
+    ///
+    /// In recovery mode it then reads the group's history: the messages the client asked for
+    /// reach [`Consumer::event`](super::Consumer::event) before live ones, and with `since` a
+    /// recovery frame goes out first ([`recovery`](super::recovery)). The join comes first, so
+    /// nothing published in between is lost; duplicates are skipped by offset.
     pub async fn group_add(&mut self, group: &GroupName) -> Result<(), GroupError> {
         self.check_access(group)?;
         self.layer().group_add(group, &self.channel).await?;
         if !self.groups.contains(group) {
             self.groups.push(group.clone());
+        }
+        if let Some(recovery) = &self.recovery {
+            let since = recovery.wanted(self.layer.history_size());
+            let read = self.layer.history(group, since).await?;
+            let frame = self
+                .recovery
+                .as_mut()
+                .and_then(|recovery| recovery.joined(group, read));
+            if let Some(frame) = frame {
+                self.push(Outgoing::Text(frame))
+                    .map_err(|_| GroupError::Layer(LayerError::Closed))?;
+            }
         }
         Ok(())
     }
@@ -229,6 +286,9 @@ impl Context {
     /// Leaves `group`.
     pub async fn group_discard(&mut self, group: &GroupName) -> Result<(), LayerError> {
         self.groups.retain(|g| g != group);
+        if let Some(recovery) = &mut self.recovery {
+            recovery.left(group);
+        }
         self.layer().group_discard(group, &self.channel).await
     }
 

@@ -17,6 +17,7 @@
 
 mod close;
 mod context;
+pub(crate) mod recovery;
 
 use std::future::Future;
 

@@ -38,12 +38,16 @@ pub fn app() -> App {
 }
 
 /// [`app`] with the pages set up by `config`: with `--page-token-url`, they fetch a connection
-/// token there before connecting and show who is signed in (identity on).
+/// token there before connecting and show who is signed in (identity on); with
+/// `--history-size`, the group chat page shows the recent messages and recovers what it missed
+/// after every reconnect.
 pub fn app_for(config: &Config) -> App {
     let mut pages = channels_web::PageOptions::default();
     if let Some(url) = &config.page_token_url {
         pages = pages.with_token_url(url.clone());
     }
+    // With history on, the group chat page shows the recent conversation and recovers.
+    pages = pages.with_history(config.history_size);
     App::new(routes()).http_routes(channels_web::router_with(pages))
 }
 

@@ -39,13 +39,24 @@
 // checks the token's groups and says "not allowed in this group" and stops when the group is
 // not among them, else retries.
 //
+// History (only when the page has a #history data block, that is when the server runs with
+// --history-size; the group chat only): the first connect asks for the group's last K messages
+// (?history=K) and shows them; every frame is then JSON {"type": "message", "text", "offset",
+// "epoch"} and the page keeps the offset and epoch of the latest one. Every reconnect resumes
+// from them (?since=OFFSET&epoch=EPOCH): the server first sends {"type": "recovery",
+// "recovered": true, "missed": M} and the M missed messages, or "recovered": false with a reason
+// ("epoch": the history restarted; "window": too much was missed), which the page shows as a
+// line. 4010 (a message was missed while connected) reconnects at once to recover it.
+//
 // Browser tests read these globals:
 // - window.wsState: "idle" until start() runs, then "connecting", "open", "error", "closed",
 //   "reconnecting" while waiting to retry, and "refused" when identity says no;
 // - window.wsUser: the signed-in name (identity on), else null;
 // - window.wsCloseCode: the code of the last close event;
 // - window.wsConnects: how many times a socket opened;
-// - window.wsReconnectDelays: every retry delay chosen, in ms.
+// - window.wsReconnectDelays: every retry delay chosen, in ms;
+// - window.wsPosition: {"offset", "epoch"} of the latest group message (history on), else null;
+// - window.wsRecovery: the latest recovery frame (history on), else null.
 "use strict";
 
 window.wsState = "idle";
@@ -53,13 +64,15 @@ window.wsCloseCode = null;
 window.wsConnects = 0;
 window.wsReconnectDelays = [];
 window.wsUser = null;
+window.wsPosition = null;
+window.wsRecovery = null;
 
 window.channelsChat = (function () {
   var BASE_MS = 500;
   var CAP_MS = 15000;
   var STABLE_MS = 5000;
-  var RECONNECT_CODES = [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4401];
-  var DRAIN_CODES = [1001, 1012];
+  var RECONNECT_CODES = [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4010, 4401];
+  var DRAIN_CODES = [1001, 1012, 4010];
 
   // Whether a close with `code` should be followed by a reconnect.
   function shouldReconnect(code) {
@@ -123,6 +136,16 @@ window.channelsChat = (function () {
     return config && typeof config.token_url === "string" ? config : null;
   }
 
+  // The #history data block ({"history": K}), or null when the server keeps no history.
+  function historyConfig() {
+    var block = document.getElementById("history");
+    if (block === null) {
+      return null;
+    }
+    var config = JSON.parse(block.textContent);
+    return config && typeof config.history === "number" && config.history > 0 ? config : null;
+  }
+
   // Whether a token's `groups` (exact names, or prefixes ending in "*") allow the group of
   // `path` (/group/<id>/); paths without a group are always allowed.
   function groupAllowed(groups, path) {
@@ -172,7 +195,49 @@ window.channelsChat = (function () {
     }
 
     var identity = identityConfig();
+    var history = historyConfig();
     var token = null;
+
+    // The socket URL's query: with history, the recent messages on the first connect and a
+    // resume from the latest position after that.
+    function historyQuery() {
+      if (history === null) {
+        return "";
+      }
+      var position = window.wsPosition;
+      if (position === null) {
+        return "?history=" + history.history;
+      }
+      return "?since=" + position.offset + "&epoch=" + encodeURIComponent(position.epoch);
+    }
+
+    // A frame from the server: plain text, or with history the JSON envelope.
+    function received(data) {
+      if (history === null || typeof data !== "string") {
+        appendLine(String(data));
+        return;
+      }
+      var frame;
+      try {
+        frame = JSON.parse(data);
+      } catch (error) {
+        appendLine(data);
+        return;
+      }
+      if (frame.type === "recovery") {
+        window.wsRecovery = frame;
+        if (!frame.recovered) {
+          appendLine(
+            "[部分消息未能恢复 / some messages could not be recovered (" + frame.reason + ")]"
+          );
+        }
+        return;
+      }
+      if (typeof frame.offset === "number" && typeof frame.epoch === "string") {
+        window.wsPosition = { offset: frame.offset, epoch: frame.epoch };
+      }
+      appendLine(String(frame.text));
+    }
 
     // Identity says no: say so, with a link to Django's login, and stop reconnecting.
     function refused(text) {
@@ -238,7 +303,8 @@ window.channelsChat = (function () {
       window.wsState = "connecting";
       showStatus("connecting", "连接中 / connecting");
       try {
-        ws = bearer === null ? new WebSocket(socketUrl(path)) : new WebSocket(socketUrl(path), ["bearer", bearer]);
+        var url = socketUrl(path) + historyQuery();
+        ws = bearer === null ? new WebSocket(url) : new WebSocket(url, ["bearer", bearer]);
       } catch (error) {
         // A malformed URL: retrying would fail the same way.
         socket = null;
@@ -277,7 +343,7 @@ window.channelsChat = (function () {
         if (ws !== socket) {
           return;
         }
-        appendLine(String(event.data));
+        received(event.data);
       });
       // Fired however the connection ends: server close, client close or failure.
       ws.addEventListener("close", function (event) {
