@@ -65,7 +65,9 @@ impl FromStr for Epoch {
         if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(InvalidEpoch);
         }
-        u32::from_str_radix(s, 16).map(Self).map_err(|_| InvalidEpoch)
+        u32::from_str_radix(s, 16)
+            .map(Self)
+            .map_err(|_| InvalidEpoch)
     }
 }
 

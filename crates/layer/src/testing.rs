@@ -564,7 +564,11 @@ fn history_config(size: usize) -> LayerConfig {
 fn offsets(messages: &[Message]) -> Vec<u64> {
     messages
         .iter()
-        .map(|m| m.position().expect("history messages have a position").offset)
+        .map(|m| {
+            m.position()
+                .expect("history messages have a position")
+                .offset
+        })
         .collect()
 }
 
@@ -600,7 +604,10 @@ pub async fn history_positions_group_messages(make: Make) {
         .with("bytes", Value::Bytes(vec![0, 255]))
         .with("big", u64::MAX);
     layer.group_send(&g, msg(1)).await.expect("group_send");
-    layer.group_send(&g, typed.clone()).await.expect("group_send");
+    layer
+        .group_send(&g, typed.clone())
+        .await
+        .expect("group_send");
     layer.group_send(&g, msg(3)).await.expect("group_send");
     layer.send(inbox.name(), msg(4)).await.expect("send");
     let mut got = Vec::new();
@@ -608,15 +615,25 @@ pub async fn history_positions_group_messages(make: Make) {
         got.push(recv(&mut inbox).await);
     }
     assert_eq!(offsets(&got), [1, 2, 3]);
-    assert!(got.iter().all(|m| m.position().map(|p| p.epoch) == Some(before.epoch)));
+    assert!(
+        got.iter()
+            .all(|m| m.position().map(|p| p.epoch) == Some(before.epoch))
+    );
     assert_eq!(recv(&mut inbox).await.position(), None, "a direct send");
     let read = layer.history(&g, Since::After(1)).await.expect("history");
     assert_eq!((read.epoch, read.top), (before.epoch, 3));
     assert_eq!(offsets(&read.messages), [2, 3]);
     assert_eq!(read.messages[0], typed);
     assert!(read.is_complete_after(1));
-    let other = layer.history(&group("other"), Since::Latest(5)).await.expect("history");
-    assert_eq!((other.top, other.messages.len()), (0, 0), "history is per group");
+    let other = layer
+        .history(&group("other"), Since::Latest(5))
+        .await
+        .expect("history");
+    assert_eq!(
+        (other.top, other.messages.len()),
+        (0, 0),
+        "history is per group"
+    );
 }
 
 /// The history holds the last `history_size` messages: recovery from before them is not
@@ -636,8 +653,14 @@ pub async fn history_keeps_the_last_n(make: Make) {
     assert!(read.is_complete_after(3));
     let latest = layer.history(&g, Since::Latest(3)).await.expect("history");
     assert_eq!(offsets(&latest.messages), [6, 7, 8]);
-    assert_eq!(latest.messages.iter().map(n_of).collect::<Vec<_>>(), [6, 7, 8]);
-    let all = layer.history(&g, Since::Latest(100)).await.expect("history");
+    assert_eq!(
+        latest.messages.iter().map(n_of).collect::<Vec<_>>(),
+        [6, 7, 8]
+    );
+    let all = layer
+        .history(&g, Since::Latest(100))
+        .await
+        .expect("history");
     assert_eq!(offsets(&all.messages), [4, 5, 6, 7, 8]);
 }
 
@@ -702,5 +725,8 @@ pub async fn history_expires_after_its_ttl(make: Make) {
     assert!(after.is_complete_after(2), "nothing was missed");
     layer.group_send(&g, msg(3)).await.expect("group_send");
     let next = layer.history(&g, Since::After(2)).await.expect("history");
-    assert_eq!((next.epoch, offsets(&next.messages)), (before.epoch, vec![3]));
+    assert_eq!(
+        (next.epoch, offsets(&next.messages)),
+        (before.epoch, vec![3])
+    );
 }

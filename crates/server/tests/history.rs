@@ -92,7 +92,10 @@ async fn a_new_page_gets_the_recent_history_first() {
     let mut ws = server.ws("/group/h/?history=3").await;
     for (line, offset) in [("5", 5), ("6", 6), ("7", 7)] {
         let (text, got, _) = message(&mut ws).await;
-        assert_eq!((text.as_str(), got), (&*format!("组内主动推送消息:{line}"), offset));
+        assert_eq!(
+            (text.as_str(), got),
+            (&*format!("组内主动推送消息:{line}"), offset)
+        );
     }
     ws.expect_silence(SILENCE).await;
     // More than the history holds: what it holds.
@@ -159,7 +162,11 @@ async fn a_lost_position_says_why_and_goes_on_live() {
     );
     old.expect_silence(SILENCE).await;
     // Another epoch: the history restarted since.
-    let other = if epoch == "00000000" { "00000001" } else { "00000000" };
+    let other = if epoch == "00000000" {
+        "00000001"
+    } else {
+        "00000000"
+    };
     let mut stale = server.ws(&format!("/group/w/?since=7&epoch={other}")).await;
     assert_eq!(
         json(&mut stale).await,

@@ -73,7 +73,8 @@ pub(crate) async fn chat_group(
         group_id_json: json_for_script(group_id.as_deref()),
         group_id: group_id.unwrap_or_default(),
         identity_json: identity_json(&options),
-        history_json: (options.history > 0).then(|| format!(r#"{{"history": {}}}"#, options.history)),
+        history_json: (options.history > 0)
+            .then(|| format!(r#"{{"history": {}}}"#, options.history)),
     }
 }
 

@@ -257,7 +257,10 @@ async fn chat_script_declares_the_documented_reconnect_policy() {
     // The documented numbers themselves (reliability-security.md §5).
     assert_eq!((reconnect::BASE_MS, reconnect::CAP_MS), (500, 15_000));
     assert_eq!(reconnect::STABLE_MS, 5_000);
-    assert_eq!(codes, [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4010, 4401]);
+    assert_eq!(
+        codes,
+        [1001, 1006, 1011, 1012, 1013, 4008, 4009, 4010, 4401]
+    );
 }
 
 #[tokio::test]

@@ -165,7 +165,12 @@ pub(crate) fn append_args(cmd: &mut redis::Cmd, limits: &HistoryLimits, payload:
 }
 
 /// `EVAL READ` for `since` on the keys of one group.
-pub(crate) fn read_cmd(meta: &str, stream: &str, limits: &HistoryLimits, since: Since) -> redis::Cmd {
+pub(crate) fn read_cmd(
+    meta: &str,
+    stream: &str,
+    limits: &HistoryLimits,
+    since: Since,
+) -> redis::Cmd {
     let (mode, n, limit) = match since {
         Since::Latest(n) => ("latest", n as u64, n.min(limits.size)),
         Since::After(offset) => ("after", offset, limits.size),
@@ -302,7 +307,10 @@ mod tests {
             Value::Nil,
             Value::Array(vec![]),
             Value::Array(vec![Value::BulkString(b"zz".to_vec()), Value::Int(1)]),
-            Value::Array(vec![Value::BulkString(b"0000000a".to_vec()), Value::Int(-1)]),
+            Value::Array(vec![
+                Value::BulkString(b"0000000a".to_vec()),
+                Value::Int(-1),
+            ]),
             Value::Array(vec![
                 Value::BulkString(b"0000000a".to_vec()),
                 Value::Int(1),

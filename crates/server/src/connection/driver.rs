@@ -83,7 +83,9 @@ pub(crate) async fn run<C: Consumer>(
     queue(&mut outbox, &mut cx);
     let mut end = cx.close.take().map(End::ByServer);
     if end.is_none() {
-        end = Box::pin(replay(&mut consumer, &mut cx, &mut outbox)).await.err();
+        end = Box::pin(replay(&mut consumer, &mut cx, &mut outbox))
+            .await
+            .err();
     }
     let mut drain_at: Option<Instant> = None;
     // A token's expiry, on this loop's clock.
@@ -184,7 +186,9 @@ pub(crate) async fn run<C: Consumer>(
         };
         if end.is_none() && cx.is_recovering() {
             // A group joined by this handler may have history to replay.
-            end = Box::pin(replay(&mut consumer, &mut cx, &mut outbox)).await.err();
+            end = Box::pin(replay(&mut consumer, &mut cx, &mut outbox))
+                .await
+                .err();
         }
     }
     // Channels' websocket_disconnect: leave the groups, then tell the consumer. The groups are

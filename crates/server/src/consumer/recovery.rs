@@ -67,11 +67,7 @@ impl RecoveryRequest {
                     );
                 }
                 "epoch" => {
-                    epoch = Some(
-                        value
-                            .parse::<Epoch>()
-                            .map_err(|e| format!("epoch: {e}"))?,
-                    );
+                    epoch = Some(value.parse::<Epoch>().map_err(|e| format!("epoch: {e}"))?);
                 }
                 _ => {}
             }
@@ -254,7 +250,10 @@ mod tests {
             Ok(Some(RecoveryRequest::default()))
         );
         assert_eq!(
-            RecoveryRequest::parse("history=20").unwrap().unwrap().history,
+            RecoveryRequest::parse("history=20")
+                .unwrap()
+                .unwrap()
+                .history,
             Some(20)
         );
         assert_eq!(
@@ -280,11 +279,18 @@ mod tests {
     #[test]
     fn recovery_replays_exactly_what_was_missed_then_admits_in_order() {
         let g = GroupName::new("g").unwrap();
-        let mut r = Recovery::new(RecoveryRequest::parse("since=3&epoch=00000001").unwrap().unwrap());
+        let mut r = Recovery::new(
+            RecoveryRequest::parse("since=3&epoch=00000001")
+                .unwrap()
+                .unwrap(),
+        );
         assert_eq!(r.wanted(100), Since::After(3));
         let frame = r.joined(&g, read(1, 5, &[4, 5])).unwrap();
         assert_eq!(frame, r#"{"missed":2,"recovered":true,"type":"recovery"}"#);
-        assert_eq!(r.next_replay().and_then(|m| m.position()).map(|p| p.offset), Some(4));
+        assert_eq!(
+            r.next_replay().and_then(|m| m.position()).map(|p| p.offset),
+            Some(4)
+        );
         assert!(r.next_replay().is_some());
         assert!(r.next_replay().is_none());
         // Live: 5 was replayed already, 6 is next, 8 means 7 was lost.
@@ -298,7 +304,9 @@ mod tests {
     #[test]
     fn a_failed_recovery_says_why_and_replays_nothing() {
         let g = GroupName::new("g").unwrap();
-        let request = RecoveryRequest::parse("since=3&epoch=00000001").unwrap().unwrap();
+        let request = RecoveryRequest::parse("since=3&epoch=00000001")
+            .unwrap()
+            .unwrap();
         let mut r = Recovery::new(request);
         let frame = r.joined(&g, read(2, 9, &[1])).unwrap();
         assert!(frame.contains(r#""reason":"epoch""#), "{frame}");

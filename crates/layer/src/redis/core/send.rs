@@ -110,7 +110,9 @@ impl Inner {
             .filter_map(|m| String::from_utf8(m).ok())
             .collect();
         if let Some(limits) = &self.history {
-            return self.group_send_with_history(group, limits, msg, &members).await;
+            return self
+                .group_send_with_history(group, limits, msg, &members)
+                .await;
         }
         if members.is_empty() {
             return Ok(());
@@ -163,7 +165,9 @@ impl Inner {
         let mut keys = vec![meta.as_str(), stream.as_str()];
         keys.extend(deliveries.iter().map(|d| d.key.as_str()));
         let mut cmd = wire::eval(&self.history_script, &keys);
-        let stored = self.serializer.serialize(&wire::without_routing(msg.clone()));
+        let stored = self
+            .serializer
+            .serialize(&wire::without_routing(msg.clone()));
         crate::redis::history::append_args(&mut cmd, limits, &stored);
         for d in &deliveries {
             let addressed = wire::addressed_to_all(msg, &d.channels);
