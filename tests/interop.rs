@@ -258,3 +258,55 @@ async fn encrypted_group_chat_between_django_and_rust() {
     assert_eq!(layer.stats().delivered, 0);
     layer.close().await.unwrap();
 }
+
+/// With history on, the seed's Django consumer still chats with Rust replicas: it gets the
+/// payload channels_redis would publish, byte for byte (the position travels on a side channel
+/// Python does not read). Django's own `group_send` reaches Rust members live, without a
+/// position, and never enters the history, so it is never replayed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_and_a_rust_replica_with_history_share_a_group_chat() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let python = SeedLayer::pubsub(&url);
+    let args = ["--redis-url", url.as_str(), "--history-size", "10"];
+    let (daphne, replica) =
+        tokio::join!(Daphne::start(&python), Replica::start("rust", &args, &[]));
+    let mut django = Client::connect(&daphne.ws_url("/group/h/")).await;
+    let mut rust = replica.ws("/group/h/").await;
+    let mut recovering = replica.ws("/group/h/?recover=1").await;
+    wait_numsub(&redis, "asgi__group__h", 2).await;
+    let mut sniffer = Sniffer::subscribe(&redis, "asgi__group__h").await;
+
+    rust.send_text("来自Rust").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Rust").await;
+    let frame: serde_json::Value = serde_json::from_str(&recovering.recv_text().await).unwrap();
+    assert_eq!(frame["text"], format!("{TEXT_PREFIX}来自Rust"));
+    assert_eq!(frame["offset"], 1);
+    // Byte for byte what a plain channels_redis publish of the tutorial's event carries.
+    let receive = channels_layer::Map::from_iter([
+        ("type", channels_layer::Value::from("websocket.receive")),
+        ("text", channels_layer::Value::from("来自Rust")),
+    ]);
+    let event = channels_layer::Message::new("send_msg").with("message", receive);
+    assert_eq!(sniffer.next_payload().await, event.to_msgpack());
+
+    django.send_text("来自Django").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Django").await;
+    let frame: serde_json::Value = serde_json::from_str(&recovering.recv_text().await).unwrap();
+    assert_eq!(
+        frame,
+        serde_json::json!({"type": "message", "text": format!("{TEXT_PREFIX}来自Django")}),
+        "Django's message is live only"
+    );
+    all_silent(&mut [&mut django, &mut rust]).await;
+
+    // The history holds the Rust message once, and not Django's.
+    let mut late = replica.ws("/group/h/?history=10").await;
+    let frame: serde_json::Value = serde_json::from_str(&late.recv_text().await).unwrap();
+    assert_eq!((frame["offset"].as_u64(), frame["text"].as_str()), (Some(1), Some(&*format!("{TEXT_PREFIX}来自Rust"))));
+    all_silent(&mut [&mut late]).await;
+    let metrics = replica::metrics(replica.port).await;
+    assert_eq!(metrics["channels_layer_unpositioned_total"], 1.0);
+}
+
+const TEXT_PREFIX: &str = "组内主动推送消息:";

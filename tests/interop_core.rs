@@ -255,3 +255,42 @@ async fn django_with_a_short_group_expiry_keeps_reaching_rust_members() {
     // Without the refresh the member would be older than 5 s by now and trimmed away.
     wait_members(&redis, "short", 1).await;
 }
+
+/// With history on (one Redis), the seed's Django consumer still reads what a Rust replica
+/// writes: the position sits in the 12 prefix bytes that channels_redis drops unread. Django's
+/// `group_send` reaches the Rust members live, without a position, and stays out of history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_and_a_rust_replica_with_history_share_a_group_chat() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let python = SeedLayer::core(&url);
+    let mut args = core_args(&url).to_vec();
+    args.extend(["--history-size", "10"]);
+    let (daphne, replica) =
+        tokio::join!(Daphne::start(&python), Replica::start("rust", &args, &[]));
+    let mut django = Client::connect(&daphne.ws_url("/group/h/")).await;
+    let mut rust = replica.ws("/group/h/").await;
+    let mut recovering = replica.ws("/group/h/?recover=1").await;
+    wait_members(&redis, "h", 3).await;
+
+    rust.send_text("来自Rust").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Rust").await;
+    let frame: serde_json::Value = serde_json::from_str(&recovering.recv_text().await).unwrap();
+    assert_eq!(frame["text"], "组内主动推送消息:来自Rust");
+    assert_eq!(frame["offset"], 1);
+
+    django.send_text("来自Django").await;
+    all_receive(&mut [&mut django, &mut rust], "来自Django").await;
+    let frame: serde_json::Value = serde_json::from_str(&recovering.recv_text().await).unwrap();
+    assert_eq!(
+        frame,
+        serde_json::json!({"type": "message", "text": "组内主动推送消息:来自Django"})
+    );
+    all_silent(&mut [&mut django, &mut rust]).await;
+
+    let mut late = replica.ws("/group/h/?history=10").await;
+    let frame: serde_json::Value = serde_json::from_str(&late.recv_text().await).unwrap();
+    assert_eq!(frame["offset"], 1);
+    assert_eq!(frame["text"], "组内主动推送消息:来自Rust");
+    all_silent(&mut [&mut late]).await;
+}
