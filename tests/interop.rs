@@ -303,7 +303,10 @@ async fn django_and_a_rust_replica_with_history_share_a_group_chat() {
     // The history holds the Rust message once, and not Django's.
     let mut late = replica.ws("/group/h/?history=10").await;
     let frame: serde_json::Value = serde_json::from_str(&late.recv_text().await).unwrap();
-    assert_eq!((frame["offset"].as_u64(), frame["text"].as_str()), (Some(1), Some(&*format!("{TEXT_PREFIX}来自Rust"))));
+    assert_eq!(
+        (frame["offset"].as_u64(), frame["text"].as_str()),
+        (Some(1), Some(&*format!("{TEXT_PREFIX}来自Rust")))
+    );
     all_silent(&mut [&mut late]).await;
     let metrics = replica::metrics(replica.port).await;
     assert_eq!(metrics["channels_layer_unpositioned_total"], 1.0);

@@ -532,3 +532,59 @@ async fn a_refused_subscription_is_retried_until_redis_takes_it() {
     layer.group_send(&g, Message::new("late")).await.unwrap();
     assert_eq!(recv(&mut inbox).await.message_type(), Some("late"));
 }
+
+/// With history on: a forged or garbled position on a group's side channel is dropped and
+/// counted; a position only applies to the very next message, and only if it is for that
+/// group; a plain `PUBLISH` (a Python `group_send`) is delivered without a position, counted.
+#[tokio::test]
+async fn side_channel_garbage_never_positions_a_message() {
+    let redis = server();
+    let mut config = config(LayerConfig {
+        history_size: 10,
+        ..LayerConfig::default()
+    });
+    config.replica_id = Some("side".to_owned());
+    let prefix = config.prefix.clone();
+    let layer = layer_with(config).await;
+    let g = group("sided");
+    let mut inbox = layer.new_channel().await.unwrap();
+    layer.group_add(&g, inbox.name()).await.unwrap();
+    let channel = format!("{prefix}__group__sided");
+    let side = format!("{prefix}__side__sided");
+    assert_eq!(
+        redis.numsub(&[&channel, &side]),
+        [1, 1],
+        "one SUBSCRIBE for both"
+    );
+    let python = b"\x82\xa4type\xacchat.message\xa4text\xa2hi";
+    for garbage in [
+        &b"no colon"[..],
+        b"zzzzzzzz:1",
+        b"0000000a:-1",
+        b"0000000a:x",
+        b"",
+    ] {
+        redis.publish(&side, garbage);
+    }
+    redis.publish(&channel, python);
+    assert_eq!(recv(&mut inbox).await.position(), None);
+    assert_eq!(layer.stats().undecodable, 5);
+    assert_eq!(layer.stats().unpositioned, 1);
+    // A valid position followed by something else first (a direct message to this
+    // replica): it does not carry over to the group's next message.
+    redis.publish(&side, b"0000000a:7");
+    redis.publish(inbox.name().as_str(), python);
+    redis.publish(&channel, python);
+    assert_eq!(
+        recv(&mut inbox).await.position(),
+        None,
+        "the direct message"
+    );
+    assert_eq!(recv(&mut inbox).await.position(), None, "the group message");
+    // Back to back, as the history script publishes them: positioned.
+    layer.group_send(&g, Message::new("real")).await.unwrap();
+    let real = recv(&mut inbox).await;
+    assert_eq!(real.message_type(), Some("real"));
+    assert_eq!(real.position().map(|p| p.offset), Some(1));
+    assert_empty(&mut inbox).await;
+}

@@ -17,7 +17,7 @@
 
 mod close;
 mod context;
-pub(crate) mod recovery;
+pub mod recovery;
 
 use std::future::Future;
 

@@ -30,17 +30,27 @@ use super::close::Close;
 
 /// What the client asked for in the query string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct RecoveryRequest {
+#[non_exhaustive]
+pub struct RecoveryRequest {
     /// `history=K`.
-    pub(crate) history: Option<usize>,
+    pub history: Option<usize>,
     /// `since=OFFSET&epoch=EPOCH`.
-    pub(crate) since: Option<(u64, Epoch)>,
+    pub since: Option<(u64, Epoch)>,
 }
 
 impl RecoveryRequest {
     /// Parses the recovery parameters of `query`: `Ok(None)` when there are none, `Err` with
     /// what is wrong when they are malformed.
-    pub(crate) fn parse(query: &str) -> Result<Option<Self>, String> {
+    ///
+    /// ```
+    /// use channels_server::consumer::recovery::RecoveryRequest;
+    /// let request = RecoveryRequest::parse("groupID=1&since=17&epoch=0000002a")?.unwrap();
+    /// assert_eq!(request.since.map(|(offset, _)| offset), Some(17));
+    /// assert_eq!(RecoveryRequest::parse("groupID=1")?, None);
+    /// assert!(RecoveryRequest::parse("since=17").is_err());
+    /// # Ok::<(), String>(())
+    /// ```
+    pub fn parse(query: &str) -> Result<Option<Self>, String> {
         let mut recover = false;
         let mut request = Self::default();
         let (mut since, mut epoch) = (None, None);
