@@ -4,7 +4,11 @@
 //! it the same run prints what was lost. Also: a Redis restarted without persistence ends the
 //! epoch, and an offset older than the history says `window`.
 
-#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "a failed unwrap is a failed test; the scenario helpers print what they measured"
+)]
 
 #[path = "support/browser.rs"]
 mod browser_support;
