@@ -25,6 +25,13 @@ use crate::name::{ChannelName, GroupName};
 ///   channel fails with [`LayerError::ChannelFull`]; [`group_send`](Self::group_send) never fails
 ///   for a full member, it skips that member, counts the drop and logs it. Nothing is dropped
 ///   silently.
+/// * **History, when on.** With a history size ([`LayerConfig::history_size`](crate::LayerConfig)),
+///   every `group_send` stores the message and delivers it with its
+///   [`Position`](crate::Position) in one atomic step: every member sees a group's messages in
+///   offset order (one order for all publishers), and [`history`](Self::history) gives back the
+///   last messages so that a client can recover what it missed ([`crate::history`]). Messages
+///   that did not go through this layer's `group_send` (a Python process's) arrive without a
+///   position and are not stored.
 /// * **Membership ends with the inbox.** Dropping an [`Inbox`] leaves every group it joined.
 ///   Membership also expires `group_expiry` (one day by default) after the latest `group_add`.
 ///
