@@ -9,6 +9,7 @@
 #   bench/peers.sh django   PORT REDIS_URL    # daphne + the seed app (tests/django_seed), pubsub layer
 #   bench/peers.sh rust     PORT REDIS_URL    # target/release/channels-server (Redis pub/sub layer)
 #   bench/peers.sh rust-core PORT REDIS_URL   # the same with --layer redis-core
+#   bench/peers.sh rust-history PORT REDIS_URL # rust with --history-size 100 (issue 14)
 #   bench/peers.sh wait KIND PORT [SECONDS]   # exit 0 once KIND on 127.0.0.1:PORT is ready (default 30 s)
 #   bench/peers.sh ready-path KIND            # print the readiness path for KIND
 #
@@ -62,8 +63,8 @@ ready_path() {
     case "$1" in
         socketio) echo "/healthz" ;;
         django) echo "/chatgroup?groupID=1" ;;
-        rust | rust-core) echo "/readyz" ;;
-        *) die "unknown kind '$1' (socketio, django, rust or rust-core)" ;;
+        rust | rust-core | rust-history) echo "/readyz" ;;
+        *) die "unknown kind '$1' (socketio, django, rust, rust-core or rust-history)" ;;
     esac
 }
 
@@ -109,9 +110,11 @@ case "$cmd" in
         fi
         exec "$daphne" "${args[@]}" >/dev/null
         ;;
-    rust | rust-core)
+    rust | rust-core | rust-history)
         layer=redis-pubsub
         [ "$cmd" = rust-core ] && layer=redis-core
+        extra=()
+        [ "$cmd" = rust-history ] && extra=(--history-size 100)
         need_port_url "$@"
         bin="$(rust_bin)"
         [ -x "$bin" ] || die "$bin is missing: cargo build --release -p channels-server"
@@ -125,7 +128,7 @@ case "$cmd" in
         # like the single-threaded peers, instead of each assuming it has every core.
         exec "$bin" --bind "127.0.0.1:$1" --redis-url "$2" --layer "$layer" --log-level warn \
             --max-messages-per-second 0 --max-connections-per-ip 0 --max-http-connections-per-ip 0 \
-            --workers "${PEERS_RUST_WORKERS:-1}"
+            --workers "${PEERS_RUST_WORKERS:-1}" "${extra[@]}"
         ;;
     wait)
         [ $# -ge 2 ] || usage

@@ -44,7 +44,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "target" / "release" / "channels-loadgen"
 PEERS = ROOT / "bench" / "peers.sh"
-PROTOCOL = {"rust": "seed", "rust-core": "seed", "django": "seed", "socketio": "socketio"}
+PROTOCOL = {"rust": "seed", "rust-core": "seed", "django": "seed", "socketio": "socketio",
+            "rust-history": "seed-recover"}
+# Extra load generator arguments per system: rust-history's clients use the recovery mode.
+QUERY = {"rust-history": "recover=1"}
 
 
 def log(*args):
@@ -136,6 +139,8 @@ class System:
 
 def loadgen(mode, system, args, urls=None, pids=None, timeout=300):
     cmd = [str(LOADGEN), mode, "--protocol", PROTOCOL[system.kind]]
+    if system.kind in QUERY:
+        cmd += ["--query", QUERY[system.kind]]
     for url in urls or system.urls:
         cmd += ["--url", url]
     for pid in pids if pids is not None else system.pids:
@@ -303,6 +308,69 @@ def connect_identity(redis, args):
     return out
 
 
+def cpu_per_delivery_us(r, pids=None):
+    """CPU per delivery in µs of the processes `pids` (default: every process measured), or
+    None."""
+    if "error" in r or not r.get("delivered_per_sec"):
+        return None
+    cpu = sum(p["cpu_percent"] for p in r["servers"] if pids is None or p["pid"] in pids)
+    return cpu / 100 * 1e6 / r["delivered_per_sec"]
+
+
+def history_cost(redis, args):
+    """Issue 14: CPU per delivery at 32,000 deliveries/s with history off (rust) and on
+    (rust-history, clients in recovery mode), alternating, median of args.history_runs each; the
+    fan-out limit with history on; and a reconnect storm of args.storm clients."""
+    out = {"runs": []}
+    rate = 32000 / (args.groups * 10)
+    for run in range(args.history_runs):
+        for kind in ("rust", "rust-history"):
+            system = System(kind, redis)
+            try:
+                # Redis' CPU too: history moves work into its Lua script.
+                r = loadgen("fanout", system, ["--groups", args.groups, "--members", 10,
+                                               "--publishers", 1, "--rate", rate,
+                                               "--duration", 10, "--drain", 2,
+                                               "--tag", f"h{run}{kind.replace('-', '')}"],
+                            pids=system.pids + [redis.proc.pid])
+            finally:
+                system.stop()
+            us = cpu_per_delivery_us(r, system.pids)
+            redis_us = cpu_per_delivery_us(r, [redis.proc.pid])
+            out["runs"].append({"kind": kind, "run": run, "cpu_per_delivery_us": us,
+                                "redis_cpu_per_delivery_us": redis_us, **brief(r)})
+            log(f"  {kind} at 32,000/s: " + (r.get("error") or
+                f"{r['delivered_per_sec']:.0f} delivered/s, lost {r['lost']}, "
+                f"{us:.1f} µs server CPU per delivery (+{redis_us:.2f} µs redis), "
+                f"p99 {r['latency_ms']['p99']:.1f} ms"))
+    for kind in ("rust", "rust-history"):
+        for key, name in (("cpu_per_delivery_us", "_median_us"),
+                          ("redis_cpu_per_delivery_us", "_redis_median_us")):
+            values = sorted(x[key] for x in out["runs"] if x["kind"] == kind and x[key] is not None)
+            out[kind + name] = values[len(values) // 2] if values else None
+    if "history-limit" not in args.skip_set:
+        system = System("rust-history", redis)
+        try:
+            best, steps = fanout_sweep(system, args)
+            out["fanout"] = {"best": best, "steps": steps}
+        finally:
+            system.stop()
+    system = System("rust-history", redis)
+    try:
+        r = loadgen("storm", system, ["--connections", args.storm, "--missed", 20,
+                                      "--timeout", 30, "--source-ips", 2,
+                                      "--connect-concurrency", 200, "--tag", "s"],
+                    timeout=300)
+        out["storm"] = r
+        log("  reconnect storm: " + (r.get("error") or
+            f"{r['recovered']} of {r['connections']} recovered {r['missed']} messages, "
+            f"all within {r['all_recovered_seconds']:.2f} s, p99 {r['recover_ms']['p99']:.0f} ms"
+            + (f", first failure: {r['first_failure']}" if r.get("first_failure") else "")))
+    finally:
+        system.stop()
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -326,9 +394,14 @@ def main():
                    help="S-connect-identity connections for anonymous and token handshakes")
     p.add_argument("--connect-identity-hook", type=int, default=1000,
                    help="S-connect-identity connections through the Django connect hook")
+    p.add_argument("--history-runs", type=int, default=3,
+                   help="S-history: alternating runs with history off and on")
+    p.add_argument("--storm", type=int, default=1000,
+                   help="S-history: clients resuming at once in the reconnect storm")
     p.add_argument("--skip", default="", help="comma-separated scenarios to skip")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    args.skip_set = skip
 
     started = datetime.datetime.now(datetime.timezone.utc)
     results = {
@@ -390,6 +463,9 @@ def main():
                                                            "--duration", 5])
                 finally:
                     system.stop()
+        if "history" not in skip and "rust" in args.systems.split(","):
+            log("== history (rust)")
+            results["history"] = history_cost(redis, args)
         if "connect-identity" not in skip and "rust" in args.systems.split(","):
             log("== connect-identity (rust)")
             results["connect_identity"] = connect_identity(redis, args)
@@ -469,6 +545,32 @@ def render(results):
             share = f"{c['per_second'] / base:.0%}" if base else "n/a"
             lines.append(f"| {label} | {c['per_second']:,.0f} | "
                          f"{c['handshake_ms']['p99']:.1f} | {share} |")
+    history = results.get("history")
+    if history:
+        off, on = history.get("rust_median_us"), history.get("rust-history_median_us")
+        share = f"+{(on / off - 1):.0%}" if off and on else "n/a"
+        best = ((history.get("fanout") or {}).get("best") or {}).get("delivered_per_sec")
+        storm = history.get("storm") or {}
+        lines += ["", "S-history (rust, two replicas; median of alternating runs):", "",
+                  "| metric | history off | history on (--history-size 100, recover=1) |",
+                  "|---|---|---|",
+                  f"| server CPU per delivery at 32,000/s (µs) | "
+                  f"{off if off is None else f'{off:.1f}'} | "
+                  f"{on if on is None else f'{on:.1f}'} ({share}) |",
+                  f"| Redis CPU per delivery at 32,000/s (µs) | "
+                  f"{history.get('rust_redis_median_us') or 0:.2f} | "
+                  f"{history.get('rust-history_redis_median_us') or 0:.2f} |",
+                  f"| S-fanout max delivered msg/s | (see rust above) | "
+                  f"{'n/a' if best is None else f'{best:,.0f}'} |",
+                  ""]
+        if "recovered" in storm:
+            lines.append(f"Reconnect storm: {storm['recovered']} of {storm['connections']} clients "
+                         f"resumed at once and recovered {storm['missed']} messages each, all "
+                         f"within {storm['all_recovered_seconds']:.2f} s (p50 "
+                         f"{storm['recover_ms']['p50']:.0f} ms, p99 "
+                         f"{storm['recover_ms']['p99']:.0f} ms); {storm['failed']} failed.")
+        elif storm:
+            lines.append(f"Reconnect storm: {storm.get('error')}")
     return "\n".join(lines)
 
 

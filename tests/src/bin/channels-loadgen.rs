@@ -82,6 +82,18 @@ enum Mode {
         #[arg(long, default_value_t = 10.0)]
         hold: f64,
     },
+    /// History on: N members of one group in recovery mode leave together, messages are
+    /// published, and all resume at once with `since`; reports how long recovery took.
+    Storm {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Messages published while they are away.
+        #[arg(long, default_value_t = 20)]
+        missed: usize,
+        /// Seconds a member may take to recover.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
     /// Request/response round trips on echo connections.
     Echo {
         #[arg(long, default_value_t = 100)]
@@ -149,6 +161,18 @@ async fn main() -> anyhow::Result<()> {
                 hold: Duration::from_secs_f64(hold),
             };
             serde_json::to_string(&loadgen::idle(&target, &opts).await?)?
+        }
+        Mode::Storm {
+            connections,
+            missed,
+            timeout,
+        } => {
+            let opts = loadgen::StormOptions {
+                connections,
+                missed,
+                timeout: Duration::from_secs_f64(timeout),
+            };
+            serde_json::to_string(&loadgen::storm(&target, &opts).await?)?
         }
         Mode::Echo {
             connections,

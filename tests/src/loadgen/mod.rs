@@ -16,10 +16,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use futures_util::StreamExt as _;
 use proto::{Incoming, Protocol, Sender, Stream};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 pub use sample::{CpuSample, Latency, ProcessReport};
 
@@ -509,6 +511,198 @@ pub async fn echo(
         round_trips_per_sec: count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
         latency_ms: latency.latency_ms(),
         loadgen_cpu_percent,
+        servers,
+    })
+}
+
+/// Reconnect-storm settings (history on, recovery mode).
+#[derive(Debug, Clone)]
+pub struct StormOptions {
+    /// Members of the one group.
+    pub connections: usize,
+    /// Messages published while every member is away.
+    pub missed: usize,
+    /// How long a member may take to recover before it counts as failed.
+    pub timeout: Duration,
+}
+
+/// How a reconnect storm went.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormReport {
+    /// Members that joined, then left together.
+    pub connections: usize,
+    /// Messages published while they were away.
+    pub missed: usize,
+    /// Members that reconnected, were told `recovered: true` with `missed` messages and got
+    /// exactly those.
+    pub recovered: usize,
+    /// Members that did not (refused, not recovered, wrong messages, or timed out), with the
+    /// first reason.
+    pub failed: usize,
+    /// The first failure, if any.
+    pub first_failure: Option<String>,
+    /// From the moment every member starts reconnecting at once until the last one has every
+    /// missed message.
+    pub all_recovered_seconds: f64,
+    /// Each member's time from the start of the storm to its last missed message.
+    pub recover_ms: Latency,
+    /// The servers' CPU and memory during the storm.
+    pub servers: Vec<ProcessReport>,
+}
+
+/// Reads recovery-mode frames until a group message; returns its text and position.
+async fn next_message(stream: &mut Stream) -> anyhow::Result<(String, Option<(u64, String)>)> {
+    loop {
+        match stream.next().await {
+            Some(Ok(WsMessage::Text(text))) => {
+                if let Some(proto::RecoverFrame::Message { text, position }) =
+                    proto::RecoverFrame::parse(&text)
+                {
+                    return Ok((text, position));
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection closed"),
+        }
+    }
+}
+
+/// A reconnect storm: `connections` members join one group in recovery mode and take a few
+/// messages, all leave, `missed` messages are published, and all come back at once with
+/// `since` and `epoch`. Every member must be told `recovered: true` and get exactly the missed
+/// messages; the report says how long the last one took.
+pub async fn storm(target: &Target, opts: &StormOptions) -> anyhow::Result<StormReport> {
+    const BEFORE: usize = 3;
+    let group = format!("storm{}", target.tag);
+    let plan: Vec<(usize, String)> = (0..opts.connections).map(|i| (i, group.clone())).collect();
+    let recovering = Target {
+        protocol: Protocol::SeedRecover,
+        query: Some("recover=1".to_owned()),
+        ..target.clone()
+    };
+    let (members, _) = connect_all(&recovering, &plan, false).await?;
+    let (mut publisher, mut own) = proto::connect(
+        &target.urls[0],
+        Protocol::SeedRecover,
+        &group,
+        false,
+        None,
+        &proto::Extra {
+            query: Some("recover=1".to_owned()),
+            headers: Vec::new(),
+        },
+    )
+    .await?;
+    // Let every join settle before the first message.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let publish = |n: usize, prefix: &'static str| (0..n).map(move |i| format!("{prefix}{i}"));
+    for text in publish(BEFORE, "before") {
+        publisher.send(&text, false).await?;
+        next_message(&mut own).await?;
+    }
+    // Every member's position after the messages before.
+    let mut positions = Vec::with_capacity(members.len());
+    let mut tasks = Vec::new();
+    for (sender, mut stream) in members {
+        tasks.push(tokio::spawn(async move {
+            let mut last = None;
+            for _ in 0..BEFORE {
+                last = next_message(&mut stream).await?.1;
+            }
+            sender.close().await;
+            last.context("group messages carry a position")
+        }));
+    }
+    for task in tasks {
+        positions.push(
+            tokio::time::timeout(opts.timeout, task)
+                .await
+                .context("a member did not get the first messages")???,
+        );
+    }
+    let expected: Vec<String> = publish(opts.missed, "missed")
+        .map(|t| format!("{}{t}", proto::GROUP_PREFIX))
+        .collect();
+    for text in publish(opts.missed, "missed") {
+        publisher.send(&text, false).await?;
+        next_message(&mut own).await?;
+    }
+    let cpu = CpuSample::take(&target.pids);
+    let started = Instant::now();
+    let hist = Arc::new(sample::Recorder::new());
+    let expected = Arc::new(expected);
+    let mut tasks = Vec::with_capacity(positions.len());
+    for (i, (offset, epoch)) in positions.into_iter().enumerate() {
+        let url = target.urls[i % target.urls.len()].clone();
+        let group = group.clone();
+        let source = (target.source_ips > 1).then(|| {
+            let n = u8::try_from(i % usize::from(target.source_ips)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, n + 1))
+        });
+        let hist = Arc::clone(&hist);
+        let expected = Arc::clone(&expected);
+        let timeout = opts.timeout;
+        tasks.push(tokio::spawn(async move {
+            let resume = async {
+                let extra = proto::Extra {
+                    query: Some(format!("since={offset}&epoch={epoch}")),
+                    headers: Vec::new(),
+                };
+                let (_sender, mut stream) =
+                    proto::connect(&url, Protocol::SeedRecover, &group, false, source, &extra)
+                        .await?;
+                let first = loop {
+                    match stream.next().await {
+                        Some(Ok(WsMessage::Text(text))) => break text.as_str().to_owned(),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e.into()),
+                        None => bail!("closed before the recovery frame"),
+                    }
+                };
+                match proto::RecoverFrame::parse(&first) {
+                    Some(proto::RecoverFrame::Recovery {
+                        recovered: true,
+                        missed,
+                    }) if missed == expected.len() as u64 => {}
+                    other => bail!(
+                        "expected a recovery of {} messages, got {other:?}",
+                        expected.len()
+                    ),
+                }
+                for want in expected.iter() {
+                    let (text, _) = next_message(&mut stream).await?;
+                    anyhow::ensure!(&text == want, "expected {want:?}, got {text:?}");
+                }
+                hist.record(started.elapsed());
+                anyhow::Ok(())
+            };
+            tokio::time::timeout(timeout, resume)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("not recovered within {timeout:?}")))
+        }));
+    }
+    let (mut recovered, mut failed, mut first_failure) = (0, 0, None);
+    for task in tasks {
+        match task.await? {
+            Ok(()) => recovered += 1,
+            Err(error) => {
+                failed += 1;
+                first_failure.get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let (_, servers) = cpu.finish(&target.pids, elapsed);
+    publisher.close().await;
+    Ok(StormReport {
+        connections: opts.connections,
+        missed: opts.missed,
+        recovered,
+        failed,
+        first_failure,
+        all_recovered_seconds: elapsed.as_secs_f64(),
+        recover_ms: hist.latency_ms(),
         servers,
     })
 }

@@ -25,6 +25,9 @@ pub enum Protocol {
     Seed,
     /// Socket.IO 4: `/socket.io/?EIO=4&transport=websocket&room=<G>`, events `msg` and `echo`.
     Socketio,
+    /// The seed's paths in recovery mode (history on, `recover=1` in the query): frames are
+    /// JSON `{"type": "message", "text": ..., "offset": ..., "epoch": ...}`.
+    SeedRecover,
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -59,8 +62,8 @@ pub async fn connect(
     extra: &Extra,
 ) -> anyhow::Result<(Sender, Stream)> {
     let url = match (protocol, echo) {
-        (Protocol::Seed, false) => format!("{base}/group/{group}/"),
-        (Protocol::Seed, true) => format!("{base}/room/{group}/"),
+        (Protocol::Seed | Protocol::SeedRecover, false) => format!("{base}/group/{group}/"),
+        (Protocol::Seed | Protocol::SeedRecover, true) => format!("{base}/room/{group}/"),
         (Protocol::Socketio, _) => {
             format!("{base}/socket.io/?EIO=4&transport=websocket&room={group}")
         }
@@ -137,7 +140,7 @@ impl Sender {
     /// Sends one chat message (or an echo request).
     pub async fn send(&mut self, text: &str, echo: bool) -> anyhow::Result<()> {
         let frame = match self.protocol {
-            Protocol::Seed => text.to_owned(),
+            Protocol::Seed | Protocol::SeedRecover => text.to_owned(),
             Protocol::Socketio => {
                 let event = if echo { "echo" } else { "msg" };
                 format!("42{}", serde_json::to_string(&(event, text))?)
@@ -182,6 +185,12 @@ pub async fn recv(stream: &mut SplitStream<Ws>, protocol: Protocol) -> Incoming 
     let text = text.as_str();
     match protocol {
         Protocol::Seed => strip(text).map_or(Incoming::Other, Incoming::Chat),
+        Protocol::SeedRecover => match RecoverFrame::parse(text) {
+            Some(RecoverFrame::Message { text, .. }) => {
+                strip(&text).map_or(Incoming::Other, Incoming::Chat)
+            }
+            _ => Incoming::Other,
+        },
         Protocol::Socketio => {
             if text == "2" {
                 return Incoming::Ping;
@@ -193,6 +202,51 @@ pub async fn recv(stream: &mut SplitStream<Ws>, protocol: Protocol) -> Incoming 
                 Ok((_, body)) => strip(&body).map_or(Incoming::Other, Incoming::Chat),
                 Err(_) => Incoming::Other,
             }
+        }
+    }
+}
+
+/// A frame of the recovery mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoverFrame {
+    /// A message; `position` is `(offset, epoch)` for a group message from history.
+    Message {
+        /// The consumer's frame.
+        text: String,
+        /// Its position.
+        position: Option<(u64, String)>,
+    },
+    /// The answer to `since`: recovered (with the number of missed messages) or not.
+    Recovery {
+        /// Whether every missed message follows.
+        recovered: bool,
+        /// How many.
+        missed: u64,
+    },
+}
+
+impl RecoverFrame {
+    /// Parses a recovery-mode frame; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let frame: serde_json::Value = serde_json::from_str(text).ok()?;
+        match frame.get("type")?.as_str()? {
+            "message" => Some(Self::Message {
+                text: frame.get("text")?.as_str()?.to_owned(),
+                position: frame.get("offset").and_then(serde_json::Value::as_u64).zip(
+                    frame
+                        .get("epoch")
+                        .and_then(|e| e.as_str())
+                        .map(str::to_owned),
+                ),
+            }),
+            "recovery" => Some(Self::Recovery {
+                recovered: frame.get("recovered")?.as_bool()?,
+                missed: frame
+                    .get("missed")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0),
+            }),
+            _ => None,
         }
     }
 }
