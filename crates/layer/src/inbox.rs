@@ -42,6 +42,9 @@ pub(crate) struct Queue {
 struct QueueState {
     items: VecDeque<(Instant, Message)>,
     closed: bool,
+    /// A message for this queue was dropped (full, or expired unread) since the reader last
+    /// asked.
+    lost: bool,
 }
 
 impl QueueState {
@@ -78,7 +81,9 @@ impl Queue {
             return (Push::Closed, 0);
         }
         let expired = state.purge(Instant::now());
+        state.lost |= expired > 0;
         if state.items.len() >= self.capacity {
+            state.lost = true;
             return (Push::Full, expired);
         }
         state.items.push_back((deadline, msg));
@@ -92,6 +97,7 @@ impl Queue {
     fn try_pop(&self) -> (Option<Option<Message>>, u64) {
         let mut state = lock(&self.state);
         let expired = state.purge(Instant::now());
+        state.lost |= expired > 0;
         if let Some((_, msg)) = state.items.pop_front() {
             return (Some(Some(msg)), expired);
         }
@@ -169,6 +175,13 @@ impl Inbox {
     /// The next message if one is queued now.
     pub fn try_recv(&mut self) -> Option<Message> {
         self.pop().flatten()
+    }
+
+    /// Whether a message for this channel was dropped (its queue was full, or it expired
+    /// unread) since the last call; clears the mark. A reader that follows history positions
+    /// uses it to notice a loss at the end of a burst, where no later message shows the gap.
+    pub fn take_lost(&mut self) -> bool {
+        std::mem::take(&mut lock(&self.queue.state).lost)
     }
 }
 

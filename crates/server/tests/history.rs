@@ -219,3 +219,75 @@ async fn the_echo_chat_is_unchanged_with_history_on() {
     assert_eq!(plain.recv_text().await, "服务端主动推送消息:hi");
     server.stop().await.unwrap();
 }
+
+/// A recovering client that falls behind until its queue overflows is closed with 4010 at the
+/// first gap, after every message before it; reconnecting with `since` gets the rest, so it
+/// loses nothing.
+#[tokio::test]
+async fn a_client_whose_queue_overflowed_closes_with_4010_and_recovers_the_rest() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    const SENT: usize = 400;
+    let mut config = with_history(1000);
+    config.capacity = 2;
+    config.max_queued_bytes = 64 * 1024;
+    config.max_messages_per_second = 0;
+    config.write_timeout_secs = 60;
+    let server = spawn_with(config, channels_server::tutorial::routes()).await;
+    // A small receive window, so that the server's queue fills before the kernels' buffers
+    // take everything.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(server.url("/group/o/?recover=1"), stream)
+        .await
+        .unwrap();
+    let mut slow = Client(ws);
+    let mut sender = server.ws("/group/o/").await;
+    eventually("members", || server.layer.stats().channels == 2).await;
+    let pad = "x".repeat(30_000);
+    for i in 0..SENT {
+        sender.send_text(&format!("{i:03}{pad}")).await;
+        // The sender reads its own copies; `slow` reads nothing yet.
+        let _ = sender.recv_text().await;
+    }
+    // Now `slow` reads: messages in order with consecutive offsets, then 4010 at the gap.
+    let mut last = None;
+    let code = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), slow.0.next()).await {
+            Ok(Some(Ok(Frame::Text(text)))) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                let offset = frame["offset"].as_u64().unwrap();
+                if let Some((before, _)) = last {
+                    assert_eq!(offset, before + 1, "in order, no gap before the close");
+                }
+                let text = frame["text"].as_str().unwrap();
+                assert_eq!(
+                    text[GROUP_PREFIX.len()..][..3],
+                    format!("{:03}", offset - 1)
+                );
+                last = Some((offset, frame["epoch"].as_str().unwrap().to_owned()));
+            }
+            Ok(Some(Ok(Frame::Close(Some(close))))) => break u16::from(close.code),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected frames and a close, got {other:?} after {last:?}"),
+        }
+    };
+    assert_eq!(code, 4010);
+    let (offset, epoch) = last.expect("some messages arrived before the gap");
+    assert!(offset < SENT as u64, "the queue overflowed");
+    println!("4010 after offset {offset} of {SENT}");
+    let mut back = server
+        .ws(&format!("/group/o/?since={offset}&epoch={epoch}"))
+        .await;
+    let recovery = json(&mut back).await;
+    assert_eq!(recovery["recovered"], true, "{recovery}");
+    assert_eq!(recovery["missed"], SENT as u64 - offset);
+    for expected in offset + 1..=SENT as u64 {
+        assert_eq!(message(&mut back).await.1, expected);
+    }
+    server.stop().await.unwrap();
+}
+
+const GROUP_PREFIX: &str = "组内主动推送消息:";

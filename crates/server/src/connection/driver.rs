@@ -337,7 +337,15 @@ async fn drain_inbox<C: Consumer>(
     outbox: &Outbox,
 ) -> Result<(), End> {
     while cx.outgoing.len() < WRITE_BATCH && !outbox.over_budget_with(cx.outgoing_bytes()) {
-        let Some(next) = inbox.try_recv() else { break };
+        let Some(next) = inbox.try_recv() else {
+            // In recovery mode a message dropped at the end of a burst has no later message to
+            // reveal the gap: the drop itself does, once everything queued is delivered.
+            if cx.is_recovering() && inbox.take_lost() {
+                cx.metrics().missed();
+                return Err(End::ByServer(Close::MISSED));
+            }
+            break;
+        };
         deliver(consumer, cx, next).await?;
     }
     Ok(())
