@@ -610,3 +610,15 @@ async fn an_oversized_payload_from_redis_is_dropped_and_counted() {
     assert_eq!(limited.stats().oversized, 1);
     assert_empty(&mut inbox).await;
 }
+
+/// History with the core layer takes one Redis host: storing and writing members' keys are one
+/// script on one Redis. Several hosts are refused with a message that says what to do.
+#[tokio::test]
+async fn history_on_several_core_hosts_is_refused() {
+    let url = server().url();
+    let mut config = config(vec![url.clone(), url], &unique_prefix());
+    config.local.history_size = 10;
+    let error = RedisChannelLayer::connect(config).await.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("single Redis host") && text.contains("redis-pubsub"), "{text}");
+}
