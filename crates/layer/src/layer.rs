@@ -10,6 +10,7 @@ use crate::history::{HistoryRead, Since};
 use crate::inbox::Inbox;
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
+use crate::presence::{Presence, PresenceMember};
 
 /// A channel layer: named channels, groups of channels, and messages between them, in
 /// Django Channels' vocabulary.
@@ -81,6 +82,26 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug + 'static {
         let _ = (group, since);
         Err(LayerError::HistoryOff)
     }
+
+    /// Adds `member` to `group`'s presence, or refreshes it, until `ttl` from now
+    /// ([`crate::presence`]). The caller refreshes it well within `ttl` while the member lives.
+    async fn presence_add(
+        &self,
+        group: &GroupName,
+        member: &PresenceMember,
+        ttl: std::time::Duration,
+    ) -> Result<(), LayerError>;
+
+    /// Removes the member with `channel` from `group`'s presence; true if it was there.
+    async fn presence_remove(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+    ) -> Result<bool, LayerError>;
+
+    /// `group`'s members now; removes (and returns as expired) the entries whose process
+    /// stopped refreshing them, so that exactly one reader reports each of those.
+    async fn presence(&self, group: &GroupName) -> Result<Presence, LayerError>;
 
     /// Drops every channel and group this layer holds; open inboxes end.
     async fn flush(&self) -> Result<(), LayerError>;

@@ -12,6 +12,7 @@
 //! * [`codec`]: msgpack encoding byte-compatible with Python, and a hardened decoder.
 //! * [`ChannelLayer`]: the trait, with the delivery contract in its docs.
 //! * [`history`]: per-group history with offsets and epochs, for recovery after a reconnect.
+//! * [`presence`]: who is in a group, across processes.
 //! * [`Inbox`]: the receiving end of a channel; dropping it leaves its groups.
 //! * [`InMemoryChannelLayer`]: the single-process backend.
 //! * [`ratelog`]: [`log_limited!`] for log lines that outsiders can trigger.
@@ -47,6 +48,7 @@ mod layer;
 mod memory;
 pub mod message;
 pub mod name;
+pub mod presence;
 pub mod ratelog;
 pub mod redis;
 mod registry;
@@ -64,4 +66,5 @@ pub use layer::ChannelLayer;
 pub use memory::InMemoryChannelLayer;
 pub use message::{HandlerNameError, Map, Message, MessageError, Value};
 pub use name::{ChannelName, GroupName, NameError, NameKind};
+pub use presence::{Presence, PresenceMember};
 pub use redis::{RedisChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer, RedisPubSubConfig};

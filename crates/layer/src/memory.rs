@@ -1,6 +1,7 @@
 //! `InMemoryChannelLayer`: one process, no dependencies; the default backend.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -11,6 +12,7 @@ use crate::inbox::Inbox;
 use crate::layer::ChannelLayer;
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
+use crate::presence::{MemoryPresence, Presence, PresenceMember};
 use crate::registry::Registry;
 
 /// A channel layer inside one process, like Channels' `InMemoryChannelLayer`: for development
@@ -40,6 +42,7 @@ pub struct InMemoryChannelLayer {
     registry: Arc<Registry>,
     /// Per-group history, when `history_size` is set.
     history: Option<Arc<MemoryHistory>>,
+    presence: Arc<MemoryPresence>,
 }
 
 impl Default for InMemoryChannelLayer {
@@ -55,6 +58,7 @@ impl InMemoryChannelLayer {
             history: config
                 .history()
                 .map(|limits| Arc::new(MemoryHistory::new(limits))),
+            presence: Arc::default(),
             registry: Registry::new(config),
         }
     }
@@ -124,11 +128,40 @@ impl ChannelLayer for InMemoryChannelLayer {
         }
     }
 
+    async fn presence_add(
+        &self,
+        group: &GroupName,
+        member: &PresenceMember,
+        ttl: Duration,
+    ) -> Result<(), LayerError> {
+        if self.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        self.presence.add(group, member, ttl);
+        Ok(())
+    }
+
+    async fn presence_remove(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+    ) -> Result<bool, LayerError> {
+        Ok(self.presence.remove(group, channel))
+    }
+
+    async fn presence(&self, group: &GroupName) -> Result<Presence, LayerError> {
+        if self.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        Ok(self.presence.read(group))
+    }
+
     async fn flush(&self) -> Result<(), LayerError> {
         self.registry.flush();
         if let Some(history) = &self.history {
             history.clear();
         }
+        self.presence.clear();
         Ok(())
     }
 

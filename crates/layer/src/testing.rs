@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crate::{
     ChannelCapacity, ChannelLayer, ChannelName, GroupName, Inbox, LayerConfig, LayerError, Map,
-    Message, Since, Value,
+    Message, PresenceMember, Since, Value,
 };
 
 /// A backend under test, built from a configuration.
@@ -65,7 +65,9 @@ macro_rules! conformance_suite {
             history_positions_group_messages,
             history_keeps_the_last_n,
             history_offsets_follow_delivery_order,
-            history_expires_after_its_ttl
+            history_expires_after_its_ttl,
+            presence_follows_joins_and_leaves,
+            presence_reports_an_expired_member_once
         );
     };
     (@cases $make:path; $($case:ident),*) => {
@@ -729,4 +731,85 @@ pub async fn history_expires_after_its_ttl(make: Make) {
         (next.epoch, offsets(&next.messages)),
         (before.epoch, vec![3])
     );
+}
+
+fn member(user: &str, channel: &str) -> PresenceMember {
+    PresenceMember {
+        user: user.to_owned(),
+        name: format!("{user} name"),
+        channel: channel.to_owned(),
+        replica: "r1".to_owned(),
+        joined_at: 1_700_000_000.5,
+    }
+}
+
+fn users(members: &[PresenceMember]) -> Vec<String> {
+    let mut users: Vec<String> = members.iter().map(|m| m.user.clone()).collect();
+    users.sort();
+    users
+}
+
+/// Presence holds what was added, per group, until it is removed.
+pub async fn presence_follows_joins_and_leaves(make: Make) {
+    let layer = layer(make).await;
+    let g = group("present");
+    let ttl = Duration::from_secs(30);
+    let (a, b) = (
+        member("alice", "specific.x!a"),
+        member("bob", "specific.x!b"),
+    );
+    layer.presence_add(&g, &a, ttl).await.expect("presence_add");
+    layer.presence_add(&g, &b, ttl).await.expect("presence_add");
+    layer.presence_add(&g, &b, ttl).await.expect("a refresh");
+    let read = layer.presence(&g).await.expect("presence");
+    assert_eq!(users(&read.members), ["alice", "bob"]);
+    assert!(read.expired.is_empty());
+    assert!(read.members.contains(&a), "every field kept: {read:?}");
+    assert!(
+        layer
+            .presence_remove(&g, &channel("specific.x!a"))
+            .await
+            .expect("remove")
+    );
+    assert!(
+        !layer
+            .presence_remove(&g, &channel("specific.x!a"))
+            .await
+            .expect("remove")
+    );
+    assert_eq!(
+        users(&layer.presence(&g).await.expect("presence").members),
+        ["bob"]
+    );
+    let other = layer.presence(&group("elsewhere")).await.expect("presence");
+    assert!(other.members.is_empty() && other.expired.is_empty());
+}
+
+/// A member whose process stopped refreshing it expires; the first read after that removes it
+/// and reports it, and no later read does again.
+pub async fn presence_reports_an_expired_member_once(make: Make) {
+    let layer = layer(make).await;
+    let g = group("expiring");
+    layer
+        .presence_add(
+            &g,
+            &member("gone", "specific.x!g"),
+            Duration::from_millis(500),
+        )
+        .await
+        .expect("presence_add");
+    layer
+        .presence_add(
+            &g,
+            &member("stays", "specific.x!s"),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("presence_add");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let read = layer.presence(&g).await.expect("presence");
+    assert_eq!(users(&read.members), ["stays"]);
+    assert_eq!(users(&read.expired), ["gone"]);
+    let again = layer.presence(&g).await.expect("presence");
+    assert!(again.expired.is_empty(), "reported once: {again:?}");
 }

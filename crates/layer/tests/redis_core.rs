@@ -620,5 +620,8 @@ async fn history_on_several_core_hosts_is_refused() {
     config.local.history_size = 10;
     let error = RedisChannelLayer::connect(config).await.unwrap_err();
     let text = error.to_string();
-    assert!(text.contains("single Redis host") && text.contains("redis-pubsub"), "{text}");
+    assert!(
+        text.contains("single Redis host") && text.contains("redis-pubsub"),
+        "{text}"
+    );
 }

@@ -5,6 +5,7 @@ mod conn;
 mod core;
 pub mod fernet;
 mod history;
+mod presence;
 mod pubsub;
 pub mod shard;
 

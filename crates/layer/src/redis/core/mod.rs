@@ -81,6 +81,7 @@ use crate::inbox::Inbox;
 use crate::layer::ChannelLayer;
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
+use crate::presence::{Presence, PresenceMember};
 use crate::registry::Registry;
 use crate::sync::lock;
 
@@ -129,6 +130,18 @@ struct Inner {
     history: Option<HistoryLimits>,
     /// The group-send-with-history script's text.
     history_script: String,
+}
+
+impl Inner {
+    /// The shard and presence keys of `group` (on the group's shard); fails once the layer is
+    /// closed.
+    fn presence_keys(&self, group: &GroupName) -> Result<(&Shard, String, String), LayerError> {
+        if self.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        let (hash, expiries) = self.keys.presence(group);
+        Ok((&self.shards[self.group_shard(group)], hash, expiries))
+    }
 }
 
 impl Drop for Inner {
@@ -353,6 +366,42 @@ impl ChannelLayer for RedisChannelLayer {
             return Err(LayerError::Closed);
         }
         self.inner.history(group, since).await
+    }
+
+    async fn presence_add(
+        &self,
+        group: &GroupName,
+        member: &PresenceMember,
+        ttl: Duration,
+    ) -> Result<(), LayerError> {
+        let (shard, hash, expiries) = self.inner.presence_keys(group)?;
+        let cmd = super::presence::add_cmd(&hash, &expiries, member, ttl)?;
+        shard
+            .query::<redis::Value>(self.inner.timeout, "EVAL presence add", &cmd)
+            .await
+            .map(drop)
+    }
+
+    async fn presence_remove(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+    ) -> Result<bool, LayerError> {
+        let (shard, hash, expiries) = self.inner.presence_keys(group)?;
+        let cmd = super::presence::remove_cmd(&hash, &expiries, channel.as_str());
+        let removed: i64 = shard
+            .query(self.inner.timeout, "EVAL presence remove", &cmd)
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn presence(&self, group: &GroupName) -> Result<Presence, LayerError> {
+        let (shard, hash, expiries) = self.inner.presence_keys(group)?;
+        let cmd = super::presence::read_cmd(&hash, &expiries);
+        let reply = shard
+            .query::<redis::Value>(self.inner.timeout, "EVAL presence read", &cmd)
+            .await?;
+        super::presence::parse_read(shard.host.display(), reply)
     }
 
     async fn flush(&self) -> Result<(), LayerError> {

@@ -57,6 +57,12 @@ impl Keys {
         crate::redis::history::keys(&self.prefix, &channel)
     }
 
+    /// The presence keys of `group` (named after its pub/sub channel, as in the pub/sub layer).
+    pub(super) fn presence(&self, group: &GroupName) -> (String, String) {
+        let channel = crate::redis::group_channel(&self.prefix, group);
+        crate::redis::presence::keys(&self.prefix, &channel)
+    }
+
     /// `{prefix}:group:{group}`
     pub(super) fn group(&self, group: &GroupName) -> String {
         format!("{}:group:{group}", self.prefix)

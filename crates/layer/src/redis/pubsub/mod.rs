@@ -54,6 +54,7 @@ pub use names::group_channel;
 use super::Serializer;
 use super::conn::bounded;
 use super::history;
+use super::presence;
 use super::shard::consistent_hash;
 use crate::config::LayerStats;
 use crate::error::LayerError;
@@ -62,6 +63,7 @@ use crate::inbox::Inbox;
 use crate::layer::ChannelLayer;
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
+use crate::presence::{Presence, PresenceMember};
 use crate::registry::Registry;
 use names::Names;
 use router::Router;
@@ -199,6 +201,16 @@ impl Inner {
                 Err(error)
             }
         }
+    }
+
+    /// The shard and presence keys of `group`; fails once the layer is closed.
+    fn presence_keys(&self, group: &GroupName) -> Result<(&Shard, String, String), LayerError> {
+        if self.registry.is_closed() {
+            return Err(LayerError::Closed);
+        }
+        let channel = self.router.names.group_channel(group);
+        let (hash, expiries) = presence::keys(&self.router.names.prefix, &channel);
+        Ok((&self.shards[self.shard_of(&channel)], hash, expiries))
     }
 
     /// One command on `shard` through its pool, within the timeout.
@@ -351,6 +363,44 @@ impl ChannelLayer for RedisPubSubChannelLayer {
 
     fn history_size(&self) -> usize {
         self.inner.history.map_or(0, |limits| limits.size)
+    }
+
+    async fn presence_add(
+        &self,
+        group: &GroupName,
+        member: &PresenceMember,
+        ttl: Duration,
+    ) -> Result<(), LayerError> {
+        let (shard, hash, expiries) = self.inner.presence_keys(group)?;
+        let cmd = presence::add_cmd(&hash, &expiries, member, ttl)?;
+        self.inner
+            .query_on::<redis::Value>(shard, "EVAL presence add", &cmd)
+            .await
+            .map(drop)
+    }
+
+    async fn presence_remove(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+    ) -> Result<bool, LayerError> {
+        let (shard, hash, expiries) = self.inner.presence_keys(group)?;
+        let cmd = presence::remove_cmd(&hash, &expiries, channel.as_str());
+        let removed: i64 = self
+            .inner
+            .query_on(shard, "EVAL presence remove", &cmd)
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn presence(&self, group: &GroupName) -> Result<Presence, LayerError> {
+        let (shard, hash, expiries) = self.inner.presence_keys(group)?;
+        let cmd = presence::read_cmd(&hash, &expiries);
+        let reply = self
+            .inner
+            .query_on::<redis::Value>(shard, "EVAL presence read", &cmd)
+            .await?;
+        presence::parse_read(shard.host.display(), reply)
     }
 
     async fn history(&self, group: &GroupName, since: Since) -> Result<HistoryRead, LayerError> {
