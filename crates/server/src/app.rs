@@ -90,6 +90,23 @@ pub async fn serve(
         );
         builder = builder.authenticator(auth);
     }
+    if let Some(addr) = config.api_bind {
+        let key = config
+            .api_key
+            .as_ref()
+            .map(|k| k.expose().as_bytes())
+            .unwrap_or_default();
+        if key.len() < 16 {
+            return Err(ServerError::Config(
+                "--api-bind needs CHANNELS_API_KEY, at least 16 bytes (e.g. `openssl rand -hex \
+                 32`): the API publishes into every group and disconnects users"
+                    .to_owned(),
+            ));
+        }
+        let api = TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "serving the server API: keep this address private");
+        builder = builder.api_listener(api, key, config.api_max_body_bytes);
+    }
     if let Some(addr) = config.metrics_bind {
         let metrics = TcpListener::bind(addr).await?;
         tracing::info!(%addr, "serving /metrics");

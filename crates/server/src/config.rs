@@ -122,6 +122,30 @@ pub struct Config {
     )]
     pub history_ttl_secs: u64,
 
+    /// Presence: who is in each group, across replicas (README, "Presence and the server
+    /// API"). Group WebSocket URLs then take `?presence=1` for the list and join/leave events.
+    #[arg(long, env = "CHANNELS_PRESENCE")]
+    pub presence: bool,
+
+    /// Serve the server API on this (private) address: publish, presence, history and
+    /// disconnect over HTTP. Needs CHANNELS_API_KEY.
+    #[arg(long = "api-bind", env = "CHANNELS_API_BIND")]
+    pub api_bind: Option<SocketAddr>,
+
+    /// The server API's key, sent by clients as `X-API-Key` (environment only: flags show in
+    /// process listings). At least 16 bytes.
+    #[arg(
+        long = "api-key",
+        env = "CHANNELS_API_KEY",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub api_key: Option<Secret>,
+
+    /// The largest server API request body, in bytes; larger ones get 413.
+    #[arg(long = "api-max-body-bytes", env = "CHANNELS_API_MAX_BODY_BYTES", default_value_t = crate::api::DEFAULT_MAX_BODY)]
+    pub api_max_body_bytes: usize,
+
     /// A per-channel capacity, channels_redis' `channel_capacity`: `PATTERN=N` with a glob
     /// (`worker-*=1000`) or `re:REGEX` (matched from the start of the name, as a compiled
     /// pattern in channels_redis). Repeat it (or separate with commas); the first match wins,
@@ -403,6 +427,10 @@ impl Default for Config {
             page_token_url: None,
             history_size: 0,
             history_ttl_secs: 300,
+            presence: false,
+            api_bind: None,
+            api_key: None,
+            api_max_body_bytes: crate::api::DEFAULT_MAX_BODY,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_messages_per_second: 20,
@@ -459,6 +487,8 @@ impl Config {
             max_connections_per_ip: self.max_connections_per_ip,
             max_http_connections: self.max_http_connections,
             max_http_connections_per_ip: self.max_http_connections_per_ip,
+            presence: self.presence,
+            control: self.presence || self.api_bind.is_some(),
         }
     }
 

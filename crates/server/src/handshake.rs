@@ -109,6 +109,10 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
         if let Some(recovery) = recovery {
             cx.set_recovery(recovery);
         }
+        if let Some(service) = hub.service() {
+            let events = scope_wants_presence(cx.scope().query_string());
+            cx.set_service(std::sync::Arc::clone(service), events);
+        }
         match consumer.connect(&mut cx).await {
             Ok(()) => Ok((cx, inbox)),
             Err(close) if close == Close::FORBIDDEN => {
@@ -167,6 +171,13 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
         );
     }
     response
+}
+
+/// Whether the query asks for presence events (`presence=1`).
+fn scope_wants_presence(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair == "presence=1" || pair == "presence=true")
 }
 
 /// Counts and answers a handshake refused for its identity. The token itself is never logged.

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::identity::Authenticator;
 use crate::metrics::Metrics;
+use crate::presence::Service;
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +58,8 @@ pub(crate) struct Hub {
     replica: String,
     /// Tokens and the connect hook; `None`: every connection is anonymous.
     auth: Option<Authenticator>,
+    /// Presence and the control channel (`--presence`, `--api-bind`).
+    service: Option<Arc<Service>>,
 }
 
 impl Hub {
@@ -65,8 +68,10 @@ impl Hub {
         limits: Limits,
         replica: String,
         auth: Option<Authenticator>,
+        service: Option<Arc<Service>>,
     ) -> Self {
         Self {
+            service,
             layer,
             limits,
             shutdown: CancellationToken::new(),
@@ -77,6 +82,11 @@ impl Hub {
             replica,
             auth: auth.filter(Authenticator::is_enabled),
         }
+    }
+
+    /// Presence and the control channel, when on.
+    pub(crate) fn service(&self) -> Option<&Arc<Service>> {
+        self.service.as_ref()
     }
 
     pub(crate) fn layer(&self) -> &Arc<dyn ChannelLayer> {

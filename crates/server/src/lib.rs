@@ -55,6 +55,7 @@
 //! The tutorial app: [`tutorial`] (the seed's `ChatConsumer` and `GroupChatConsumer`, their
 //! routes, and the pages of `channels-web`).
 
+pub mod api;
 mod app;
 mod caps;
 pub mod cli;
@@ -67,6 +68,7 @@ mod hub;
 pub mod identity;
 mod metrics;
 mod origin;
+pub mod presence;
 pub mod routing;
 mod server;
 mod server_config;

@@ -74,6 +74,8 @@ pub struct Server {
     http_caps: Arc<ConnectionCaps>,
     /// Where `/metrics` is served instead of the main listener, if set.
     metrics_listener: Option<TcpListener>,
+    /// The server API's listener and routes, if set.
+    api: Option<(TcpListener, Router)>,
 }
 
 /// The most bytes of request headers an HTTP connection may buffer (hyper's read buffer): room
@@ -90,9 +92,17 @@ pub struct ServerBuilder {
     http: Router,
     metrics_listener: Option<TcpListener>,
     auth: Option<Authenticator>,
+    api: Option<(TcpListener, Vec<u8>, usize)>,
 }
 
 impl ServerBuilder {
+    /// Serves the server API ([`crate::api`]) on `listener` (a private address), for clients
+    /// that send `key` as `X-API-Key`; bodies over `max_body` bytes get 413.
+    pub fn api_listener(mut self, listener: TcpListener, key: &[u8], max_body: usize) -> Self {
+        self.api = Some((listener, key.to_vec(), max_body));
+        self
+    }
+
     /// Decides who connects: connection tokens, a connect hook, or both (default: nobody is
     /// asked, every connection is anonymous).
     pub fn authenticator(mut self, auth: Authenticator) -> Self {
@@ -132,11 +142,30 @@ impl ServerBuilder {
         let layer = self
             .layer
             .unwrap_or_else(|| Arc::new(channels_layer::InMemoryChannelLayer::default()));
+        let service = (config.control || self.api.is_some()).then(|| {
+            Arc::new(crate::presence::Service::new(
+                Arc::clone(&layer),
+                config.replica_id.clone(),
+                config.presence,
+            ))
+        });
+        let api = self
+            .api
+            .zip(service.clone())
+            .map(|((listener, key, max_body), service)| {
+                let state = crate::api::ApiState {
+                    layer: Arc::clone(&layer),
+                    service,
+                    key: key.into(),
+                };
+                (listener, crate::api::router(state, max_body))
+            });
         let hub = Arc::new(Hub::new(
             layer,
             config.limits(),
             config.replica_id.clone(),
             self.auth,
+            service,
         ));
         let admission = Admission {
             origins: OriginPolicy::new(&config.allowed_origins),
@@ -156,6 +185,7 @@ impl ServerBuilder {
                 config.max_http_connections_per_ip,
             )),
             metrics_listener: self.metrics_listener,
+            api,
         }
     }
 }
@@ -170,6 +200,7 @@ impl Server {
             http: Router::new(),
             metrics_listener: None,
             auth: None,
+            api: None,
         }
     }
 
@@ -239,6 +270,18 @@ impl Server {
                 }
             })
         });
+        let control = self
+            .state
+            .hub()
+            .service()
+            .map(|service| tokio::spawn(Arc::clone(service).run(token.clone())));
+        let api_server = self.api.take().map(|(listener, router)| {
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "the API listener failed");
+                }
+            })
+        });
         let mut http = tokio::spawn(accept(
             listener,
             router,
@@ -271,6 +314,9 @@ impl Server {
                 Err(_) => Ok(Ok(())),
             },
         };
+        for task in [control, api_server].into_iter().flatten() {
+            task.abort();
+        }
         self.state.hub().layer().close().await?;
         if let Some(task) = metrics_server {
             task.abort();

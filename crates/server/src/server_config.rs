@@ -57,6 +57,12 @@ pub struct ServerConfig {
     pub max_http_connections: usize,
     /// HTTP connections not (yet) upgraded, per client address (0: no limit).
     pub max_http_connections_per_ip: usize,
+    /// Presence (`--presence`): members of each group are kept in the layer, and clients may
+    /// ask for the list and join/leave events (`?presence=1`).
+    pub presence: bool,
+    /// Run the replicas' control channel (presence events, the API's disconnects): on with
+    /// presence or the server API.
+    pub control: bool,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +85,8 @@ impl Default for ServerConfig {
             max_connections_per_ip: 1000,
             max_http_connections: 4096,
             max_http_connections_per_ip: 64,
+            presence: false,
+            control: false,
         }
     }
 }

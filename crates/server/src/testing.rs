@@ -144,6 +144,7 @@ impl CommunicatorBuilder {
             limits,
             self.config.replica_id.clone(),
             None,
+            None,
         ));
         let path = self.path.trim_start_matches('/');
         let url_route = match &self.route {

@@ -18,7 +18,7 @@
 use std::task::Poll;
 use std::time::SystemTime;
 
-use channels_layer::{Inbox, Message};
+use channels_layer::{Inbox, Message, Value};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 use tungstenite::Message as Frame;
@@ -72,6 +72,11 @@ pub(crate) async fn run<C: Consumer>(
     let shutdown = shutdown.cancelled_owned();
     tokio::pin!(shutdown);
     hub.metrics().connection_opened();
+    let user = cx.service().map(|service| {
+        let user = cx.user();
+        service.connected(&user, cx.channel_name());
+        user
+    });
     tracing::debug!(channel = %cx.channel_name(), "connected");
     let now = Instant::now();
     let mut outbox = Outbox::new(limits.write_timeout, limits.max_queued_bytes);
@@ -216,6 +221,9 @@ pub(crate) async fn run<C: Consumer>(
         }
     };
     Box::pin(consumer.disconnect(&mut cx, code)).await;
+    if let (Some(service), Some(user)) = (cx.service(), &user) {
+        service.disconnected(user, cx.channel_name());
+    }
     drop(inbox);
     hub.metrics().connection_closed();
     tracing::debug!(close_code = ?code, "disconnected");
@@ -291,6 +299,9 @@ async fn on_layer<C: Consumer>(
 /// (duplicates skipped, a gap closes with [`Close::MISSED`]), with its position for the frames
 /// it produces.
 async fn deliver<C: Consumer>(consumer: &mut C, cx: &mut Context, msg: Message) -> Result<(), End> {
+    if cx.service().is_some() && runtime_message(cx, &msg)? {
+        return Ok(());
+    }
     if !cx.is_recovering() {
         return consumer.event(cx, msg).await.map_err(End::ByServer);
     }
@@ -306,6 +317,35 @@ async fn deliver<C: Consumer>(consumer: &mut C, cx: &mut Context, msg: Message) 
     let handled = consumer.event(cx, msg).await;
     cx.set_current(None);
     handled.map_err(End::ByServer)
+}
+
+/// The runtime's own messages (presence events, the API's disconnect): handled here, never
+/// shown to the consumer. Returns whether `msg` was one.
+fn runtime_message(cx: &mut Context, msg: &Message) -> Result<bool, End> {
+    match msg.message_type() {
+        Some(crate::presence::EVENT_TYPE) => {
+            if cx.wants_presence() {
+                let event = msg.get("event").and_then(Value::as_str).unwrap_or("");
+                let mut frame = serde_json::Map::new();
+                frame.insert("type".to_owned(), event.into());
+                if let Some(member) = msg.get("member").and_then(Value::as_map) {
+                    for (key, value) in member.iter() {
+                        let value = match value {
+                            Value::Str(s) => serde_json::Value::from(s.as_str()),
+                            Value::Float(f) => serde_json::Value::from(*f),
+                            _ => continue,
+                        };
+                        frame.insert(key.to_owned(), value);
+                    }
+                }
+                cx.push_raw(serde_json::Value::Object(frame).to_string())
+                    .map_err(End::ByServer)?;
+            }
+            Ok(true)
+        }
+        Some(crate::presence::DISCONNECT_TYPE) => Err(End::ByServer(Close::DISCONNECTED)),
+        _ => Ok(false),
+    }
 }
 
 /// Hands the history messages that group joins left (recovered or recent ones) to the

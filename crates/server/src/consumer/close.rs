@@ -14,6 +14,7 @@
 //! | 1013 | [`Close::TRY_AGAIN_LATER`] | the channel layer (Redis) is unavailable: a group message could not be sent, or the group could not be joined | yes, with backoff |
 //! | 4008 | [`Close::SLOW`] | the client did not read its messages: a write stayed blocked for `--write-timeout-secs`, or more than `--max-queued-bytes` waited for it that long | yes, with backoff |
 //! | 4009 | [`Close::NO_PONG`] | the client did not answer a server ping within `--pong-timeout-secs` (dead peer, suspended tab, broken network) | yes, with backoff |
+//! | 4000 | [`Close::DISCONNECTED`] | the server API disconnected the connection's user | no |
 //! | 4010 | [`Close::MISSED`] | in recovery mode (`?recover=1` with `--history-size`), a group message was missed: the connection's queue was full, or the group's history restarted | yes, at once, with `since` and `epoch` |
 //! | 4401 | [`Close::TOKEN_EXPIRED`] | the connection token's `exp` passed (with identity on) | yes, after fetching a new token |
 //! | 4403 | [`Close::FORBIDDEN`] | the connection's identity does not allow a group it asked to post into (with identity on) | no |
@@ -62,6 +63,9 @@ impl Close {
     pub const SLOW: Close = Close::new(4008, "slow consumer");
     /// 4009: the client did not answer a ping in time.
     pub const NO_PONG: Close = Close::new(4009, "no pong");
+    /// 4000: the server API disconnected this connection's user (`POST
+    /// /api/users/{user}/disconnect`).
+    pub const DISCONNECTED: Close = Close::new(4000, "disconnected by the server");
     /// 4010: in recovery mode, a group message was missed (the connection's queue was full,
     /// or the history restarted): reconnect with `since` to get it back.
     pub const MISSED: Close = Close::new(4010, "missed messages: reconnect to recover");
@@ -71,7 +75,7 @@ impl Close {
     pub const FORBIDDEN: Close = Close::new(4403, "forbidden");
 
     /// Every code the framework itself sends (apps add their own in 4000–4999).
-    pub const ALL: [Close; 15] = [
+    pub const ALL: [Close; 16] = [
         Close::NORMAL,
         Close::GOING_AWAY,
         Close::PROTOCOL,
@@ -84,6 +88,7 @@ impl Close {
         Close::TRY_AGAIN_LATER,
         Close::SLOW,
         Close::NO_PONG,
+        Close::DISCONNECTED,
         Close::MISSED,
         Close::TOKEN_EXPIRED,
         Close::FORBIDDEN,

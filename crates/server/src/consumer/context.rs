@@ -5,12 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use channels_layer::{ChannelLayer, ChannelName, GroupName, LayerError, Message, Position};
+use channels_layer::{
+    ChannelLayer, ChannelName, GroupName, LayerError, Message, Position, PresenceMember,
+};
 
 use super::close::Close;
 use super::recovery::{Admit, Recovery};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::presence::Service;
 
 /// The captures of the matched route (Channels' `scope["url_route"]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,6 +124,10 @@ pub struct Context {
     /// History and recovery, when the client asked for it (`?recover=1`, `?history=K`,
     /// `?since=...&epoch=...`) and the layer keeps history.
     recovery: Option<Recovery>,
+    /// Presence and the control channel, when on.
+    service: Option<Arc<Service>>,
+    /// The client asked for presence events (`?presence=1`, presence on).
+    presence_events: bool,
 }
 
 impl Context {
@@ -142,7 +149,47 @@ impl Context {
             outgoing_bytes: 0,
             close: None,
             recovery: None,
+            service: None,
+            presence_events: false,
         }
+    }
+
+    /// Presence for this connection (presence or the API on), and whether the client asked
+    /// for events.
+    pub(crate) fn set_service(&mut self, service: Arc<Service>, events: bool) {
+        self.presence_events = events && service.presence;
+        self.service = Some(service);
+    }
+
+    /// The user this connection counts as: its identity's, else its channel name.
+    pub(crate) fn user(&self) -> String {
+        self.scope
+            .identity()
+            .map_or_else(|| self.channel.as_str().to_owned(), |i| i.user().to_owned())
+    }
+
+    pub(crate) fn service(&self) -> Option<&Arc<Service>> {
+        self.service.as_ref()
+    }
+
+    /// Whether the client gets presence events.
+    pub(crate) fn wants_presence(&self) -> bool {
+        self.presence_events
+    }
+
+    /// Queues a frame as is (the runtime's own JSON frames).
+    pub(crate) fn push_raw(&mut self, text: String) -> Result<(), Close> {
+        self.push(Outgoing::Text(text))
+    }
+
+    /// Who is in `group` now, on every replica (presence on, `--presence`).
+    pub async fn presence(&self, group: &GroupName) -> Result<Vec<PresenceMember>, LayerError> {
+        Ok(self.layer.presence(group).await?.members)
+    }
+
+    /// How many are in `group` now (presence on).
+    pub async fn presence_count(&self, group: &GroupName) -> Result<usize, LayerError> {
+        Ok(self.presence(group).await?.len())
     }
 
     /// Turns recovery on for this connection (the client asked, and history is on).
@@ -205,6 +252,9 @@ impl Context {
     pub fn send_text(&mut self, text: impl Into<String>) -> Result<(), Close> {
         let text = match &self.recovery {
             Some(recovery) => recovery.wrap(text.into()),
+            None if self.presence_events => {
+                serde_json::json!({"type": "message", "text": text.into()}).to_string()
+            }
             None => text.into(),
         };
         self.push(Outgoing::Text(text))
@@ -268,6 +318,30 @@ impl Context {
         if !self.groups.contains(group) {
             self.groups.push(group.clone());
         }
+        if let Some(service) = self.service.clone().filter(|s| s.presence) {
+            let user = self.user();
+            let name = self
+                .scope
+                .identity()
+                .and_then(|i| i.name())
+                .unwrap_or(&user)
+                .to_owned();
+            let member = service.member(&user, &name, &self.channel);
+            service
+                .join(group, member, &self.channel, self.presence_events)
+                .await?;
+            if self.presence_events {
+                let members: Vec<serde_json::Value> = self
+                    .presence(group)
+                    .await?
+                    .iter()
+                    .map(crate::presence::member_json)
+                    .collect();
+                let frame = serde_json::json!({"type": "presence", "members": members});
+                self.push(Outgoing::Text(frame.to_string()))
+                    .map_err(|_| GroupError::Layer(LayerError::Closed))?;
+            }
+        }
         if let Some(recovery) = &self.recovery {
             let since = recovery.wanted(self.layer.history_size());
             let read = self.layer.history(group, since).await?;
@@ -288,6 +362,9 @@ impl Context {
         self.groups.retain(|g| g != group);
         if let Some(recovery) = &mut self.recovery {
             recovery.left(group);
+        }
+        if let Some(service) = &self.service {
+            service.leave(group, &self.channel).await;
         }
         self.layer().group_discard(group, &self.channel).await
     }
@@ -325,6 +402,9 @@ impl Context {
     /// Leaves every joined group; used by the runtime when the connection ends.
     pub(crate) async fn discard_all_groups(&mut self) {
         for group in std::mem::take(&mut self.groups) {
+            if let Some(service) = &self.service {
+                service.leave(&group, &self.channel).await;
+            }
             if let Err(error) = self.layer().group_discard(&group, &self.channel).await {
                 channels_layer::log_limited!(
                     warn,
