@@ -48,6 +48,7 @@ mod layer;
 mod memory;
 pub mod message;
 pub mod name;
+mod position;
 pub mod presence;
 pub mod ratelog;
 pub mod redis;

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
-use crate::history::Position;
+use crate::position::Position;
 pub use crate::value::{Map, MessageError, Value};
 
 /// A channel-layer message: a [`Map`] behind a reference count, and, for a group message
