@@ -103,6 +103,9 @@ pub struct PageOptions {
     /// latest message, resumes from them after every reconnect (`?since=...&epoch=...`), and
     /// shows a line when recovery failed. 0: as the tutorial.
     pub history: usize,
+    /// With presence on (`--presence`), the group chat page asks for it (`?presence=1`) and
+    /// shows who is online (count and names), updated as others join and leave.
+    pub presence: bool,
 }
 
 impl PageOptions {
@@ -115,6 +118,13 @@ impl PageOptions {
 }
 
 impl PageOptions {
+    /// The group chat page shows who is online.
+    #[must_use]
+    pub fn with_presence(mut self, presence: bool) -> Self {
+        self.presence = presence;
+        self
+    }
+
     /// The group chat page shows the last `history` messages and recovers after reconnects.
     #[must_use]
     pub fn with_history(mut self, history: usize) -> Self {

@@ -42,6 +42,8 @@ pub(crate) struct ChatGroup {
     identity_json: Option<String>,
     /// The `#history` data block (JSON), when the server keeps group history.
     history_json: Option<String>,
+    /// Presence on: the page asks for it and shows who is online.
+    presence: bool,
 }
 
 /// `GET /`.
@@ -75,6 +77,7 @@ pub(crate) async fn chat_group(
         identity_json: identity_json(&options),
         history_json: (options.history > 0)
             .then(|| format!(r#"{{"history": {}}}"#, options.history)),
+        presence: options.presence,
     }
 }
 

@@ -48,6 +48,8 @@ pub fn app_for(config: &Config) -> App {
     }
     // With history on, the group chat page shows the recent conversation and recovers.
     pages = pages.with_history(config.history_size);
+    // With presence on, it shows who is online.
+    pages = pages.with_presence(config.presence);
     App::new(routes()).http_routes(channels_web::router_with(pages))
 }
 

@@ -48,6 +48,12 @@
 // ("epoch": the history restarted; "window": too much was missed), which the page shows as a
 // line. 4010 (a message was missed while connected) reconnects at once to recover it.
 //
+// Presence (only when the page has a #presence data block, that is when the server runs with
+// --presence; the group chat only): the socket asks for it (?presence=1), frames are JSON, the
+// first {"type": "presence", "members": [...]} fills #online, and {"type": "join"} /
+// {"type": "leave"} frames update it: the count and the names, each name once however many
+// tabs its user has open.
+//
 // Browser tests read these globals:
 // - window.wsState: "idle" until start() runs, then "connecting", "open", "error", "closed",
 //   "reconnecting" while waiting to retry, and "refused" when identity says no;
@@ -56,7 +62,8 @@
 // - window.wsConnects: how many times a socket opened;
 // - window.wsReconnectDelays: every retry delay chosen, in ms;
 // - window.wsPosition: {"offset", "epoch"} of the latest group message (history on), else null;
-// - window.wsRecovery: the latest recovery frame (history on), else null.
+// - window.wsRecovery: the latest recovery frame (history on), else null;
+// - window.wsOnline: the members online by channel (presence on), else null.
 "use strict";
 
 window.wsState = "idle";
@@ -66,6 +73,7 @@ window.wsReconnectDelays = [];
 window.wsUser = null;
 window.wsPosition = null;
 window.wsRecovery = null;
+window.wsOnline = null;
 
 window.channelsChat = (function () {
   var BASE_MS = 500;
@@ -146,6 +154,29 @@ window.channelsChat = (function () {
     return config && typeof config.history === "number" && config.history > 0 ? config : null;
   }
 
+  // Whether the page has a #presence data block.
+  function presenceConfig() {
+    return document.getElementById("presence") !== null;
+  }
+
+  // Shows who is online in #online: the count of distinct users and their names.
+  function showOnline() {
+    var box = document.getElementById("online");
+    if (box === null || window.wsOnline === null) {
+      return;
+    }
+    var names = {};
+    Object.keys(window.wsOnline).forEach(function (channel) {
+      var member = window.wsOnline[channel];
+      names[member.user] = member.name;
+    });
+    var list = Object.keys(names).map(function (user) {
+      return names[user];
+    });
+    list.sort();
+    box.textContent = "在线 / online: " + list.length + (list.length ? " (" + list.join(", ") + ")" : "");
+  }
+
   // Whether a token's `groups` (exact names, or prefixes ending in "*") allow the group of
   // `path` (/group/<id>/); paths without a group are always allowed.
   function groupAllowed(groups, path) {
@@ -196,24 +227,30 @@ window.channelsChat = (function () {
 
     var identity = identityConfig();
     var history = historyConfig();
+    var presence = presenceConfig();
     var token = null;
 
     // The socket URL's query: with history, the recent messages on the first connect and a
     // resume from the latest position after that.
     function historyQuery() {
-      if (history === null) {
-        return "";
+      var params = [];
+      if (presence) {
+        params.push("presence=1");
       }
-      var position = window.wsPosition;
-      if (position === null) {
-        return "?history=" + history.history;
+      if (history !== null) {
+        var position = window.wsPosition;
+        if (position === null) {
+          params.push("history=" + history.history);
+        } else {
+          params.push("since=" + position.offset, "epoch=" + encodeURIComponent(position.epoch));
+        }
       }
-      return "?since=" + position.offset + "&epoch=" + encodeURIComponent(position.epoch);
+      return params.length ? "?" + params.join("&") : "";
     }
 
     // A frame from the server: plain text, or with history the JSON envelope.
     function received(data) {
-      if (history === null || typeof data !== "string") {
+      if ((history === null && !presence) || typeof data !== "string") {
         appendLine(String(data));
         return;
       }
@@ -222,6 +259,25 @@ window.channelsChat = (function () {
         frame = JSON.parse(data);
       } catch (error) {
         appendLine(data);
+        return;
+      }
+      if (frame.type === "presence") {
+        window.wsOnline = {};
+        (frame.members || []).forEach(function (member) {
+          window.wsOnline[member.channel] = member;
+        });
+        showOnline();
+        return;
+      }
+      if (frame.type === "join" || frame.type === "leave") {
+        if (window.wsOnline !== null) {
+          if (frame.type === "join") {
+            window.wsOnline[frame.channel] = frame;
+          } else {
+            delete window.wsOnline[frame.channel];
+          }
+          showOnline();
+        }
         return;
       }
       if (frame.type === "recovery") {
