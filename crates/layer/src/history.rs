@@ -206,14 +206,14 @@ mod tests {
 
     fn positioned(offset: u64) -> Message {
         Message::new("m").with_position(Some(Position {
-            epoch: Epoch(1),
+            epoch: Epoch::from_bits(1),
             offset,
         }))
     }
 
     #[test]
     fn epochs_print_and_parse_as_eight_hex_digits() {
-        let epoch = Epoch(0x00ab_cdef);
+        let epoch = Epoch::from_bits(0x00ab_cdef);
         assert_eq!(epoch.to_string(), "00abcdef");
         assert_eq!("00abcdef".parse::<Epoch>(), Ok(epoch));
         assert_eq!("00ABCDEF".parse::<Epoch>(), Ok(epoch));
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn completeness_needs_every_offset_up_to_top() {
         let read = |top, offsets: &[u64]| HistoryRead {
-            epoch: Epoch(1),
+            epoch: Epoch::from_bits(1),
             top,
             messages: offsets.iter().map(|&o| positioned(o)).collect(),
         };

@@ -57,10 +57,13 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// A group's members by channel name, each with its expiry in Unix seconds.
+type Members = HashMap<String, (PresenceMember, f64)>;
+
 /// The in-process presence of the in-memory layer.
 #[derive(Debug, Default)]
 pub(crate) struct MemoryPresence {
-    groups: Mutex<HashMap<GroupName, HashMap<String, (PresenceMember, f64)>>>,
+    groups: Mutex<HashMap<GroupName, Members>>,
 }
 
 impl MemoryPresence {

@@ -157,7 +157,7 @@ mod tests {
             Value::BulkString(json),
         ]);
         let presence = parse_read("h", reply).unwrap();
-        assert_eq!(presence.expired, [member.clone()]);
+        assert_eq!(presence.expired, std::slice::from_ref(&member));
         assert_eq!(presence.members, [member]);
     }
 }
