@@ -77,6 +77,8 @@ pub struct LayerStats {
     pub disconnects: u64,
     /// Messages refused or dropped for being over `max_message_size`.
     pub oversized: u64,
+    /// Times a Redis shard's master moved to another address (Sentinel failovers followed).
+    pub master_switches: u64,
 }
 
 impl LayerConfig {

@@ -294,7 +294,7 @@ impl Metrics {
             &rows,
         );
         let stats = layer.stats();
-        let layer_counters: [(&str, &str, u64); 8] = [
+        let layer_counters: [(&str, &str, u64); 9] = [
             (
                 "channels_layer_delivered_total",
                 "Messages queued for local inboxes.",
@@ -335,6 +335,11 @@ impl Metrics {
                 "channels_layer_disconnects_total",
                 "Times a Redis subscriber connection was lost (it reconnects by itself).",
                 stats.disconnects,
+            ),
+            (
+                "channels_layer_redis_master_switches_total",
+                "Times a Redis shard's master moved (Sentinel failovers followed).",
+                stats.master_switches,
             ),
         ];
         for (name, help, value) in layer_counters {

@@ -5,12 +5,14 @@ mod conn;
 mod core;
 pub mod fernet;
 mod pubsub;
+mod sentinel;
 pub mod shard;
 
 use std::time::Duration;
 
 pub use core::{RedisChannelLayer, RedisCoreConfig};
 pub use pubsub::{RedisPubSubChannelLayer, RedisPubSubConfig, group_channel};
+pub use sentinel::percent_encode;
 
 use crate::error::LayerError;
 use crate::message::{Message, MessageError};

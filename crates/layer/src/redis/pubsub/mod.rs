@@ -94,6 +94,12 @@ impl RedisPubSubChannelLayer {
         let layer = Self::new(config)?;
         let router = &layer.inner.router;
         for shard in 0..layer.inner.shards.len() {
+            // A Sentinel shard asks for its master first (a failed lookup is retried by its
+            // watcher, and followed by the ping loop).
+            let s = &layer.inner.shards[shard];
+            if s.host.resolved(layer.inner.timeout).await {
+                s.follow_master();
+            }
             match layer.inner.resync(shard).await {
                 Ok(()) => {
                     router.resync[shard].store(false, Ordering::SeqCst);
@@ -152,6 +158,11 @@ impl RedisPubSubChannelLayer {
                 shard,
                 config.ping_interval,
             )));
+        }
+        for shard in &inner.shards {
+            if let Some(watcher) = shard.host.watcher(config.timeout) {
+                tasks.push(tokio::spawn(watcher));
+            }
         }
         tasks.push(tokio::spawn(subscriptions::reconcile_loop(
             Arc::downgrade(&inner),
@@ -300,6 +311,12 @@ impl ChannelLayer for RedisPubSubChannelLayer {
             undecodable: c.undecodable.load(Ordering::Relaxed),
             publish_errors: c.publish_errors.load(Ordering::Relaxed),
             disconnects: c.disconnects.load(Ordering::Relaxed),
+            master_switches: self
+                .inner
+                .shards
+                .iter()
+                .map(|s| s.host.master_switches())
+                .sum(),
             ..self.inner.registry.stats()
         }
     }

@@ -1,0 +1,129 @@
+//! Redis Sentinel: replicas given `redis+sentinel://` follow a master failover.
+//!
+//! Each test starts its own Sentinel set (a master, a replica, three sentinels with
+//! `down-after-milliseconds 1000`) and two server replicas on free loopback ports, runs a group
+//! chat at 50 messages/s, kills the master (SIGKILL), and checks that group messages flow again
+//! within 5 s of the sentinels' promotion, that every lost delivery was sent between the kill
+//! and that bound, that nothing was duplicated or reordered, and that `/readyz` and
+//! `/metrics` saw the switch. It prints the times it measured.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "a failed unwrap is a failed test; the measured times are printed"
+)]
+
+#[path = "support/group_load.rs"]
+mod group_load;
+#[path = "support/replica.rs"]
+mod replica;
+
+use std::time::{Duration, Instant};
+
+use group_load::Load;
+use replica::{Replica, eventually, http_get, metrics, wait_readyz};
+use test_support::redis_ha::SentinelSet;
+
+/// How soon after the promotion group messages must flow again (the issue's bound).
+const RECOVERY: Duration = Duration::from_secs(5);
+
+async fn failover_under_load(layer: &str) {
+    let mut set = SentinelSet::start();
+    let url = set.url();
+    let args = [
+        "--layer",
+        layer,
+        "--redis-url",
+        &url,
+        "--max-messages-per-second",
+        "0",
+    ];
+    let a = Replica::start("a", &args, &[]).await;
+    let b = Replica::start("b", &args, &[]).await;
+    let group = "failover";
+    let mut load = Load::new();
+    for replica in [&a, &a, &b, &b] {
+        load.member(&replica.name, replica.port, group).await;
+    }
+    load.publisher(a.port, group, Duration::from_millis(20));
+    if layer == "redis-pubsub" {
+        let channel = format!("asgi__group__{group}");
+        eventually("both replicas subscribed", Duration::from_secs(5), || {
+            set.master
+                .query::<Vec<(String, i64)>>(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel))
+                == [(channel.clone(), 2)]
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let replica_port = set.replica.port;
+    let killed = Instant::now();
+    set.master.kill();
+    wait_readyz(&a, 503, Duration::from_secs(5)).await;
+    let unready = killed.elapsed();
+    let (_, reason) = http_get(a.port, "/readyz").await.unwrap();
+    println!(
+        "{layer}: replica a not ready {unready:?} after the kill: {}",
+        reason.trim()
+    );
+    let deadline = killed + Duration::from_secs(30);
+    while set.master_port() != Some(replica_port) {
+        assert!(
+            Instant::now() < deadline,
+            "the sentinels never promoted the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let promoted = Instant::now();
+    println!(
+        "{layer}: sentinels promoted the replica {:?} after the kill",
+        promoted - killed
+    );
+    for replica in [&a, &b] {
+        let ready = wait_readyz(replica, 200, RECOVERY).await;
+        println!(
+            "{layer}: replica {} ready {ready:?} after the promotion",
+            replica.name
+        );
+    }
+    // Run on long enough after the bound to see delivery complete again.
+    tokio::time::sleep(
+        (promoted + RECOVERY + Duration::from_secs(2)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let report = load.finish().await;
+
+    let lost = report.assert_losses_within(&[(killed, promoted + RECOVERY)]);
+    let sent = report.sent_total();
+    let reconnects: usize = report.sent.iter().map(|s| s.reconnects).sum();
+    match report.last_loss() {
+        Some(last) => println!(
+            "{layer}: {lost} deliveries lost of {} ({sent} sent, publisher reconnected {reconnects} \
+             times); the last lost message was sent {:?} after the kill, {:?} after the promotion",
+            sent * 4,
+            last.saturating_duration_since(killed),
+            last.saturating_duration_since(promoted)
+        ),
+        None => println!("{layer}: nothing lost of {} deliveries", sent * 4),
+    }
+    for replica in [&a, &b] {
+        let m = metrics(replica.port).await;
+        assert_eq!(
+            m.get("channels_layer_redis_master_switches_total"),
+            Some(&1.0),
+            "replica {} counted the master switch",
+            replica.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_replicas_follow_a_sentinel_failover_under_load() {
+    failover_under_load("redis-pubsub").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_replicas_follow_a_sentinel_failover_under_load() {
+    failover_under_load("redis-core").await;
+}
