@@ -15,6 +15,7 @@ use deadpool_redis::{Config as PoolConfig, Pool, PoolConfig as PoolSize, Runtime
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::sentinel::Sentinel;
+pub(crate) use super::text::{redact, words};
 use crate::error::LayerError;
 
 /// Where the connections of a Sentinel shard go while no sentinel has named its master: a path
@@ -342,15 +343,6 @@ impl HostPool {
     }
 }
 
-/// A Redis error in Redis' words when Redis answered with one (`NOPERM this user has no
-/// permissions ...`, where redis-rs would say `NoPerm: ...`), redis-rs' description otherwise.
-pub(crate) fn words(error: &redis::RedisError) -> String {
-    match (error.code(), error.detail()) {
-        (Some(code), Some(detail)) => format!("{code} {detail}"),
-        _ => error.to_string(),
-    }
-}
-
 /// Sends `request` (commands answered by one-line replies) and reads up to its `expected`
 /// replies or the connection's end; returns the first error reply without its `-`. Redis
 /// sends `DENIED` unasked on accept, then closes.
@@ -375,16 +367,6 @@ async fn first_error(
         .split("\r\n")
         .find_map(|line| line.strip_prefix('-'))
         .map(str::to_owned)
-}
-
-/// `scheme://user:password@host/...` without the user and password.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Runs `fut` with a deadline; a timeout or a Redis error becomes `Unavailable` for `host`.

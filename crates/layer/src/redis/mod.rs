@@ -7,6 +7,7 @@ pub mod fernet;
 mod pubsub;
 mod sentinel;
 pub mod shard;
+mod text;
 
 use std::time::Duration;
 

@@ -31,7 +31,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionInfo, IntoConnectionInfo};
 use tokio::sync::watch;
 
-use super::conn::words;
+use super::text::{redact, words};
 use crate::error::LayerError;
 use crate::sync::lock;
 
@@ -261,7 +261,7 @@ impl Sentinel {
                 self.switches.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     sentinel = %self.display,
-                    from = %super::conn::redact(&previous),
+                    from = %super::text::redact(&previous),
                     to = %master,
                     "redis master switched: reconnecting and resubscribing"
                 );
@@ -475,15 +475,6 @@ fn bad(url: &str, why: impl std::fmt::Display) -> LayerError {
         "{}: {why}; use redis+sentinel://[user:password@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]",
         redact(url)
     ))
-}
-
-/// The URL without credentials: the user and password, and any `sentinel_password`.
-pub(crate) fn redact(url: &str) -> String {
-    let url = super::conn::redact(url);
-    match url.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => url,
-    }
 }
 
 /// `%XX` escapes decoded (`+` stays a plus, as in a URL's userinfo).
