@@ -61,4 +61,7 @@ pub use layer::ChannelLayer;
 pub use memory::InMemoryChannelLayer;
 pub use message::{HandlerNameError, Map, Message, MessageError, Value};
 pub use name::{ChannelName, GroupName, NameError, NameKind};
-pub use redis::{RedisChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer, RedisPubSubConfig};
+pub use redis::{
+    RedisChannelLayer, RedisClusterChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer,
+    RedisPubSubConfig,
+};

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use channels_layer::{
     ChannelCapacity, ChannelLayer, InMemoryChannelLayer, LayerConfig, LayerError,
-    RedisChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer, RedisPubSubConfig,
+    RedisChannelLayer, RedisClusterChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer,
+    RedisPubSubConfig,
 };
 use clap::{Parser, ValueEnum};
 
@@ -535,7 +536,15 @@ impl Config {
                 config.replica_id = Some(replica_id.to_owned());
                 config.encryption_keys.clone_from(&self.encryption_keys);
                 config.local = local;
-                Arc::new(RedisPubSubChannelLayer::connect(config).await?)
+                if config
+                    .hosts
+                    .iter()
+                    .any(|u| channels_layer::redis::is_cluster_url(u))
+                {
+                    Arc::new(RedisClusterChannelLayer::connect(config).await?)
+                } else {
+                    Arc::new(RedisPubSubChannelLayer::connect(config).await?)
+                }
             }
             LayerKind::RedisCore => {
                 if self.redis_urls.is_empty() {
@@ -543,7 +552,18 @@ impl Config {
                         "--layer redis-core needs --redis-url (or CHANNELS_REDIS_URL)".to_owned(),
                     ));
                 }
-                let mut config = RedisCoreConfig::new(self.redis_hosts());
+                let hosts = self.redis_hosts();
+                if hosts
+                    .iter()
+                    .any(|u| channels_layer::redis::is_cluster_url(u))
+                {
+                    return Err(LayerError::Config(
+                        "the redis-core layer cannot run on a Redis Cluster (its scripts touch \
+                         keys of several slots, as in channels_redis); use --layer redis-pubsub"
+                            .to_owned(),
+                    ));
+                }
+                let mut config = RedisCoreConfig::new(hosts);
                 config.prefix.clone_from(&self.prefix);
                 config.encryption_keys.clone_from(&self.encryption_keys);
                 config.local = LayerConfig {

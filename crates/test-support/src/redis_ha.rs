@@ -292,3 +292,197 @@ impl SentinelSet {
         })
     }
 }
+
+/// Fails, naming the package, when redis-cli is not installed.
+fn require_redis_cli() {
+    let found = Command::new("redis-cli")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "redis-cli not found on PATH: install the Debian package redis-tools \
+         (a dependency of redis-server; scripts/test.sh installs it)"
+    );
+}
+
+/// Runs `redis-cli ARGS` and fails the test, with its output, unless it succeeds.
+pub fn redis_cli(args: &[&str]) -> String {
+    require_redis_cli();
+    let out = Command::new("redis-cli")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run redis-cli");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "redis-cli {args:?} failed:\n{text}");
+    text
+}
+
+/// A Redis Cluster of three masters and three replicas (`redis-cli --cluster create`,
+/// `cluster-node-timeout 2000`).
+#[derive(Debug)]
+pub struct Cluster {
+    /// The six nodes, the first three created as masters.
+    pub nodes: Vec<RedisProcess>,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts six nodes, makes the cluster and waits until every node says `cluster_state:ok`.
+    pub fn start() -> Self {
+        let dir = TempDir::new("cluster");
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let port = free_port();
+            let node_dir = dir.0.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("cannot create a node directory");
+            let mut args = data_node_args(port, &node_dir);
+            args.extend(
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ]
+                .map(str::to_owned),
+            );
+            nodes.push(RedisProcess::start(port, &args));
+        }
+        let addrs: Vec<String> = nodes.iter().map(RedisProcess::addr).collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        redis_cli(&args);
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every live node says `cluster_state:ok` and agrees on the slot map.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.process.is_some()).all(|n| {
+                n.try_query::<String>(redis::cmd("CLUSTER").arg("INFO"))
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not reach cluster_state:ok within 30 s"
+            );
+            #[allow(clippy::disallowed_methods, reason = "test setup")]
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis+cluster://` with the three first masters.
+    pub fn url(&self) -> String {
+        let addrs: Vec<String> = self.nodes[..3].iter().map(RedisProcess::addr).collect();
+        format!("redis+cluster://{}", addrs.join(","))
+    }
+
+    /// A live node to ask.
+    fn any(&self) -> &RedisProcess {
+        self.nodes
+            .iter()
+            .find(|n| n.process.is_some())
+            .expect("a live node")
+    }
+
+    /// `CLUSTER KEYSLOT name`
+    pub fn keyslot(&self, name: &str) -> u16 {
+        self.any()
+            .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(name))
+    }
+
+    /// The port of the master that owns `slot`, as a live node sees it.
+    pub fn owner(&self, slot: u16) -> u16 {
+        let slots: Vec<(u16, u16, (String, u16))> = self
+            .any()
+            .query::<Vec<redis::Value>>(redis::cmd("CLUSTER").arg("SLOTS"))
+            .into_iter()
+            .map(|range| {
+                let redis::Value::Array(f) = range else {
+                    panic!("CLUSTER SLOTS range {range:?}")
+                };
+                let n = |v: &redis::Value| match v {
+                    redis::Value::Int(i) => *i as u16,
+                    other => panic!("not an int: {other:?}"),
+                };
+                let redis::Value::Array(master) = &f[2] else {
+                    panic!("CLUSTER SLOTS master {:?}", f[2])
+                };
+                let host = match &master[0] {
+                    redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    other => panic!("host {other:?}"),
+                };
+                (n(&f[0]), n(&f[1]), (host, n(&master[1])))
+            })
+            .collect();
+        slots
+            .iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .map(|(_, _, (_, port))| *port)
+            .unwrap_or_else(|| panic!("nobody owns slot {slot}"))
+    }
+
+    /// The node on `port`.
+    pub fn node(&self, port: u16) -> &RedisProcess {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a node of the cluster")
+    }
+
+    /// The node on `port`, to kill it.
+    pub fn node_mut(&mut self, port: u16) -> &mut RedisProcess {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of the cluster")
+    }
+
+    /// `CLUSTER MYID` of the node on `port`.
+    pub fn id(&self, port: u16) -> String {
+        self.node(port).query(redis::cmd("CLUSTER").arg("MYID"))
+    }
+
+    /// `redis-cli --cluster reshard`: moves the lowest `slots` slots of the master on `from`
+    /// to the master on `to`.
+    pub fn reshard(&self, from: u16, to: u16, slots: usize) -> String {
+        let (from_id, to_id) = (self.id(from), self.id(to));
+        let addr = self.node(from).addr();
+        redis_cli(&[
+            "--cluster",
+            "reshard",
+            &addr,
+            "--cluster-from",
+            &from_id,
+            "--cluster-to",
+            &to_id,
+            "--cluster-slots",
+            &slots.to_string(),
+            "--cluster-yes",
+        ])
+    }
+
+    /// Ports of the masters that own slots now.
+    pub fn masters(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = (0..16384u16).step_by(512).map(|s| self.owner(s)).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}

@@ -33,6 +33,7 @@
 //! (forged probes included) is dropped, counted and logged. Messages published while a
 //! subscriber is disconnected are lost (at most once), as with channels_redis.
 
+mod cluster;
 mod config;
 mod health;
 mod names;
@@ -48,6 +49,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
+pub(crate) use cluster::ClusterUrl;
+pub use cluster::RedisClusterChannelLayer;
 pub use config::RedisPubSubConfig;
 pub use names::group_channel;
 
