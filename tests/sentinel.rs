@@ -127,3 +127,49 @@ async fn pubsub_replicas_follow_a_sentinel_failover_under_load() {
 async fn core_replicas_follow_a_sentinel_failover_under_load() {
     failover_under_load("redis-core").await;
 }
+
+/// A Sentinel set and a plain Redis as the two shards of one deployment, as channels_redis
+/// allows: each group lives on the shard channels_redis' CRC32 rule picks, and both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_shard_sits_beside_a_plain_one() {
+    use channels_layer::redis::shard::consistent_hash;
+    let set = SentinelSet::start();
+    let plain = test_support::redis_server::RedisServer::start();
+    let urls = format!("{},{}", set.url(), plain.url());
+    let args = ["--redis-url", &urls];
+    let a = Replica::start("a", &args, &[]).await;
+    let b = Replica::start("b", &args, &[]).await;
+    // One group on each shard.
+    let pick = |shard: usize| {
+        (0..)
+            .map(|i| format!("mixed{i}"))
+            .find(|g| consistent_hash(&format!("asgi__group__{g}"), 2) == shard)
+            .unwrap()
+    };
+    for (shard, group) in [(0, pick(0)), (1, pick(1))] {
+        let path = format!("/group/{group}/");
+        let mut on_a = a.ws(&path).await;
+        let mut on_b = b.ws(&path).await;
+        let channel = format!("asgi__group__{group}");
+        let numsub = || {
+            let mut cmd = redis::cmd("PUBSUB");
+            cmd.arg("NUMSUB").arg(&channel);
+            let reply: Vec<(String, i64)> = if shard == 0 {
+                set.master.query(&cmd)
+            } else {
+                plain.query(&cmd)
+            };
+            reply
+        };
+        eventually(
+            "both replicas subscribed on the group's shard",
+            Duration::from_secs(5),
+            || numsub() == [(channel.clone(), 2)],
+        )
+        .await;
+        on_a.send_text("hello").await;
+        assert_eq!(on_b.recv_text().await, "组内主动推送消息:hello");
+        assert_eq!(on_a.recv_text().await, "组内主动推送消息:hello");
+        println!("group {group} on shard {shard}: delivered across replicas");
+    }
+}

@@ -337,9 +337,14 @@ pub struct Cluster {
 impl Cluster {
     /// Starts six nodes, makes the cluster and waits until every node says `cluster_state:ok`.
     pub fn start() -> Self {
+        Self::start_with(1)
+    }
+
+    /// Three masters with `replicas` replicas each.
+    pub fn start_with(replicas: usize) -> Self {
         let dir = TempDir::new("cluster");
         let mut nodes = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..3 * (1 + replicas) {
             let port = free_port();
             let node_dir = dir.0.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("cannot create a node directory");
@@ -360,7 +365,8 @@ impl Cluster {
         let addrs: Vec<String> = nodes.iter().map(RedisProcess::addr).collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        let replicas = replicas.to_string();
+        args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
         redis_cli(&args);
         let cluster = Self { nodes, _dir: dir };
         cluster.wait_ok();
