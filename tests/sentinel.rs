@@ -15,12 +15,15 @@
 
 #[path = "support/group_load.rs"]
 mod group_load;
+#[path = "support/python.rs"]
+mod python;
 #[path = "support/replica.rs"]
 mod replica;
 
 use std::time::{Duration, Instant};
 
 use group_load::Load;
+use python::{SeedLayer, layer_tool};
 use replica::{Replica, eventually, http_get, metrics, wait_readyz};
 use test_support::redis_ha::SentinelSet;
 
@@ -172,4 +175,58 @@ async fn a_sentinel_shard_sits_beside_a_plain_one() {
         assert_eq!(on_a.recv_text().await, "组内主动推送消息:hello");
         println!("group {group} on shard {shard}: delivered across replicas");
     }
+}
+
+/// Django (channels_redis with a `sentinels` + `master_name` hosts entry) and a Rust replica on
+/// `redis+sentinel://` share a group, before and after a failover, on both Redis layers.
+async fn django_reaches_rust_through_sentinel(layer: &str) {
+    let mut set = SentinelSet::start();
+    let a = Replica::start("a", &["--layer", layer, "--redis-url", &set.url()], &[]).await;
+    let sentinels: Vec<String> = set.sentinels.iter().map(|s| s.addr()).collect();
+    let entry = format!("sentinel://{}/{}", sentinels.join(";"), SentinelSet::MASTER);
+    let django = if layer == "redis-core" {
+        SeedLayer::core(&entry)
+    } else {
+        SeedLayer::pubsub(&entry)
+    };
+    let mut member = a.ws("/group/djs/").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let send = |text: &str| {
+        format!(
+            r#"{{"type": "send_msg", "message": {{"type": "websocket.receive", "text": "{text}"}}}}"#
+        )
+    };
+    let reply = layer_tool(
+        &django,
+        &["group-send", "djs", "--message", &send("before")],
+    )
+    .await;
+    assert_eq!(reply, serde_json::json!({"ok": true}));
+    assert_eq!(member.recv_text().await, "组内主动推送消息:before");
+
+    let replica_port = set.replica.port;
+    let killed = Instant::now();
+    set.master.kill();
+    while set.master_port() != Some(replica_port) {
+        assert!(killed.elapsed() < Duration::from_secs(30), "no promotion");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = wait_readyz(&a, 200, RECOVERY).await;
+    println!(
+        "{layer}: promoted {:?} after the kill, replica ready {ready:?} later",
+        killed.elapsed() - ready
+    );
+    let reply = layer_tool(&django, &["group-send", "djs", "--message", &send("after")]).await;
+    assert_eq!(reply, serde_json::json!({"ok": true}));
+    assert_eq!(member.recv_text().await, "组内主动推送消息:after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_pubsub_on_sentinel_reaches_rust_before_and_after_a_failover() {
+    django_reaches_rust_through_sentinel("redis-pubsub").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_core_on_sentinel_reaches_rust_before_and_after_a_failover() {
+    django_reaches_rust_through_sentinel("redis-core").await;
 }
