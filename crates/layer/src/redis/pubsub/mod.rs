@@ -32,6 +32,12 @@
 //! probe channel cannot keep a deaf subscriber in place. Anything undecodable that arrives
 //! (forged probes included) is dropped, counted and logged. Messages published while a
 //! subscriber is disconnected are lost (at most once), as with channels_redis.
+//!
+//! A shard given as `redis+sentinel://` follows its master: when the sentinels name another
+//! one, the subscriber is replaced at once (even mid-ping) and resubscribed there, and the
+//! publisher pool empties itself (`redis/conn.rs`, `redis/sentinel/`). A Redis Cluster
+//! (`redis+cluster://`) is served by [`RedisClusterChannelLayer`] (`cluster/`), on sharded
+//! pub/sub.
 
 mod cluster;
 mod config;
