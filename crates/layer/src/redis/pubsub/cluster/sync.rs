@@ -17,6 +17,16 @@ use crate::sync::lock;
 const TICK: Duration = Duration::from_millis(250);
 /// How often the slot map is read again when nothing made it stale.
 const REFRESH: Duration = Duration::from_secs(1);
+/// `SSUBSCRIBE`s sent in one pipeline.
+const BATCH: usize = 256;
+
+/// Why a pipeline of subscriptions did not go through.
+enum Batch {
+    /// The node could not be reached, or did not answer: try again at the next pass.
+    NodeDown(LayerError),
+    /// Redis refused some of them: find out which, one by one.
+    Failed,
+}
 
 /// Follows registry changes, lost connections and moved slots until the layer is dropped.
 pub(super) async fn maintain_loop(inner: Weak<Inner>) {
@@ -179,12 +189,7 @@ impl Inner {
             }
         }
         lock(&self.placed).retain(|c, _| desired.contains(c));
-        let mut first = None;
-        for channel in &desired {
-            if let Err(error) = self.subscribe(subs, channel).await {
-                first = first.or(Some(error));
-            }
-        }
+        let first = self.subscribe_missing(subs, &desired).await.err();
         let used: HashSet<&str> = subs.values().map(|s| s.addr.as_str()).collect();
         for node in lock(&self.nodes).values() {
             if !used.contains(node.addr.as_str()) {
@@ -218,6 +223,112 @@ impl Inner {
             .all(|c| subs.get(c).is_some_and(|s| self.in_place(c, s)))
     }
 
+    /// Subscribes what `desired` needs and is not in place: per node, pipelines of
+    /// single-channel `SSUBSCRIBE`s ([`BATCH`] at a time; one confirmation each, so redis-rs
+    /// pairs every reply with its command). A batch that fails is retried channel by channel,
+    /// which tells which failed and follows a `MOVED`; a node that cannot be reached is left
+    /// for the next pass after one attempt.
+    async fn subscribe_missing(
+        &self,
+        subs: &mut HashMap<String, Sub>,
+        desired: &HashSet<String>,
+    ) -> Result<(), LayerError> {
+        let mut first = None;
+        let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
+        for channel in desired {
+            if subs.get(channel).is_some_and(|s| self.in_place(channel, s)) {
+                continue;
+            }
+            match self.owner(channel) {
+                Some(owner) => by_node.entry(owner).or_default().push(channel.clone()),
+                None => {
+                    first = first.or_else(|| {
+                        Some(self.unavailable("no node serves a needed channel's slot"))
+                    });
+                }
+            }
+        }
+        'nodes: for (owner, channels) in by_node {
+            for batch in channels.chunks(BATCH) {
+                match self.subscribe_batch(subs, &owner, batch).await {
+                    Ok(()) => {}
+                    Err(Batch::NodeDown(error)) => {
+                        first = first.or(Some(error));
+                        continue 'nodes;
+                    }
+                    Err(Batch::Failed) => {
+                        for channel in batch {
+                            if let Err(error) = self.subscribe(subs, channel).await {
+                                first = first.or(Some(error));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// One pipeline of `SSUBSCRIBE`s of `batch` on `owner`.
+    async fn subscribe_batch(
+        &self,
+        subs: &mut HashMap<String, Sub>,
+        owner: &str,
+        batch: &[String],
+    ) -> Result<(), Batch> {
+        for channel in batch {
+            if let Some(old) = subs.remove(channel) {
+                self.unsubscribe(channel, &old).await;
+            }
+        }
+        let node = self.node(owner).map_err(Batch::NodeDown)?;
+        let (generation, mut conn) = node
+            .subscriber(self.timeout, &self.router, &self.events)
+            .await
+            .map_err(Batch::NodeDown)?;
+        let mut pipe = redis::pipe();
+        for channel in batch {
+            pipe.cmd("SSUBSCRIBE").arg(channel);
+        }
+        match tokio::time::timeout(
+            self.timeout,
+            pipe.query_async::<Vec<redis::Value>>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {
+                for channel in batch {
+                    self.record(subs, channel, owner, generation);
+                }
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Batch::Failed),
+            Err(_) => {
+                node.drop_subscriber(generation);
+                self.stale.store(true, Ordering::SeqCst);
+                Err(Batch::NodeDown(node.host.unavailable(format!(
+                    "SSUBSCRIBE timed out after {:?}",
+                    self.timeout
+                ))))
+            }
+        }
+    }
+
+    /// Records a confirmed subscription (and counts a move when it was elsewhere before).
+    fn record(&self, subs: &mut HashMap<String, Sub>, channel: &str, owner: &str, generation: u64) {
+        let before = lock(&self.placed).insert(channel.to_owned(), owner.to_owned());
+        if before.is_some_and(|b| b != owner) {
+            self.moves.fetch_add(1, Ordering::Relaxed);
+        }
+        subs.insert(
+            channel.to_owned(),
+            Sub {
+                addr: owner.to_owned(),
+                generation,
+            },
+        );
+    }
+
     /// One `SSUBSCRIBE` of `channel` on its slot's master, unless it is in place.
     async fn subscribe(
         &self,
@@ -246,17 +357,7 @@ impl Inner {
         .await;
         match answer {
             Ok(Ok(_)) => {
-                let before = lock(&self.placed).insert(channel.to_owned(), owner.clone());
-                if before.is_some_and(|b| b != owner) {
-                    self.moves.fetch_add(1, Ordering::Relaxed);
-                }
-                subs.insert(
-                    channel.to_owned(),
-                    Sub {
-                        addr: owner,
-                        generation,
-                    },
-                );
+                self.record(subs, channel, &owner, generation);
                 Ok(())
             }
             Ok(Err(error)) => {
