@@ -10,6 +10,7 @@
 #   bench/peers.sh rust     PORT REDIS_URL    # target/release/channels-server (Redis pub/sub layer)
 #   bench/peers.sh rust-core PORT REDIS_URL   # the same with --layer redis-core
 #   bench/peers.sh rust-history PORT REDIS_URL # rust with --history-size 100 (issue 14)
+#   bench/peers.sh rust-cluster PORT redis+cluster://...  # the pub/sub layer on a Redis Cluster
 #   bench/peers.sh wait KIND PORT [SECONDS]   # exit 0 once KIND on 127.0.0.1:PORT is ready (default 30 s)
 #   bench/peers.sh ready-path KIND            # print the readiness path for KIND
 #
@@ -56,15 +57,15 @@ raise_nofile() {
 need_port_url() {
     [ $# -eq 2 ] || usage
     case "$1" in '' | *[!0-9]*) die "PORT must be a number, got '$1'" ;; esac
-    case "$2" in redis://* | rediss://*) ;; *) die "REDIS_URL must be redis://..., got '$2'" ;; esac
+    case "$2" in redis://* | rediss://* | redis+cluster://*) ;; *) die "REDIS_URL must be redis://..., got '$2'" ;; esac
 }
 
 ready_path() {
     case "$1" in
         socketio) echo "/healthz" ;;
         django) echo "/chatgroup?groupID=1" ;;
-        rust | rust-core | rust-history) echo "/readyz" ;;
-        *) die "unknown kind '$1' (socketio, django, rust, rust-core or rust-history)" ;;
+        rust | rust-core | rust-history | rust-cluster) echo "/readyz" ;;
+        *) die "unknown kind '$1' (socketio, django, rust, rust-core, rust-history or rust-cluster)" ;;
     esac
 }
 
@@ -110,7 +111,7 @@ case "$cmd" in
         fi
         exec "$daphne" "${args[@]}" >/dev/null
         ;;
-    rust | rust-core | rust-history)
+    rust | rust-core | rust-history | rust-cluster)
         layer=redis-pubsub
         [ "$cmd" = rust-core ] && layer=redis-core
         extra=()

@@ -4,6 +4,8 @@
 Systems, two replicas each on one redis-server started here:
   rust      this project (target/release/channels-server, Redis pub/sub layer)
   rust-core this project with --layer redis-core (channels_redis' core protocol)
+  rust-cluster  this project's pub/sub layer on a Redis Cluster of three masters started here
+            (sharded pub/sub; S-fanout only), next to "rust" on one Redis
   django    the tutorial's Django app under daphne with channels_redis' RedisPubSubChannelLayer
   socketio  Socket.IO 4 on Node with @socket.io/redis-adapter (bench/socketio)
 
@@ -44,10 +46,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "target" / "release" / "channels-loadgen"
 PEERS = ROOT / "bench" / "peers.sh"
-PROTOCOL = {"rust": "seed", "rust-core": "seed", "django": "seed", "socketio": "socketio",
-            "rust-history": "seed-recover"}
+PROTOCOL = {"rust": "seed", "rust-core": "seed", "rust-cluster": "seed", "django": "seed",
+            "socketio": "socketio", "rust-history": "seed-recover"}
 # Extra load generator arguments per system: rust-history's clients use the recovery mode.
 QUERY = {"rust-history": "recover=1"}
+# Systems that run S-fanout only.
+FANOUT_ONLY = {"rust-cluster"}
 
 
 def log(*args):
@@ -98,6 +102,53 @@ class Redis:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+class RedisCluster:
+    """Three cluster-enabled redis-server masters (no replicas), joined with redis-cli."""
+
+    def __init__(self, masters=3):
+        self.dir = tempfile.mkdtemp(prefix="bench-cluster-")
+        self.ports = [free_port() for _ in range(masters)]
+        self.procs = []
+        for port in self.ports:
+            node_dir = os.path.join(self.dir, str(port))
+            os.makedirs(node_dir)
+            self.procs.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--loglevel", "warning", "--dir", node_dir,
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+                stdout=subprocess.DEVNULL))
+        for port in self.ports:
+            self._cli(port, "PING", expect="PONG")
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *[f"127.0.0.1:{p}" for p in self.ports],
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL)
+        for port in self.ports:
+            self._cli(port, "CLUSTER", "INFO", expect="cluster_state:ok")
+
+    @staticmethod
+    def _cli(port, *cmd, expect, seconds=30):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            out = subprocess.run(["redis-cli", "-p", str(port), *cmd], capture_output=True,
+                                 text=True)
+            if expect in out.stdout:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"redis-server :{port} never answered {expect} to {cmd}")
+
+    @property
+    def url(self):
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class System:
@@ -374,7 +425,7 @@ def history_cost(redis, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default="rust,rust-core,socketio,django")
+    p.add_argument("--systems", default="rust,rust-cluster,rust-core,socketio,django")
     p.add_argument("--groups", type=int, default=100, help="S-fanout groups (10 members each)")
     p.add_argument("--start-rate", type=float, default=0.5,
                    help="S-fanout messages/s per publisher at the first step")
@@ -422,6 +473,18 @@ def main():
         for kind in args.systems.split(","):
             res = results["systems"].setdefault(kind, {})
             log(f"== {kind}")
+            if kind in FANOUT_ONLY:
+                if "fanout" not in skip:
+                    cluster = RedisCluster()
+                    log(f"redis cluster on {cluster.url}")
+                    system = System(kind, cluster)
+                    try:
+                        best, steps = fanout_sweep(system, args)
+                        res["fanout"] = {"best": best, "steps": steps}
+                    finally:
+                        system.stop()
+                        cluster.stop()
+                continue
             if "fanout" not in skip:
                 system = System(kind, redis)
                 try:
@@ -480,6 +543,12 @@ def main():
     print(render(results))
 
 
+def f_best(systems, kind):
+    """S-fanout's best delivered messages/s of `kind`, if it ran."""
+    best = (systems.get(kind) or {}).get("fanout", {}).get("best") or {}
+    return best.get("delivered_per_sec")
+
+
 def render(results):
     """A Markdown summary with ratios to the other systems."""
     s = results["systems"]
@@ -530,6 +599,11 @@ def render(results):
         else:
             extra = ["", ""]
         lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
+    one, cluster = f_best(s, "rust"), f_best(s, "rust-cluster")
+    if one and cluster:
+        lines += ["", f"S-fanout on a three-master Redis Cluster (sharded pub/sub): "
+                  f"{cluster:,.0f} delivered/s against {one:,.0f} on one Redis "
+                  f"({cluster / one:.2f}x)."]
     identity = results.get("connect_identity")
     if identity:
         lines += ["", "S-connect-identity (rust, one replica, --workers 1; anonymous and token: "

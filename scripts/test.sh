@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Each Debian package the tests need, as package:program-the-tests-run.
-needs=(redis-server:redis-server nginx:nginx chromium:chromium chromium-driver:chromedriver)
+needs=(redis-server:redis-server redis-tools:redis-cli nginx:nginx chromium:chromium chromium-driver:chromedriver)
 
 # shellcheck source=scripts/lib/apt.sh
 source scripts/lib/apt.sh

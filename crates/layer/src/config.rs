@@ -92,6 +92,8 @@ pub struct LayerStats {
     /// that does not store history, such as a Python `group_send`): delivered live, not
     /// recoverable. The pub/sub layer counts them.
     pub unpositioned: u64,
+    /// Times a Redis shard's master moved to another address (Sentinel failovers followed).
+    pub master_switches: u64,
 }
 
 impl LayerConfig {

@@ -68,4 +68,7 @@ pub use memory::InMemoryChannelLayer;
 pub use message::{HandlerNameError, Map, Message, MessageError, Value};
 pub use name::{ChannelName, GroupName, NameError, NameKind};
 pub use presence::{Presence, PresenceMember};
-pub use redis::{RedisChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer, RedisPubSubConfig};
+pub use redis::{
+    RedisChannelLayer, RedisClusterChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer,
+    RedisPubSubConfig,
+};

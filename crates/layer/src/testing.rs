@@ -33,10 +33,22 @@ pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const ABSENCE_WAIT: Duration = Duration::from_millis(200);
 
 /// Expands every case of the suite into a `#[tokio::test]` that builds its layer with `$make`
-/// (a `fn(LayerConfig) -> LayerFuture`).
+/// (a `fn(LayerConfig) -> LayerFuture`). `conformance_suite!(make, without_history)` leaves out
+/// the cases that turn history on, for a layer that refuses it (the Redis Cluster layer).
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:path) => {
+        $crate::conformance_suite!(@common $make;
+            history_positions_group_messages,
+            history_keeps_the_last_n,
+            history_offsets_follow_delivery_order,
+            history_expires_after_its_ttl
+        );
+    };
+    ($make:path, without_history) => {
+        $crate::conformance_suite!(@common $make;);
+    };
+    (@common $make:path; $($extra:ident),*) => {
         $crate::conformance_suite!(@cases $make;
             send_receive,
             multi_send_receive_is_fifo,
@@ -62,12 +74,9 @@ macro_rules! conformance_suite {
             oversized_messages_are_refused_and_counted,
             close_refuses_further_calls,
             history_is_off_by_default,
-            history_positions_group_messages,
-            history_keeps_the_last_n,
-            history_offsets_follow_delivery_order,
-            history_expires_after_its_ttl,
             presence_follows_joins_and_leaves,
             presence_reports_an_expired_member_once
+            $(, $extra)*
         );
     };
     (@cases $make:path; $($case:ident),*) => {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use channels_layer::{
     ChannelCapacity, ChannelLayer, InMemoryChannelLayer, LayerConfig, LayerError,
-    RedisChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer, RedisPubSubConfig,
+    RedisChannelLayer, RedisClusterChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer,
+    RedisPubSubConfig,
 };
 use clap::{Parser, ValueEnum};
 
@@ -80,11 +81,23 @@ pub struct Config {
     #[arg(long, env = "CHANNELS_LAYER", value_enum)]
     pub layer: Option<LayerKind>,
 
-    /// Redis URL (`redis://[user:password@]host:port/db`, or `rediss://` for TLS with
-    /// certificate verification). Repeat it (or separate with commas) for several shards; every
+    /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS with
+    /// certificate verification, `unix:///path/redis.sock`), or a Sentinel set naming the
+    /// master (`redis+sentinel://[user:password@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]`,
+    /// `rediss+sentinel://` for TLS). Repeat it (or separate with commas: a piece without
+    /// `scheme://` continues the previous URL's sentinel list) for several shards; every
     /// process must list them in the same order. Giving one selects redis-pubsub.
-    #[arg(long = "redis-url", env = "CHANNELS_REDIS_URL", value_delimiter = ',')]
+    #[arg(long = "redis-url", env = "CHANNELS_REDIS_URL")]
     pub redis_urls: Vec<String>,
+
+    /// The sentinels' own password for `redis+sentinel://` URLs (channels_redis'
+    /// `sentinel_kwargs`); the data nodes' password goes in the URL.
+    #[arg(
+        long = "redis-sentinel-password",
+        env = "CHANNELS_SENTINEL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_sentinel_password: Option<Secret>,
 
     /// Accept a Redis TLS certificate that does not verify (`rediss://` to a managed Redis with
     /// a private CA or a self-signed certificate). Anyone on the path can then read and forge
@@ -401,6 +414,7 @@ impl Default for Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             layer: None,
             redis_urls: Vec::new(),
+            redis_sentinel_password: None,
             redis_tls_insecure_skip_verify: false,
             expiry: 60,
             group_expiry: 86_400,
@@ -570,7 +584,15 @@ impl Config {
                 config.replica_id = Some(replica_id.to_owned());
                 config.encryption_keys.clone_from(&self.encryption_keys);
                 config.local = local;
-                Arc::new(RedisPubSubChannelLayer::connect(config).await?)
+                if config
+                    .hosts
+                    .iter()
+                    .any(|u| channels_layer::redis::is_cluster_url(u))
+                {
+                    Arc::new(RedisClusterChannelLayer::connect(config).await?)
+                } else {
+                    Arc::new(RedisPubSubChannelLayer::connect(config).await?)
+                }
             }
             LayerKind::RedisCore => {
                 if self.redis_urls.is_empty() {
@@ -578,7 +600,18 @@ impl Config {
                         "--layer redis-core needs --redis-url (or CHANNELS_REDIS_URL)".to_owned(),
                     ));
                 }
-                let mut config = RedisCoreConfig::new(self.redis_hosts());
+                let hosts = self.redis_hosts();
+                if hosts
+                    .iter()
+                    .any(|u| channels_layer::redis::is_cluster_url(u))
+                {
+                    return Err(LayerError::Config(
+                        "the redis-core layer cannot run on a Redis Cluster (its scripts touch \
+                         keys of several slots, as in channels_redis); use --layer redis-pubsub"
+                            .to_owned(),
+                    ));
+                }
+                let mut config = RedisCoreConfig::new(hosts);
                 config.prefix.clone_from(&self.prefix);
                 config.encryption_keys.clone_from(&self.encryption_keys);
                 config.local = LayerConfig {
@@ -593,21 +626,57 @@ impl Config {
     /// The Redis URLs as the layer takes them: with `--redis-tls-insecure-skip-verify`,
     /// `rediss://` URLs get redis-rs' `#insecure` (and a warning is logged).
     fn redis_hosts(&self) -> Vec<String> {
+        let urls = self.redis_url_list();
         if !self.redis_tls_insecure_skip_verify {
-            return self.redis_urls.clone();
+            return urls;
         }
         tracing::warn!(
             "--redis-tls-insecure-skip-verify: Redis TLS certificates are NOT verified; anyone \
              on the path can read and forge channel-layer traffic"
         );
-        self.redis_urls
-            .iter()
+        urls.iter()
             .map(|url| {
                 if url.starts_with("rediss") && !url.contains('#') {
                     format!("{url}#insecure")
                 } else {
                     url.clone()
                 }
+            })
+            .collect()
+    }
+
+    /// One URL per shard: each `--redis-url` split at commas, where a piece without
+    /// `scheme://` belongs to the previous URL (the sentinel list of `redis+sentinel://a,b/m`);
+    /// with `--redis-sentinel-password`, Sentinel URLs get it as `sentinel_password`.
+    fn redis_url_list(&self) -> Vec<String> {
+        let mut urls: Vec<String> = Vec::new();
+        for piece in self.redis_urls.iter().flat_map(|u| u.split(',')) {
+            match urls.last_mut() {
+                Some(last) if !piece.contains("://") => {
+                    last.push(',');
+                    last.push_str(piece);
+                }
+                _ => urls.push(piece.to_owned()),
+            }
+        }
+        let Some(password) = &self.redis_sentinel_password else {
+            return urls;
+        };
+        let param = format!(
+            "sentinel_password={}",
+            channels_layer::redis::percent_encode(password.expose())
+        );
+        urls.into_iter()
+            .map(|url| {
+                if !url.contains("+sentinel://") || url.contains("sentinel_password=") {
+                    return url;
+                }
+                let (base, fragment) = match url.split_once('#') {
+                    Some((base, fragment)) => (base.to_owned(), format!("#{fragment}")),
+                    None => (url.clone(), String::new()),
+                };
+                let sep = if base.contains('?') { '&' } else { '?' };
+                format!("{base}{sep}{param}{fragment}")
             })
             .collect()
     }
@@ -775,6 +844,35 @@ mod tests {
         assert_eq!(
             c.redis_hosts(),
             ["rediss://a:6380/0#insecure", "redis://b:6379/0"]
+        );
+    }
+
+    #[test]
+    fn sentinel_urls_keep_their_sentinel_list_and_get_the_sentinel_password() {
+        let mut c = Config::try_parse_from([
+            "channels-server",
+            "--redis-url",
+            "redis+sentinel://a:26379,b:26379/mymaster/0,redis://c:6379/0",
+            "--redis-url",
+            "rediss+sentinel://d:1,e:2/m#insecure",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.redis_hosts(),
+            [
+                "redis+sentinel://a:26379,b:26379/mymaster/0",
+                "redis://c:6379/0",
+                "rediss+sentinel://d:1,e:2/m#insecure"
+            ]
+        );
+        c.redis_sentinel_password = Some("s3cr&t".parse().unwrap());
+        assert_eq!(
+            c.redis_hosts(),
+            [
+                "redis+sentinel://a:26379,b:26379/mymaster/0?sentinel_password=s3cr%26t",
+                "redis://c:6379/0",
+                "rediss+sentinel://d:1,e:2/m?sentinel_password=s3cr%26t#insecure"
+            ]
         );
     }
 

@@ -306,7 +306,7 @@ impl Metrics {
             &rows,
         );
         let stats = layer.stats();
-        let layer_counters: [(&str, &str, u64); 9] = [
+        let layer_counters: [(&str, &str, u64); 10] = [
             (
                 "channels_layer_delivered_total",
                 "Messages queued for local inboxes.",
@@ -353,6 +353,11 @@ impl Metrics {
                 "With history on, group messages that arrived without a history position (a \
                  Python group_send): delivered live, not recoverable.",
                 stats.unpositioned,
+            ),
+            (
+                "channels_layer_redis_master_switches_total",
+                "Times a Redis shard's master moved (Sentinel failovers followed).",
+                stats.master_switches,
             ),
         ];
         for (name, help, value) in layer_counters {

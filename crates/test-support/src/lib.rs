@@ -2,6 +2,7 @@
 //!
 //! * [`redis_server`]: a `redis-server` of the test's own on a free loopback port, and one shared
 //!   server per test binary with fresh key prefixes;
+//! * [`redis_ha`]: a Sentinel set and a Redis Cluster of the test's own;
 //! * [`free_port`] and [`eventually`];
 //! * [`ws::Client`]: a WebSocket client with a timeout on every receive;
 //! * [`metrics_text::parse`]: the Prometheus text of `/metrics`.
@@ -14,6 +15,7 @@
 )]
 
 pub mod metrics_text;
+pub mod redis_ha;
 pub mod redis_server;
 pub mod ws;
 

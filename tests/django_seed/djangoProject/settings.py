@@ -10,7 +10,9 @@ database, any host, and CHANNEL_LAYERS built from environment variables:
   setting), "core" (channels_redis.core.RedisChannelLayer, the tutorial's production setting) or
   "pubsub" (channels_redis.pubsub.RedisPubSubChannelLayer).
 - SEED_REDIS_URLS: comma-separated Redis URLs, in shard order (default
-  "redis://127.0.0.1:6379/1", the tutorial's host).
+  "redis://127.0.0.1:6379/1", the tutorial's host). An entry
+  "sentinel://HOST:PORT;HOST:PORT.../MASTER_NAME" is a Sentinel set (channels_redis' hosts entry
+  with "sentinels" and "master_name").
 - SEED_PREFIX: the layer's key prefix (default "asgi").
 - SEED_ENCRYPTION_KEYS: comma-separated symmetric_encryption_keys (optional).
 - SEED_GROUP_EXPIRY: the core layer's group_expiry in seconds (optional; channels_redis' default
@@ -108,6 +110,19 @@ def _split(value):
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def _host(entry):
+    """A channels_redis hosts entry: a Redis URL as given, or a Sentinel set for
+    sentinel://HOST:PORT;HOST:PORT.../MASTER_NAME."""
+    if not entry.startswith("sentinel://"):
+        return entry
+    addrs, _, master_name = entry[len("sentinel://"):].partition("/")
+    sentinels = []
+    for addr in addrs.split(";"):
+        host, _, port = addr.rpartition(":")
+        sentinels.append((host, int(port)))
+    return {"sentinels": sentinels, "master_name": master_name}
+
+
 def channel_layers_from_env(env=os.environ):
     """Builds CHANNEL_LAYERS from the SEED_* environment variables described above."""
     kind = env.get("SEED_LAYER", "memory").strip() or "memory"
@@ -122,7 +137,8 @@ def channel_layers_from_env(env=os.environ):
             f"SEED_LAYER must be memory, core or pubsub, not {kind!r}"
         )
     config = {
-        "hosts": _split(env.get("SEED_REDIS_URLS", "")) or ["redis://127.0.0.1:6379/1"],
+        "hosts": [_host(h) for h in _split(env.get("SEED_REDIS_URLS", ""))]
+        or ["redis://127.0.0.1:6379/1"],
         "prefix": env.get("SEED_PREFIX", "asgi"),
     }
     group_expiry = env.get("SEED_GROUP_EXPIRY", "").strip()

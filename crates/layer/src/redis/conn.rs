@@ -1,20 +1,56 @@
 //! Connections to one Redis host: a publisher pool and a subscriber connection, plus the helpers
 //! both Redis backends need (URL checks, credential-free host names for logs and errors).
+//!
+//! A host is a fixed URL (`redis://`, `rediss://`, `unix://`) or a Sentinel set
+//! (`redis+sentinel://`, see [`super::sentinel`]) whose master may move: every connection is
+//! made to [`HostUrl::url`] at the time it is made, [`HostUrl::version`] changes when the master
+//! moves, and [`HostPool`] empties itself then. Callers that hold long-lived connections (the
+//! subscribers, the core layer's dedicated connections) compare versions or wait on
+//! [`HostUrl::master_changes`] and reconnect.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_redis::{Config as PoolConfig, Pool, PoolConfig as PoolSize, Runtime, Timeouts};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::sentinel::Sentinel;
+pub(crate) use super::text::{redact, words};
 use crate::error::LayerError;
+
+/// Where the connections of a Sentinel shard go while no sentinel has named its master: a path
+/// that cannot exist, so that they fail at once (the layer reports the sentinels' answer).
+const UNRESOLVED: &str = "unix:///dev/null/sentinel-master-unknown";
 
 /// A Redis URL checked once, with a printable form that hides credentials.
 #[derive(Clone)]
 pub(crate) struct HostUrl {
-    url: String,
+    target: Target,
     /// `redis://host:port/db` without user or password, for logs and errors.
     display: Arc<str>,
+}
+
+#[derive(Clone)]
+enum Target {
+    Fixed(String),
+    Sentinel(Arc<Sentinel>),
+}
+
+/// Wakes when a Sentinel shard's master moves; never for a fixed URL.
+#[derive(Debug)]
+pub(crate) struct MasterChanges(Option<tokio::sync::watch::Receiver<Option<String>>>);
+
+impl MasterChanges {
+    /// Returns once the master changed since the previous call (or since this was made).
+    pub(crate) async fn changed(&mut self) {
+        let changed = match self.0.as_mut() {
+            Some(rx) => rx.changed().await.is_ok(),
+            None => false,
+        };
+        if !changed {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl std::fmt::Debug for HostUrl {
@@ -24,19 +60,100 @@ impl std::fmt::Debug for HostUrl {
 }
 
 impl HostUrl {
-    /// Checks that `url` is a `redis://` or `rediss://` URL redis-rs can use.
+    /// Checks that `url` is a `redis://`, `rediss://`, `unix://` or `redis+sentinel://` URL
+    /// redis-rs (or our Sentinel lookup) can use.
     pub(crate) fn parse(url: &str) -> Result<Self, LayerError> {
+        if Sentinel::is_sentinel_url(url) {
+            let sentinel = Sentinel::parse(url)?;
+            return Ok(Self {
+                display: sentinel.display().into(),
+                target: Target::Sentinel(Arc::new(sentinel)),
+            });
+        }
         let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
             LayerError::Config(format!(
-                "{}: not a Redis URL ({e}); use redis://[user:password@]host:port/db or rediss://",
+                "{}: not a Redis URL ({e}); use redis://[user:password@]host:port/db, \
+                 rediss://, unix:///path/redis.sock or redis+sentinel://",
                 redact(url)
             ))
         })?;
         let _ = info;
         Ok(Self {
-            url: url.to_owned(),
+            target: Target::Fixed(url.to_owned()),
             display: redact(url).into(),
         })
+    }
+
+    /// The URL connections go to now: the fixed one, or the Sentinel set's current master.
+    pub(crate) fn url(&self) -> String {
+        match &self.target {
+            Target::Fixed(url) => url.clone(),
+            Target::Sentinel(s) => s.master_url().unwrap_or_else(|| UNRESOLVED.to_owned()),
+        }
+    }
+
+    /// False while a Sentinel set has not named its master (always true for a fixed URL).
+    pub(crate) fn has_master(&self) -> bool {
+        match &self.target {
+            Target::Fixed(_) => true,
+            Target::Sentinel(s) => s.master_url().is_some(),
+        }
+    }
+
+    /// While a Sentinel set has not named its master: why, as the error a call reports
+    /// instead of trying.
+    pub(crate) fn no_master(&self) -> Option<LayerError> {
+        match &self.target {
+            Target::Sentinel(s) if s.master_url().is_none() => Some(
+                self.unavailable(
+                    s.problem()
+                        .unwrap_or_else(|| "no sentinel has named the master yet".to_owned()),
+                ),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Changes whenever the master moves (always 0 for a fixed URL).
+    pub(crate) fn version(&self) -> u64 {
+        match &self.target {
+            Target::Fixed(_) => 0,
+            Target::Sentinel(s) => s.version(),
+        }
+    }
+
+    /// Times the master moved to another address (Sentinel failovers seen).
+    pub(crate) fn master_switches(&self) -> u64 {
+        match &self.target {
+            Target::Fixed(_) => 0,
+            Target::Sentinel(s) => s.switches(),
+        }
+    }
+
+    /// A waiter for the next move of the master.
+    pub(crate) fn master_changes(&self) -> MasterChanges {
+        match &self.target {
+            Target::Fixed(_) => MasterChanges(None),
+            Target::Sentinel(s) => MasterChanges(Some(s.changes())),
+        }
+    }
+
+    /// The task that follows a Sentinel set's master (`None` for a fixed URL): the layer
+    /// spawns it and aborts it on close; it also ends when the host is dropped.
+    pub(crate) fn watcher(&self, timeout: Duration) -> Option<impl Future<Output = ()> + use<>> {
+        match &self.target {
+            Target::Fixed(_) => None,
+            Target::Sentinel(s) => Some(super::sentinel::watch(Arc::downgrade(s), timeout)),
+        }
+    }
+
+    /// Waits (at most `within`) until a Sentinel set named its master, asking at once; true
+    /// when the host is usable (always for a fixed URL).
+    pub(crate) async fn resolved(&self, within: Duration) -> bool {
+        match &self.target {
+            Target::Fixed(_) => true,
+            Target::Sentinel(s) => s.master_url().is_some() || s.refresh(within).await.is_ok(),
+        }
     }
 
     pub(crate) fn display(&self) -> &str {
@@ -52,8 +169,13 @@ impl HostUrl {
 
     /// The URL with `protocol=resp3` added: push messages and automatic resubscription need it.
     fn resp3(&self) -> String {
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        format!("{}{sep}protocol=resp3", self.url)
+        let url = self.url();
+        let (base, fragment) = match url.split_once('#') {
+            Some((base, fragment)) => (base, format!("#{fragment}")),
+            None => (url.as_str(), String::new()),
+        };
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}protocol=resp3{fragment}")
     }
 
     /// `error`, or Redis' own words when Redis refuses a fresh connection (see
@@ -61,6 +183,9 @@ impl HostUrl {
     /// silence, so calls on it only time out, and it reports a refused `AUTH` without Redis'
     /// text.
     pub(crate) async fn explain(&self, error: LayerError, timeout: Duration) -> LayerError {
+        if let Some(error) = self.no_master() {
+            return error;
+        }
         match self.refusal(timeout).await {
             Some(answer) => self.unavailable(format!("Redis answered: {answer}")),
             None => error,
@@ -73,7 +198,7 @@ impl HostUrl {
     /// unreachable, too slow). Spoken in plain RESP, not through redis-rs, whose handshake
     /// turns these replies into errors of its own. TLS hosts are asked through redis-rs.
     pub(crate) async fn refusal(&self, timeout: Duration) -> Option<String> {
-        let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str()).ok()?;
+        let info = redis::IntoConnectionInfo::into_connection_info(self.url().as_str()).ok()?;
         let settings = info.redis_settings();
         let mut request = Vec::new();
         let mut replies = 1;
@@ -104,7 +229,7 @@ impl HostUrl {
 
     /// [`refusal`](Self::refusal) through redis-rs, for TLS hosts.
     async fn refusal_tls(&self, timeout: Duration) -> Option<String> {
-        let client = redis::Client::open(self.url.as_str()).ok()?;
+        let client = redis::Client::open(self.url().as_str()).ok()?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
@@ -120,9 +245,22 @@ impl HostUrl {
         }
     }
 
-    /// A pool of publisher connections, bounded in size and in every wait.
-    pub(crate) fn pool(&self, timeout: Duration, size: usize) -> Result<Pool, LayerError> {
-        let mut config = PoolConfig::from_url(self.url.clone());
+    /// A pool of publisher connections, bounded in size and in every wait, that follows the
+    /// master.
+    pub(crate) fn pool(&self, timeout: Duration, size: usize) -> Result<HostPool, LayerError> {
+        let version = self.version();
+        let pool = self.fixed_pool(timeout, size)?;
+        Ok(HostPool {
+            host: self.clone(),
+            timeout,
+            size,
+            current: Mutex::new((version, pool)),
+        })
+    }
+
+    /// A pool of connections to [`url`](Self::url) as it is now.
+    fn fixed_pool(&self, timeout: Duration, size: usize) -> Result<Pool, LayerError> {
+        let mut config = PoolConfig::from_url(self.url());
         config.pool = Some(PoolSize {
             max_size: size,
             timeouts: Timeouts {
@@ -164,12 +302,44 @@ impl HostUrl {
     }
 }
 
-/// A Redis error in Redis' words when Redis answered with one (`NOPERM this user has no
-/// permissions ...`, where redis-rs would say `NoPerm: ...`), redis-rs' description otherwise.
-pub(crate) fn words(error: &redis::RedisError) -> String {
-    match (error.code(), error.detail()) {
-        (Some(code), Some(detail)) => format!("{code} {detail}"),
-        _ => error.to_string(),
+/// A publisher pool that follows a Sentinel set's master: when the master moves, the next
+/// [`get`](Self::get) drops the old pool (and its connections) for one to the new address.
+/// For a fixed URL it is one plain pool.
+#[derive(Debug)]
+pub(crate) struct HostPool {
+    host: HostUrl,
+    timeout: Duration,
+    size: usize,
+    /// The pool and the host version it was made for.
+    current: Mutex<(u64, Pool)>,
+}
+
+impl HostPool {
+    /// A connection from the pool of the current master.
+    pub(crate) async fn get(
+        &self,
+    ) -> Result<deadpool_redis::Connection, deadpool_redis::PoolError> {
+        if let Some(error) = self.host.no_master() {
+            return Err(deadpool_redis::PoolError::Backend(redis::RedisError::from(
+                std::io::Error::new(std::io::ErrorKind::NotConnected, error.to_string()),
+            )));
+        }
+        let pool = {
+            let mut current = crate::sync::lock(&self.current);
+            let version = self.host.version();
+            if current.0 != version {
+                match self.host.fixed_pool(self.timeout, self.size) {
+                    Ok(pool) => *current = (version, pool),
+                    Err(error) => {
+                        return Err(deadpool_redis::PoolError::Backend(redis::RedisError::from(
+                            std::io::Error::other(error.to_string()),
+                        )));
+                    }
+                }
+            }
+            current.1.clone()
+        };
+        pool.get().await
     }
 }
 
@@ -197,16 +367,6 @@ async fn first_error(
         .split("\r\n")
         .find_map(|line| line.strip_prefix('-'))
         .map(str::to_owned)
-}
-
-/// `scheme://user:password@host/...` without the user and password.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Runs `fut` with a deadline; a timeout or a Redis error becomes `Unavailable` for `host`.

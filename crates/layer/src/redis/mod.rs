@@ -7,12 +7,23 @@ pub mod fernet;
 mod history;
 mod presence;
 mod pubsub;
+mod sentinel;
 pub mod shard;
+pub(crate) mod text;
 
 use std::time::Duration;
 
 pub use core::{RedisChannelLayer, RedisCoreConfig};
-pub use pubsub::{RedisPubSubChannelLayer, RedisPubSubConfig, group_channel};
+pub use pubsub::{
+    RedisClusterChannelLayer, RedisPubSubChannelLayer, RedisPubSubConfig, group_channel,
+};
+pub use sentinel::percent_encode;
+
+/// Whether `url` names a Redis Cluster (`redis+cluster://`, `rediss+cluster://`): the
+/// pub/sub layer then runs as [`RedisClusterChannelLayer`].
+pub fn is_cluster_url(url: &str) -> bool {
+    pubsub::ClusterUrl::is_cluster_url(url)
+}
 
 use crate::error::LayerError;
 use crate::message::{Message, MessageError};

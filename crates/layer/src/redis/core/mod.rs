@@ -50,8 +50,12 @@
 //!   replica's reconnect; messages popped at the moment a connection dies may be lost (at most
 //!   once).
 //!
-//! Not supported: the JSON serializer, Redis Cluster and Sentinel (as in Python, the scripts
-//! touch keys of several slots).
+//! * **Sentinel**: a shard given as `redis+sentinel://` follows its master (see
+//!   `redis/sentinel.rs`); after a failover the receive loops and the health loop reconnect to
+//!   the new master, and the memberships are written there again.
+//!
+//! Not supported: the JSON serializer, and Redis Cluster (as in Python, the scripts touch keys
+//! of several slots).
 
 mod config;
 mod groups;
@@ -264,6 +268,11 @@ impl RedisChannelLayer {
         for i in 0..inner.shards.len() {
             tasks.push(tokio::spawn(shard::health_loop(weak.clone(), i)));
         }
+        for shard in &inner.shards {
+            if let Some(watcher) = shard.host.watcher(config.timeout) {
+                tasks.push(tokio::spawn(watcher));
+            }
+        }
         tasks.push(tokio::spawn(groups::reconcile_loop(weak)));
         *lock(&inner.tasks) = tasks;
         Ok(Self { inner })
@@ -446,6 +455,12 @@ impl ChannelLayer for RedisChannelLayer {
                 .shards
                 .iter()
                 .map(|s| s.disconnects.load(Ordering::Relaxed))
+                .sum(),
+            master_switches: self
+                .inner
+                .shards
+                .iter()
+                .map(|s| s.host.master_switches())
                 .sum(),
             expired: local.expired + c.expired.load(Ordering::Relaxed),
             dropped_full: local.dropped_full + c.dropped_full.load(Ordering::Relaxed),

@@ -82,7 +82,7 @@ impl Reader {
     /// Runs until the layer is dropped or the task is aborted.
     pub(super) async fn run(self, inner: Weak<Inner>) {
         let inflight = wire::inflight(&self.key);
-        let mut conn: Option<MultiplexedConnection> = None;
+        let mut conn: Option<(u64, MultiplexedConnection)> = None;
         let mut backup = Backup {
             restore: true,
             delivered: HashSet::new(),
@@ -95,8 +95,15 @@ impl Reader {
             {
                 return;
             }
+            // A Sentinel failover: pop from the new master (restore mode, as after an error).
+            if let Some((version, _)) = &conn
+                && !layer.shards[self.shard].is_current(*version)
+            {
+                conn = None;
+                backup.restore = true;
+            }
             let result = match conn.as_mut() {
-                Some(c) => self.step(&layer, c, &inflight, &mut backup).await,
+                Some((_, c)) => self.step(&layer, c, &inflight, &mut backup).await,
                 None => match layer.shards[self.shard].dedicated(layer.timeout).await {
                     Ok(c) => {
                         conn = Some(c);

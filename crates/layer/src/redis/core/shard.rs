@@ -5,20 +5,18 @@ use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue};
 use tokio::sync::Notify;
 
 use super::Inner;
 use crate::error::LayerError;
-use crate::redis::conn::{HostUrl, bounded};
+use crate::redis::conn::{HostPool, HostUrl, bounded};
 
 #[derive(Debug)]
 pub(super) struct Shard {
     pub(super) host: HostUrl,
-    client: redis::Client,
-    pool: Pool,
+    pool: HostPool,
     /// Whether the health loop reached this host at its latest check, after putting back the
     /// memberships it holds. Any failed call clears it, so that the next good check writes
     /// the memberships again (the host may have restarted empty).
@@ -35,12 +33,12 @@ pub(super) struct Shard {
 impl Shard {
     pub(super) fn new(url: &str, timeout: Duration, pool_size: usize) -> Result<Self, LayerError> {
         let host = HostUrl::parse(url)?;
-        let client = redis::Client::open(url)
+        // Checked here so that a bad URL fails at start, not in every dedicated connection.
+        redis::Client::open(host.url())
             .map_err(|e| LayerError::Config(format!("{}: {e}", host.display())))?;
         Ok(Self {
             pool: host.pool(timeout, pool_size)?,
             host,
-            client,
             healthy: AtomicBool::new(false),
             disconnects: AtomicU64::new(0),
             wake: Notify::new(),
@@ -72,23 +70,36 @@ impl Shard {
         }
     }
 
-    /// A connection of its own, for a blocking command or a health check. redis-rs' own
-    /// response timeout (500 ms) is off: the caller bounds each call, longer for a blocking pop.
+    /// A connection of its own, for a blocking command or a health check, to the host's
+    /// current master, with the [host version](HostUrl::version) it was made for (a caller
+    /// drops it when the version changes). redis-rs' own response timeout (500 ms) is off: the
+    /// caller bounds each call, longer for a blocking pop.
     pub(super) async fn dedicated(
         &self,
         timeout: Duration,
-    ) -> Result<MultiplexedConnection, LayerError> {
+    ) -> Result<(u64, MultiplexedConnection), LayerError> {
+        if let Some(error) = self.host.no_master() {
+            return Err(error);
+        }
+        let version = self.host.version();
+        let client = redis::Client::open(self.host.url())
+            .map_err(|e| self.host.unavailable(e.to_string()))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(None);
-        bounded(
+        let conn = bounded(
             &self.host,
             timeout,
             "connect",
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
+            client.get_multiplexed_async_connection_with_config(&config),
         )
-        .await
+        .await?;
+        Ok((version, conn))
+    }
+
+    /// Whether a connection made for host version `version` still goes to the master.
+    pub(super) fn is_current(&self, version: u64) -> bool {
+        self.host.version() == version
     }
 
     /// Runs one command on a pooled connection within `timeout`.
@@ -134,11 +145,26 @@ fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
 /// again after a failure (or for the first time), the memberships it holds are written again
 /// before it counts as healthy: a restarted Redis may have come back empty.
 pub(super) async fn health_loop(inner: Weak<Inner>, i: usize) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<(u64, MultiplexedConnection)> = None;
     let mut delay = Duration::from_millis(50);
+    let mut master_changes = match inner.upgrade() {
+        Some(layer) => layer.shards[i].host.master_changes(),
+        None => return,
+    };
     loop {
         let Some(layer) = inner.upgrade() else { return };
         let shard = &layer.shards[i];
+        if let Some((version, _)) = &conn
+            && !shard.is_current(*version)
+        {
+            // A Sentinel failover: the memberships go to the new master (it may have missed
+            // the latest writes), and the receive loops reconnect on their own.
+            conn = None;
+            shard.mark_down(&shard.host.unavailable(format!(
+                "the redis master moved to {}: reconnecting",
+                crate::redis::conn::redact(&shard.host.url())
+            )));
+        }
         let result = check(&layer, i, &mut conn).await;
         let wait = match result {
             Ok(()) => {
@@ -168,6 +194,7 @@ pub(super) async fn health_loop(inner: Weak<Inner>, i: usize) {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shard.wake.notified() => {}
+            () = master_changes.changed() => {}
         }
     }
 }
@@ -175,10 +202,10 @@ pub(super) async fn health_loop(inner: Weak<Inner>, i: usize) {
 async fn check(
     layer: &Inner,
     i: usize,
-    conn: &mut Option<MultiplexedConnection>,
+    conn: &mut Option<(u64, MultiplexedConnection)>,
 ) -> Result<(), LayerError> {
     let shard = &layer.shards[i];
-    let c = match conn {
+    let (_, c) = match conn {
         Some(c) => c,
         None => conn.insert(shard.dedicated(layer.timeout).await?),
     };

@@ -15,18 +15,54 @@ pub(super) async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) 
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe = Probe::default();
+    let mut master_changes = match inner.upgrade() {
+        Some(inner) => inner.shards[i].host.master_changes(),
+        None => return,
+    };
     loop {
-        ticker.tick().await;
+        // A Sentinel shard's new master is followed at once, not at the next tick.
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = master_changes.changed() => {}
+        }
         let Some(inner) = inner.upgrade() else { return };
         let shard = &inner.shards[i];
         let router = &inner.router;
-        let mut sub = shard.subscriber();
-        let ping = tokio::time::timeout(
-            inner.timeout,
-            redis::cmd("PING").query_async::<redis::Value>(&mut sub),
-        )
-        .await;
-        drop(sub);
+        if shard.follow_master() {
+            probe = Probe::default();
+        }
+        if !shard.host.has_master() {
+            // No sentinel named the master yet: nothing to ping (the watcher keeps asking).
+            let error = shard
+                .explain(
+                    shard
+                        .host
+                        .unavailable("no sentinel has named the master yet"),
+                )
+                .await;
+            let _ = shard.set_problem(Some(&error));
+            router.resync[i].store(true, Ordering::SeqCst);
+            router.connected[i].store(false, Ordering::SeqCst);
+            continue;
+        }
+        // A master switch during the PING (which may be waiting on the old, dead master)
+        // replaces the subscriber and pings the new one at once.
+        let (generation, ping) = loop {
+            let generation = router.generation[i].load(Ordering::SeqCst);
+            let mut sub = shard.subscriber();
+            let cmd = redis::cmd("PING");
+            tokio::select! {
+                ping = tokio::time::timeout(
+                    inner.timeout,
+                    cmd.query_async::<redis::Value>(&mut sub),
+                ) => break (generation, ping),
+                () = master_changes.changed() => {
+                    if shard.follow_master() {
+                        probe = Probe::default();
+                    }
+                }
+            }
+        };
         let ping = match ping {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) if !error.is_timeout() => {
@@ -34,8 +70,11 @@ pub(super) async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) 
             }
             Ok(Err(_)) | Err(_) => {
                 // No answer and no error: the connection may be black-holed or half-open, and
-                // redis-rs only reconnects on errors. Start over with a fresh one.
-                if let Err(error) = shard.replace_subscriber() {
+                // redis-rs only reconnects on errors. Start over with a fresh one, unless it
+                // was replaced meanwhile (a Sentinel master switch).
+                if router.generation[i].load(Ordering::SeqCst) == generation
+                    && let Err(error) = shard.replace_subscriber()
+                {
                     tracing::error!(%error, "cannot replace the redis subscriber");
                 }
                 Err(shard.host.unavailable(format!(

@@ -32,7 +32,14 @@
 //! probe channel cannot keep a deaf subscriber in place. Anything undecodable that arrives
 //! (forged probes included) is dropped, counted and logged. Messages published while a
 //! subscriber is disconnected are lost (at most once), as with channels_redis.
+//!
+//! A shard given as `redis+sentinel://` follows its master: when the sentinels name another
+//! one, the subscriber is replaced at once (even mid-ping) and resubscribed there, and the
+//! publisher pool empties itself (`redis/conn.rs`, `redis/sentinel/`). A Redis Cluster
+//! (`redis+cluster://`) is served by [`RedisClusterChannelLayer`] (`cluster/`), on sharded
+//! pub/sub.
 
+mod cluster;
 mod config;
 mod health;
 mod names;
@@ -48,6 +55,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
+pub(crate) use cluster::ClusterUrl;
+pub use cluster::RedisClusterChannelLayer;
 pub use config::RedisPubSubConfig;
 pub use names::group_channel;
 
@@ -102,6 +111,12 @@ impl RedisPubSubChannelLayer {
         let layer = Self::new(config)?;
         let router = &layer.inner.router;
         for shard in 0..layer.inner.shards.len() {
+            // A Sentinel shard asks for its master first (a failed lookup is retried by its
+            // watcher, and followed by the ping loop).
+            let s = &layer.inner.shards[shard];
+            if s.host.resolved(layer.inner.timeout).await {
+                s.follow_master();
+            }
             match layer.inner.resync(shard).await {
                 Ok(()) => {
                     router.resync[shard].store(false, Ordering::SeqCst);
@@ -168,6 +183,11 @@ impl RedisPubSubChannelLayer {
                 shard,
                 config.ping_interval,
             )));
+        }
+        for shard in &inner.shards {
+            if let Some(watcher) = shard.host.watcher(config.timeout) {
+                tasks.push(tokio::spawn(watcher));
+            }
         }
         tasks.push(tokio::spawn(subscriptions::reconcile_loop(
             Arc::downgrade(&inner),
@@ -447,6 +467,12 @@ impl ChannelLayer for RedisPubSubChannelLayer {
             publish_errors: c.publish_errors.load(Ordering::Relaxed),
             disconnects: c.disconnects.load(Ordering::Relaxed),
             unpositioned: self.inner.router.unpositioned.load(Ordering::Relaxed),
+            master_switches: self
+                .inner
+                .shards
+                .iter()
+                .map(|s| s.host.master_switches())
+                .sum(),
             ..self.inner.registry.stats()
         }
     }

@@ -1,25 +1,27 @@
 //! One shard's connections: the publisher pool and the subscriber connection, which can be
 //! replaced by a fresh one when it stops answering or stops hearing.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use redis::aio::ConnectionManager;
 
 use super::config::RedisPubSubConfig;
 use super::router::Router;
 use crate::error::LayerError;
-use crate::redis::conn::HostUrl;
+use crate::redis::conn::{HostPool, HostUrl};
 
 #[derive(Debug)]
 pub(super) struct Shard {
     pub(super) index: usize,
     pub(super) host: HostUrl,
-    pub(super) pool: Pool,
+    pub(super) pool: HostPool,
     /// The current subscriber connection (cloned out for each use: clones share it).
     pub(super) subscriber: Mutex<ConnectionManager>,
+    /// The [host version](HostUrl::version) the subscriber was made for: a Sentinel shard
+    /// whose master moved replaces it.
+    subscriber_version: AtomicU64,
     pub(super) router: Arc<Router>,
     pub(super) timeout: Duration,
     pub(super) reconnect_max_delay: Duration,
@@ -35,6 +37,7 @@ impl Shard {
         router: &Arc<Router>,
     ) -> Result<Self, LayerError> {
         let host = HostUrl::parse(url)?;
+        let subscriber_version = AtomicU64::new(host.version());
         let subscriber = Self::connect_subscriber(
             &host,
             index,
@@ -46,6 +49,7 @@ impl Shard {
             index,
             pool: host.pool(config.timeout, config.pool_size)?,
             subscriber: Mutex::new(subscriber),
+            subscriber_version,
             host,
             router: Arc::clone(router),
             timeout: config.timeout,
@@ -104,6 +108,8 @@ impl Shard {
     /// Drops the subscriber connection for a new one, which the next good ping resubscribes;
     /// anything the old one still delivers is ignored from now on.
     pub(super) fn replace_subscriber(&self) -> Result<(), LayerError> {
+        self.subscriber_version
+            .store(self.host.version(), Ordering::SeqCst);
         self.router.generation[self.index].fetch_add(1, Ordering::SeqCst);
         self.router.resync[self.index].store(true, Ordering::SeqCst);
         let fresh = Self::connect_subscriber(
@@ -115,5 +121,23 @@ impl Shard {
         )?;
         *self.subscriber.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
+    }
+
+    /// When a Sentinel shard's master moved since the subscriber was made: replaces the
+    /// subscriber with one to the new master (resubscribed at the next good ping) and reports
+    /// the shard not ready until then. True if it did.
+    pub(super) fn follow_master(&self) -> bool {
+        if self.subscriber_version.load(Ordering::SeqCst) == self.host.version() {
+            return false;
+        }
+        if let Err(error) = self.replace_subscriber() {
+            tracing::error!(%error, "cannot replace the redis subscriber");
+        }
+        self.router.connected[self.index].store(false, Ordering::SeqCst);
+        let _ = self.set_problem(Some(&self.host.unavailable(format!(
+            "the redis master moved to {}: resubscribing",
+            crate::redis::conn::redact(&self.host.url())
+        ))));
+        true
     }
 }
