@@ -13,8 +13,8 @@
 //! | `GET /api/openapi.json` | | the OpenAPI 3.0 document (no key needed) |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}`: `unauthorized` (401),
-//! `bad_json`, `invalid_group`, `invalid_channel`, `invalid_user`, `invalid_limit` (400),
-//! `not_found`, `history_off` (404), `too_large` (413), `channel_full` (429) and
+//! `bad_json`, `invalid_group`, `invalid_channel`, `invalid_user`, `invalid_limit`,
+//! `bad_path` (400), `not_found`, `history_off` (404), `too_large` (413), `channel_full` (429) and
 //! `layer_unavailable` (503). Bodies over `--api-max-body-bytes` (64 KiB) are refused with 413.
 //! In messages, JSON maps, lists, strings, numbers, booleans and null map to Python's types;
 //! Python `bytes` in history are shown as lists of numbers.
@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -154,17 +155,25 @@ fn group_of(raw: &str) -> Result<GroupName, ApiError> {
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "invalid_group", e.to_string()))
 }
 
-/// A Channels message from a JSON body: an object whose `type` is a string.
-fn message_of(body: &[u8]) -> Result<Message, ApiError> {
-    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, "bad_json", m);
+/// A Channels message from an API request body: a JSON object whose `type` is a string. The
+/// error says what is wrong, for the `bad_json` answer.
+pub fn parse_message(body: &[u8]) -> Result<Message, String> {
     let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
     if !value.get("type").is_some_and(serde_json::Value::is_string) {
-        return Err(bad(
-            "the body must be a JSON object with a string \"type\"".to_owned()
-        ));
+        return Err("the body must be a JSON object with a string \"type\"".to_owned());
     }
-    Message::from_serialize(&value).map_err(|e| bad(e.to_string()))
+    Message::from_serialize(&value).map_err(|e| e.to_string())
+}
+
+fn message_of(body: &[u8]) -> Result<Message, ApiError> {
+    parse_message(body).map_err(|m| ApiError(StatusCode::BAD_REQUEST, "bad_json", m))
+}
+
+/// A message as the API shows it in JSON (history answers): maps, lists, strings, numbers,
+/// booleans and null as themselves, Python `bytes` as lists of numbers.
+pub fn message_json(msg: &Message) -> serde_json::Value {
+    map_json(msg.map())
 }
 
 fn accepted() -> Response {
@@ -173,9 +182,10 @@ fn accepted() -> Response {
 
 async fn group_send(
     State(state): State<ApiState>,
-    Path(group): Path<String>,
+    group: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let group = path_param(group)?;
     let group = group_of(&group)?;
     let msg = message_of(&body)?;
     state.layer.group_send(&group, msg).await?;
@@ -184,9 +194,10 @@ async fn group_send(
 
 async fn channel_send(
     State(state): State<ApiState>,
-    Path(channel): Path<String>,
+    channel: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let channel = path_param(channel)?;
     let channel = ChannelName::new(&channel)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "invalid_channel", e.to_string()))?;
     let msg = message_of(&body)?;
@@ -196,39 +207,58 @@ async fn channel_send(
 
 async fn presence(
     State(state): State<ApiState>,
-    Path(group): Path<String>,
+    group: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let group = path_param(group)?;
     let group = group_of(&group)?;
     let read = state.layer.presence(&group).await?;
     let members: Vec<serde_json::Value> = read.members.iter().map(member_json).collect();
     Ok(axum::Json(json!({"count": members.len(), "members": members})).into_response())
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct HistoryQuery {
-    limit: Option<String>,
+/// A path parameter, or a JSON `bad_path` error where axum would answer in plain text (a
+/// percent-encoding that is not UTF-8).
+fn path_param(param: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    param
+        .map(|Path(value)| value)
+        .map_err(|rejection| ApiError(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text()))
+}
+
+/// `limit` of a history query: absent, or once as a number of messages.
+fn limit_of(query: Option<&str>) -> Result<Option<usize>, ApiError> {
+    let invalid = || {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            "limit must be given at most once, as a number of messages".to_owned(),
+        )
+    };
+    let mut limit = None;
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "limit" {
+            continue;
+        }
+        if limit.is_some() {
+            return Err(invalid());
+        }
+        limit = Some(value.parse::<usize>().map_err(|_| invalid())?);
+    }
+    Ok(limit)
 }
 
 async fn history(
     State(state): State<ApiState>,
-    Path(group): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    group: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    let group = path_param(group)?;
     let group = group_of(&group)?;
     let size = state.layer.history_size();
     if size == 0 {
         return Err(LayerError::HistoryOff.into());
     }
-    let limit = match query.limit.as_deref() {
-        None => size,
-        Some(raw) => raw.parse::<usize>().map_err(|_| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                "invalid_limit",
-                "limit must be a number of messages".to_owned(),
-            )
-        })?,
-    };
+    let limit = limit_of(query.as_deref())?.unwrap_or(size);
     let read = state.layer.history(&group, Since::Latest(limit)).await?;
     let messages: Vec<serde_json::Value> = read
         .messages
@@ -236,7 +266,7 @@ async fn history(
         .map(|m| {
             json!({
                 "offset": m.position().map_or(0, |p| p.offset),
-                "message": map_json(m.map()),
+                "message": message_json(m),
             })
         })
         .collect();
@@ -250,8 +280,9 @@ async fn history(
 
 async fn disconnect(
     State(state): State<ApiState>,
-    Path(user): Path<String>,
+    user: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let user = path_param(user)?;
     if user.is_empty() || user.len() > 256 {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
