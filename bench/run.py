@@ -29,6 +29,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import http.client
 import http.cookiejar
 import json
 import os
@@ -38,6 +39,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -422,6 +424,115 @@ def history_cost(redis, args):
     return out
 
 
+API_KEY = "bench-api-key-0123456789abcdef"
+
+
+def api_get(port, path):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"X-API-Key": API_KEY})
+    with urllib.request.urlopen(req, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def api_publish_rate(port, seconds=5.0, threads=8):
+    """POST /api/groups/{g}/send from `threads` keep-alive connections for `seconds`: requests
+    per second answered 202."""
+    body = json.dumps({"type": "chat.message", "message": "bench"})
+    headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
+    counts, errors = [0] * threads, []
+    deadline = time.time() + seconds
+
+    def worker(i):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            while time.time() < deadline:
+                conn.request("POST", f"/api/groups/apipub{i}/send", body, headers)
+                answer = conn.getresponse()
+                answer.read()
+                if answer.status != 202:
+                    errors.append(answer.status)
+                    return
+                counts[i] += 1
+        finally:
+            conn.close()
+
+    started = time.time()
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return {"requests_per_sec": sum(counts) / (time.time() - started),
+            "threads": threads, "errors": errors[:5]}
+
+
+def presence_cost(redis, args):
+    """Issue 15: S-connect and idle memory per connection with presence off and on (alternating,
+    median of args.presence_runs each); the presence of one group of args.big_group members read
+    through the API (latency p50/p99); API publish requests per second."""
+    out = {"runs": []}
+    env_on = {"CHANNELS_PRESENCE": "1"}
+    for run in range(args.presence_runs):
+        for label, env in (("off", {}), ("on", env_on)):
+            system = System("rust", redis, replicas=1, env=env)
+            try:
+                r = loadgen("idle", system, ["--connections", args.connect_identity,
+                                             "--groups", 100, "--hold", 3, "--source-ips", 4,
+                                             "--connect-concurrency", 100,
+                                             "--tag", f"p{run}{label}"], timeout=600)
+            finally:
+                system.stop()
+            if "error" in r:
+                out["runs"].append({"presence": label, "error": r["error"]})
+                log(f"  presence {label}: {r['error']}")
+                continue
+            row = {"presence": label, "connects_per_sec": r["connect"]["per_second"],
+                   "handshake_p99_ms": r["connect"]["handshake_ms"]["p99"],
+                   "rss_per_connection_bytes": r["rss_per_connection_bytes"]}
+            out["runs"].append(row)
+            log(f"  presence {label}: {row['connects_per_sec']:.0f} connects/s, "
+                f"{row['rss_per_connection_bytes'] / 1024:.1f} KiB/conn")
+    for label in ("off", "on"):
+        for key in ("connects_per_sec", "rss_per_connection_bytes"):
+            values = sorted(x[key] for x in out["runs"] if x["presence"] == label and key in x)
+            out[f"{label}_median_{key}"] = values[len(values) // 2] if values else None
+    # One group of big_group members held while the API reads its presence.
+    api_port = free_port()
+    system = System("rust", redis, replicas=1,
+                    env={**env_on, "CHANNELS_API_BIND": f"127.0.0.1:{api_port}",
+                         "CHANNELS_API_KEY": API_KEY})
+    holder = subprocess.Popen(
+        [str(LOADGEN), "idle", "--protocol", "seed", "--url", system.urls[0],
+         "--connections", str(args.big_group), "--groups", "1", "--hold", "60",
+         "--source-ips", "2", "--connect-concurrency", "200", "--tag", "pbig"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        count = 0
+        while time.time() < deadline and count < args.big_group:
+            count = api_get(api_port, "/api/groups/pbigidle0/presence")["count"]
+            time.sleep(0.5)
+        times = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            count = api_get(api_port, "/api/groups/pbigidle0/presence")["count"]
+            times.append((time.perf_counter() - t0) * 1000)
+        times.sort()
+        out["big_group_read"] = {"members": count, "reads": len(times),
+                                 "p50_ms": times[len(times) // 2],
+                                 "p99_ms": times[int(len(times) * 0.99) - 1]}
+        log(f"  presence of a {count}-member group through the API: "
+            f"p50 {out['big_group_read']['p50_ms']:.1f} ms, "
+            f"p99 {out['big_group_read']['p99_ms']:.1f} ms")
+        out["api_publish"] = api_publish_rate(api_port)
+        log(f"  API publish: {out['api_publish']['requests_per_sec']:.0f} requests/s "
+            f"({out['api_publish']['threads']} keep-alive clients)")
+    finally:
+        holder.terminate()
+        holder.wait(timeout=30)
+        system.stop()
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -449,6 +560,8 @@ def main():
                    help="S-history: alternating runs with history off and on")
     p.add_argument("--storm", type=int, default=1000,
                    help="S-history: clients resuming at once in the reconnect storm")
+    p.add_argument("--presence-runs", type=int, default=3,
+                   help="S-presence: alternating connect runs with presence off and on")
     p.add_argument("--skip", default="", help="comma-separated scenarios to skip")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -529,6 +642,9 @@ def main():
         if "history" not in skip and "rust" in args.systems.split(","):
             log("== history (rust)")
             results["history"] = history_cost(redis, args)
+        if "presence" not in skip and "rust" in args.systems.split(","):
+            log("== presence (rust)")
+            results["presence"] = presence_cost(redis, args)
         if "connect-identity" not in skip and "rust" in args.systems.split(","):
             log("== connect-identity (rust)")
             results["connect_identity"] = connect_identity(redis, args)
@@ -645,6 +761,29 @@ def render(results):
                          f"{storm['recover_ms']['p99']:.0f} ms); {storm['failed']} failed.")
         elif storm:
             lines.append(f"Reconnect storm: {storm.get('error')}")
+    presence = results.get("presence")
+    if presence:
+        def fmt(v, scale=1.0, spec=",.0f"):
+            return "n/a" if v is None else format(v / scale, spec)
+        c_off = presence.get("off_median_connects_per_sec")
+        c_on = presence.get("on_median_connects_per_sec")
+        share = f"{c_on / c_off:.0%}" if c_off and c_on else "n/a"
+        lines += ["", "S-presence (rust, one replica; median of alternating runs):", "",
+                  "| metric | presence off | presence on |", "|---|---|---|",
+                  f"| connections/s (S-connect) | {fmt(c_off)} | {fmt(c_on)} ({share} of off) |",
+                  f"| idle memory per connection (KiB) | "
+                  f"{fmt(presence.get('off_median_rss_per_connection_bytes'), 1024, '.1f')} | "
+                  f"{fmt(presence.get('on_median_rss_per_connection_bytes'), 1024, '.1f')} |",
+                  ""]
+        read = presence.get("big_group_read")
+        if read:
+            lines.append(f"Presence of one group of {read['members']} members through the API: "
+                         f"p50 {read['p50_ms']:.1f} ms, p99 {read['p99_ms']:.1f} ms "
+                         f"({read['reads']} reads).")
+        pub = presence.get("api_publish")
+        if pub:
+            lines.append(f"API publish: {pub['requests_per_sec']:,.0f} requests/s from "
+                         f"{pub['threads']} keep-alive Python clients (errors: {pub['errors']}).")
     return "\n".join(lines)
 
 
