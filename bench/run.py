@@ -34,6 +34,7 @@ import http.cookiejar
 import json
 import os
 import platform
+import random
 import shutil
 import socket
 import subprocess
@@ -106,12 +107,27 @@ class Redis:
         self.proc.wait(timeout=10)
 
 
+def cluster_port():
+    """A free port whose cluster bus port (10,000 higher) is free too: Redis refuses cluster
+    ports above 55535, where the kernel's ephemeral ports (free_port) usually are."""
+    for _ in range(1000):
+        port = random.randint(20000, 45000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node between 20000 and 55000")
+
+
 class RedisCluster:
     """Three cluster-enabled redis-server masters (no replicas), joined with redis-cli."""
 
     def __init__(self, masters=3):
         self.dir = tempfile.mkdtemp(prefix="bench-cluster-")
-        self.ports = [free_port() for _ in range(masters)]
+        self.ports = [cluster_port() for _ in range(masters)]
         self.procs = []
         for port in self.ports:
             node_dir = os.path.join(self.dir, str(port))
@@ -648,14 +664,17 @@ def main():
         if "connect-identity" not in skip and "rust" in args.systems.split(","):
             log("== connect-identity (rust)")
             results["connect_identity"] = connect_identity(redis, args)
+    except BaseException as error:
+        # What was measured before a failure is kept, with the failure.
+        results["failed"] = f"{type(error).__name__}: {error}"
+        raise
     finally:
         redis.stop()
-
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(exist_ok=True)
-    path = out_dir / (started.strftime("%Y-%m-%dT%H%M%SZ") + ".json")
-    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    log(f"results: {path.relative_to(ROOT)}")
+        out_dir = ROOT / "bench" / "results"
+        out_dir.mkdir(exist_ok=True)
+        path = out_dir / (started.strftime("%Y-%m-%dT%H%M%SZ") + ".json")
+        path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        log(f"results: {path.relative_to(ROOT)}")
     print(render(results))
 
 

@@ -11,6 +11,7 @@ use channels_layer::{
     RedisChannelLayer, RedisClusterChannelLayer, RedisCoreConfig, RedisPubSubChannelLayer,
     RedisPubSubConfig,
 };
+use clap::builder::BoolishValueParser;
 use clap::{Parser, ValueEnum};
 
 use crate::identity::{Authenticator, ConnectHook, TokenVerifier};
@@ -104,7 +105,8 @@ pub struct Config {
     /// the traffic: prefer giving the CA with SSL_CERT_FILE. Logged as a warning at start.
     #[arg(
         long = "redis-tls-insecure-skip-verify",
-        env = "CHANNELS_REDIS_TLS_INSECURE_SKIP_VERIFY"
+        env = "CHANNELS_REDIS_TLS_INSECURE_SKIP_VERIFY",
+        value_parser = BoolishValueParser::new()
     )]
     pub redis_tls_insecure_skip_verify: bool,
 
@@ -137,7 +139,7 @@ pub struct Config {
 
     /// Presence: who is in each group, across replicas (README, "Presence and the server
     /// API"). Group WebSocket URLs then take `?presence=1` for the list and join/leave events.
-    #[arg(long, env = "CHANNELS_PRESENCE")]
+    #[arg(long, env = "CHANNELS_PRESENCE", value_parser = BoolishValueParser::new())]
     pub presence: bool,
 
     /// Serve the server API on this (private) address: publish, presence, history and
