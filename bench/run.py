@@ -401,7 +401,8 @@ def fixed_rates(redis, args):
     Reports, per system and rate, the spread of the server CPU per delivery and of p99, the
     loss, and each system's median CPU per delivery over the floor's and Socket.IO's over ours.
     """
-    kinds = [k for k in args.systems.split(",") if k in args.fixed_systems.split(",")]
+    kinds = [k for k in args.systems.split(",")
+             if k in args.fixed_systems.split(",") and k != "floor"]
     kinds.append("floor")
     rates = [int(r) for r in args.fixed_rates.split(",")]
     out = {"rates": rates, "kinds": kinds, "seconds": args.fixed_seconds,
@@ -688,6 +689,9 @@ def main():
             log("== fixed rates")
             results["fixed"] = fixed_rates(redis, args)
         for kind in args.systems.split(","):
+            if kind == "floor":
+                log("== floor: it runs in the fixed scenario only (one process, no layer)")
+                continue
             res = results["systems"].setdefault(kind, {})
             log(f"== {kind}")
             if kind in FANOUT_ONLY:
