@@ -419,6 +419,7 @@ def fixed_rates(redis, args):
             ok = [x for x in runs if "error" not in x]
             out["summary"].setdefault(kind, {})[str(rate)] = {
                 "cpu_per_delivery_us": spread(x["cpu_per_delivery_us"] for x in ok),
+                "redis_cpu_per_delivery_us": spread(x["redis_cpu_per_delivery_us"] for x in ok),
                 "p99_ms": spread(x["latency_ms"]["p99"] for x in ok),
                 "lost_max": max((x["lost"] for x in ok), default=None),
                 "delivered_per_sec": spread(x["delivered_per_sec"] for x in ok),
@@ -788,16 +789,19 @@ def render_fixed(fixed):
              f"run(s), the systems alternating; CPU per delivery is server CPU-seconds per "
              f"million deliveries; the floor is bench/floor.c):", "",
              "| deliveries/s | system | CPU per delivery (µs) | p99 (ms) | lost (most in a run) "
-             "| delivered/s |", "|---|---|---|---|---|---|"]
+             "| delivered/s | Redis CPU per delivery (µs, median; not in the ratios) |",
+             "|---|---|---|---|---|---|---|"]
     for rate in fixed["rates"]:
         for kind in fixed["kinds"]:
             row = fixed["summary"][kind][str(rate)]
             lost = "n/a" if row["lost_max"] is None else f"{row['lost_max']:,}"
             errors = f" ({len(row['errors'])} failed: {row['errors'][0]})" if row["errors"] else ""
             delivered = (row["delivered_per_sec"] or {}).get("median")
+            redis_us = (row.get("redis_cpu_per_delivery_us") or {}).get("median")
             lines.append(f"| {rate:,} | {kind} | {cell(row['cpu_per_delivery_us'], '.2f')} | "
                          f"{cell(row['p99_ms'], '.1f')} | {lost}{errors} | "
-                         f"{'n/a' if delivered is None else f'{delivered:,.0f}'} |")
+                         f"{'n/a' if delivered is None else f'{delivered:,.0f}'} | "
+                         f"{'n/a' if kind == 'floor' or redis_us is None else f'{redis_us:.2f}'} |")
     names = [f"{k}/floor" for k in fixed["kinds"] if k != "floor"]
     if "rust" in fixed["kinds"] and "socketio" in fixed["kinds"]:
         names.append("socketio/rust")
