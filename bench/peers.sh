@@ -11,6 +11,8 @@
 #   bench/peers.sh rust-core PORT REDIS_URL   # the same with --layer redis-core
 #   bench/peers.sh rust-history PORT REDIS_URL # rust with --history-size 100 (issue 14)
 #   bench/peers.sh rust-cluster PORT redis+cluster://...  # the pub/sub layer on a Redis Cluster
+#   bench/peers.sh floor    PORT REDIS_URL    # bench/floor.c (issue 18): no WebSocket library, no
+#                                             # channel layer, one process; REDIS_URL is unused
 #   bench/peers.sh wait KIND PORT [SECONDS]   # exit 0 once KIND on 127.0.0.1:PORT is ready (default 30 s)
 #   bench/peers.sh ready-path KIND            # print the readiness path for KIND
 #
@@ -20,6 +22,7 @@
 #                                       on the first group_add, so this does not prove Redis is up
 #   rust      /readyz                   the channel layer is connected (/healthz is liveness only
 #                                       and answers as soon as the port is open)
+#   floor     /readyz                   the port is open (it has nothing else to wait for)
 #
 # Every server binds 127.0.0.1:PORT. Environment knobs (all optional):
 #   PEERS_NOFILE=1048576   open-file limit set before exec (the machine's default is 20000, too
@@ -31,6 +34,8 @@
 #                          (daphne -v 0 sends its own warnings to stderr, which is kept)
 #   PEERS_RUST_BIN=PATH    the Rust binary (default ${CARGO_TARGET_DIR:-target}/release/channels-server)
 #   PEERS_RUST_WORKERS=N   the Rust replicas' --workers (default 1: two replicas, two cores)
+#   PEERS_FLOOR_BIN=PATH   the floor (default ${CARGO_TARGET_DIR:-target}/bench/floor, built by
+#                          bench/run.sh with cc -O2)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -64,8 +69,8 @@ ready_path() {
     case "$1" in
         socketio) echo "/healthz" ;;
         django) echo "/chatgroup?groupID=1" ;;
-        rust | rust-core | rust-history | rust-cluster) echo "/readyz" ;;
-        *) die "unknown kind '$1' (socketio, django, rust, rust-core, rust-history or rust-cluster)" ;;
+        rust | rust-core | rust-history | rust-cluster | floor) echo "/readyz" ;;
+        *) die "unknown kind '$1' (socketio, django, rust, rust-core, rust-history, rust-cluster or floor)" ;;
     esac
 }
 
@@ -82,6 +87,10 @@ http_status() {
 
 rust_bin() {
     echo "${PEERS_RUST_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/channels-server}"
+}
+
+floor_bin() {
+    echo "${PEERS_FLOOR_BIN:-${CARGO_TARGET_DIR:-$root/target}/bench/floor}"
 }
 
 cmd="${1:-}"
@@ -131,6 +140,15 @@ case "$cmd" in
             --max-messages-per-second 0 --max-connections-per-ip 0 --max-http-connections-per-ip 0 \
             --workers "${PEERS_RUST_WORKERS:-1}" "${extra[@]}"
         ;;
+    floor)
+        # The same arguments as the others, so the driver starts every kind alike; the floor has
+        # no channel layer, so one process serves every group and REDIS_URL goes unused.
+        need_port_url "$@"
+        bin="$(floor_bin)"
+        [ -x "$bin" ] || die "$bin is missing: cc -O2 -o $bin bench/floor.c (bench/run.sh does it)"
+        raise_nofile
+        exec "$bin" "$1" "${PEERS_BACKLOG:-1024}"
+        ;;
     wait)
         [ $# -ge 2 ] || usage
         kind="$1" port="$2" secs="${3:-30}"
@@ -156,5 +174,5 @@ case "$cmd" in
         echo "bench/peers.sh: setup done" >&2
         ;;
     -h | --help | help | "") usage ;;
-    *) die "unknown subcommand '$cmd' (setup, socketio, django, rust, wait, ready-path)" ;;
+    *) die "unknown subcommand '$cmd' (setup, socketio, django, rust, rust-core, rust-history, rust-cluster, floor, wait, ready-path)" ;;
 esac

@@ -8,12 +8,21 @@ Systems, two replicas each on one redis-server started here:
             (sharded pub/sub; S-fanout only), next to "rust" on one Redis
   django    the tutorial's Django app under daphne with channels_redis' RedisPubSubChannelLayer
   socketio  Socket.IO 4 on Node with @socket.io/redis-adapter (bench/socketio)
+  floor     bench/floor.c, one process: no WebSocket library, no channel layer, one write per
+            delivery (the "fixed" scenario's yardstick, not a system of its own)
 
 Scenarios (issue 5, reference/performance.md):
+  fixed        S-fanout's shape at fixed rates of 10,000, 30,000 and 50,000 deliveries/s
+               (--fixed-rates), each --fixed-runs times with the systems alternating within each
+               repetition, the floor among them: per system and rate the median and the spread
+               (min-max) of the server CPU per delivery (µs, i.e. CPU-seconds per million
+               deliveries) and of p99, the loss, and each system's CPU per delivery over the
+               floor's (issue 18)
   S-fanout     10-member groups spread over both replicas, one publisher per group; the offered
-               rate doubles each step, then three bisection steps narrow the limit between the
-               last passing and the failing rate; the result is the highest delivered messages/s with zero
-               loss, no duplicate or reorder, and p99 < 50 ms
+               rate doubles each step, then bisection steps (--bisect, at most) narrow the limit
+               between the last passing and the failing rate until they are within
+               --bisect-precision of each other; the result is the highest delivered messages/s
+               with zero loss, no duplicate or reorder, and p99 < 50 ms
   S-big-group  one group of 5,000 members over both replicas, one publisher at 10 messages/s
   S-idle       idle connections joined to groups on ONE replica: RSS per connection, idle CPU
   S-connect    connections per second (handshake plus group join), from the S-idle connect phase
@@ -37,6 +46,7 @@ import platform
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "target" / "release" / "channels-loadgen"
 PEERS = ROOT / "bench" / "peers.sh"
 PROTOCOL = {"rust": "seed", "rust-core": "seed", "rust-cluster": "seed", "django": "seed",
-            "socketio": "socketio", "rust-history": "seed-recover"}
+            "socketio": "socketio", "rust-history": "seed-recover", "floor": "seed"}
 # Extra load generator arguments per system: rust-history's clients use the recovery mode.
 QUERY = {"rust-history": "recover=1"}
 # Systems that run S-fanout only.
@@ -239,7 +249,8 @@ def brief(r):
 
 def fanout_sweep(system, args):
     """Doubles the publish rate until a step fails, then bisects between the last passing and
-    the failing rate (--bisect steps); returns (best step, all steps)."""
+    the failing rate (at most --bisect steps, until they are within --bisect-precision);
+    returns (best step, all steps)."""
     best, steps = None, []
     tag = 0
 
@@ -267,8 +278,11 @@ def fanout_sweep(system, args):
         best = steps[-1]
         rate *= 2
     if best is not None and failed is not None:
+        # The p99 cliff lies between low and high: halve that gap until it is narrow enough.
         low, high = best["rate_per_publisher"], failed
         for _ in range(args.bisect):
+            if (high - low) / low <= args.bisect_precision:
+                break
             mid = round((low + high) / 2, 3)
             if step(mid):
                 best, low = steps[-1], mid
@@ -384,6 +398,82 @@ def cpu_per_delivery_us(r, pids=None):
         return None
     cpu = sum(p["cpu_percent"] for p in r["servers"] if pids is None or p["pid"] in pids)
     return cpu / 100 * 1e6 / r["delivered_per_sec"]
+
+
+def spread(values):
+    """The median, min and max of the values that are not None, or None if there are none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": len(values)}
+
+
+def fixed_rates(redis, args):
+    """Issue 18: S-fanout at fixed delivery rates, every system and the floor, alternating.
+
+    For each repetition and rate, every system runs once (a fresh start each time, the order
+    rotated by one per repetition), so that a slow minute of the shared machine hits them all.
+    Reports, per system and rate, the spread of the server CPU per delivery and of p99, the
+    loss, and each system's median CPU per delivery over the floor's and Socket.IO's over ours.
+    """
+    kinds = [k for k in args.systems.split(",")
+             if k in args.fixed_systems.split(",") and k != "floor"]
+    kinds.append("floor")
+    rates = [int(r) for r in args.fixed_rates.split(",")]
+    out = {"rates": rates, "kinds": kinds, "seconds": args.fixed_seconds,
+           "groups": args.groups, "members": 10, "runs": []}
+    for run in range(args.fixed_runs):
+        order = kinds[run % len(kinds):] + kinds[:run % len(kinds)]
+        for rate in rates:
+            for kind in order:
+                out["runs"].append(fixed_run(kind, rate, run, redis, args))
+    out["summary"], out["ratios"] = {}, {}
+    for kind in kinds:
+        for rate in rates:
+            runs = [x for x in out["runs"] if x["kind"] == kind and x["rate"] == rate]
+            ok = [x for x in runs if "error" not in x]
+            out["summary"].setdefault(kind, {})[str(rate)] = {
+                "cpu_per_delivery_us": spread(x["cpu_per_delivery_us"] for x in ok),
+                "redis_cpu_per_delivery_us": spread(x["redis_cpu_per_delivery_us"] for x in ok),
+                "p99_ms": spread(x["latency_ms"]["p99"] for x in ok),
+                "lost_max": max((x["lost"] for x in ok), default=None),
+                "delivered_per_sec": spread(x["delivered_per_sec"] for x in ok),
+                "errors": [x["error"] for x in runs if "error" in x],
+            }
+    for rate in rates:
+        cpu = {k: (out["summary"][k][str(rate)]["cpu_per_delivery_us"] or {}).get("median")
+               for k in kinds}
+        ratios = {f"{k}/floor": cpu[k] / cpu["floor"] for k in kinds
+                  if k != "floor" and cpu[k] and cpu["floor"]}
+        if cpu.get("socketio") and cpu.get("rust"):
+            ratios["socketio/rust"] = cpu["socketio"] / cpu["rust"]
+        out["ratios"][str(rate)] = ratios
+    return out
+
+
+def fixed_run(kind, rate, run, redis, args):
+    """One fixed-rate S-fanout run of `kind` at `rate` deliveries/s: 1 publisher per 10-member
+    group at rate / (groups * 10) messages/s. The floor is one process (it has no channel layer
+    to join its replicas); the others are two replicas on `redis`."""
+    system = System(kind, redis, replicas=1 if kind == "floor" else 2)
+    try:
+        # Redis' CPU is read too (not counted in the server's): the floor does not use it.
+        pids = system.pids + ([] if kind == "floor" else [redis.proc.pid])
+        r = loadgen("fanout", system, ["--groups", args.groups, "--members", 10,
+                                       "--publishers", 1, "--rate", rate / (args.groups * 10),
+                                       "--duration", args.fixed_seconds, "--drain", 2,
+                                       "--tag", f"x{run}r{rate // 1000}{kind.replace('-', '')}"],
+                    pids=pids)
+    finally:
+        system.stop()
+    us = cpu_per_delivery_us(r, system.pids)
+    row = {"kind": kind, "rate": rate, "run": run, "cpu_per_delivery_us": us,
+           "redis_cpu_per_delivery_us": cpu_per_delivery_us(r, [redis.proc.pid]), **brief(r)}
+    log(f"  fixed {kind} at {rate:,}/s, run {run + 1}: " + (r.get("error") or
+        f"{r['delivered_per_sec']:,.0f} delivered/s, lost {r['lost']}, {us:.2f} µs server CPU "
+        f"per delivery, p99 {r['latency_ms']['p99']:.1f} ms"))
+    return row
 
 
 def history_cost(redis, args):
@@ -560,8 +650,21 @@ def main():
                    help="the same for daphne, which saturates far earlier")
     p.add_argument("--max-rate", type=float, default=2000.0)
     p.add_argument("--step-seconds", type=float, default=5.0)
-    p.add_argument("--bisect", type=int, default=3,
-                   help="S-fanout: bisection steps between the last passing and the failing rate")
+    p.add_argument("--bisect", type=int, default=6,
+                   help="S-fanout: at most this many bisection steps between the last passing "
+                        "and the failing rate")
+    p.add_argument("--bisect-precision", type=float, default=0.02,
+                   help="S-fanout: stop bisecting once the failing rate is within this fraction "
+                        "of the passing one")
+    p.add_argument("--fixed-rates", default="10000,30000,50000",
+                   help="fixed: delivery rates (deliveries/s over all members)")
+    p.add_argument("--fixed-runs", type=int, default=3,
+                   help="fixed: repetitions of every rate for every system")
+    p.add_argument("--fixed-seconds", type=float, default=10.0,
+                   help="fixed: publishing time of each run")
+    p.add_argument("--fixed-systems", default="rust,socketio",
+                   help="fixed: which of --systems to run (seed or Socket.IO protocol: rust, "
+                        "rust-core, socketio, django); the floor always runs")
     p.add_argument("--big-group", type=int, default=5000)
     # 50,000 is the issue's figure; a process here may hold at most 20,000 descriptors (a hard
     # RLIMIT_NOFILE that root cannot raise without CAP_SYS_RESOURCE), so one replica holds 19,000.
@@ -599,7 +702,13 @@ def main():
     redis = Redis()
     log(f"redis-server on {redis.url}")
     try:
+        if "fixed" not in skip:
+            log("== fixed rates")
+            results["fixed"] = fixed_rates(redis, args)
         for kind in args.systems.split(","):
+            if kind == "floor":
+                log("== floor: it runs in the fixed scenario only (one process, no layer)")
+                continue
             res = results["systems"].setdefault(kind, {})
             log(f"== {kind}")
             if kind in FANOUT_ONLY:
@@ -684,11 +793,53 @@ def f_best(systems, kind):
     return best.get("delivered_per_sec")
 
 
+def render_fixed(fixed):
+    """The fixed-rate tables: per rate and system the medians with their spreads, then the
+    ratios of the medians."""
+    def cell(v, spec):
+        if not v:
+            return "n/a"
+        return (f"{v['median']:{spec}} ({v['min']:{spec}}–{v['max']:{spec}})"
+                if v["runs"] > 1 else f"{v['median']:{spec}}")
+
+    runs = max((x["run"] for x in fixed["runs"]), default=0) + 1
+    lines = [f"S-fanout at fixed rates ({fixed['groups']} groups of {fixed['members']}, one "
+             f"publisher each, {fixed['seconds']:g} s per run; median (min–max) of {runs} "
+             f"run(s), the systems alternating; CPU per delivery is server CPU-seconds per "
+             f"million deliveries; the floor is bench/floor.c):", "",
+             "| deliveries/s | system | CPU per delivery (µs) | p99 (ms) | lost (most in a run) "
+             "| delivered/s | Redis CPU per delivery (µs, median; not in the ratios) |",
+             "|---|---|---|---|---|---|---|"]
+    for rate in fixed["rates"]:
+        for kind in fixed["kinds"]:
+            row = fixed["summary"][kind][str(rate)]
+            lost = "n/a" if row["lost_max"] is None else f"{row['lost_max']:,}"
+            errors = f" ({len(row['errors'])} failed: {row['errors'][0]})" if row["errors"] else ""
+            delivered = (row["delivered_per_sec"] or {}).get("median")
+            redis_us = (row.get("redis_cpu_per_delivery_us") or {}).get("median")
+            lines.append(f"| {rate:,} | {kind} | {cell(row['cpu_per_delivery_us'], '.2f')} | "
+                         f"{cell(row['p99_ms'], '.1f')} | {lost}{errors} | "
+                         f"{'n/a' if delivered is None else f'{delivered:,.0f}'} | "
+                         f"{'n/a' if kind == 'floor' or redis_us is None else f'{redis_us:.2f}'} |")
+    names = [f"{k}/floor" for k in fixed["kinds"] if k != "floor"]
+    if "rust" in fixed["kinds"] and "socketio" in fixed["kinds"]:
+        names.append("socketio/rust")
+    lines += ["", "Ratios of the median CPU per delivery:", "",
+              "| deliveries/s | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for rate in fixed["rates"]:
+        ratios = fixed["ratios"][str(rate)]
+        lines.append(f"| {rate:,} | " + " | ".join(
+            f"{ratios[n]:.2f}x" if n in ratios else "n/a" for n in names) + " |")
+    return lines + [""]
+
+
 def render(results):
     """A Markdown summary with ratios to the other systems."""
     s = results["systems"]
     lines = [f"Run {results['date']} on {results['machine']['cpus']} CPUs "
              f"({results['machine']['cpu']}), `{results['command']}`", ""]
+    if results.get("fixed"):
+        lines += render_fixed(results["fixed"])
 
     def get(kind, *path):
         v = s.get(kind, {})
@@ -704,9 +855,11 @@ def render(results):
     def ratio(a, b):
         return f"{a / b:.1f}x" if a and b else "n/a"
 
-    kinds = list(s)
-    lines.append("| metric | " + " | ".join(kinds) + " | rust vs socketio | rust vs django |")
-    lines.append("|---" * (len(kinds) + 3) + "|")
+    # The systems that ran a per-system scenario (none when only "fixed" and the like ran).
+    kinds = [k for k in s if s[k]]
+    if kinds:
+        lines.append("| metric | " + " | ".join(kinds) + " | rust vs socketio | rust vs django |")
+        lines.append("|---" * (len(kinds) + 3) + "|")
     rows = [
         ("S-fanout: max delivered msg/s (0 loss, p99 < 50 ms)",
          lambda k: get(k, "fanout", "best", "delivered_per_sec"), True),
@@ -723,7 +876,7 @@ def render(results):
         ("S-connect: connections/s", lambda k: get(k, "idle", "connect", "per_second"), True),
         ("echo: round trips/s (100 conns)", lambda k: get(k, "echo", "round_trips_per_sec"), True),
     ]
-    for name, f, higher_better in rows:
+    for name, f, higher_better in rows if kinds else ():
         vals = [f(k) for k in kinds]
         cells = [("n/a" if v is None else (f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"))
                  for v in vals]

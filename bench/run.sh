@@ -9,14 +9,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for program in redis-server redis-cli node npm python3; do
+for program in redis-server redis-cli node npm python3 cc; do
   command -v "$program" >/dev/null || {
-    echo "bench/run.sh: $program not found: install the Debian packages redis-server redis-tools nodejs npm python3" >&2
+    echo "bench/run.sh: $program not found: install the Debian packages redis-server redis-tools nodejs npm python3 gcc" >&2
     exit 1
   }
 done
 cargo build --release --locked -p channels-server -p system-tests \
   --bin channels-server --bin channels-loadgen
+# The floor (bench/floor.c): the yardstick of the "fixed" scenario; bench/peers.sh floor runs it.
+mkdir -p "${CARGO_TARGET_DIR:-target}/bench"
+cc -O2 -Wall -Wextra -o "${CARGO_TARGET_DIR:-target}/bench/floor" bench/floor.c
 scripts/python-venv.sh
 bench/peers.sh setup
 # 50,000 idle connections need 100,000 descriptors on this side and the server's.
