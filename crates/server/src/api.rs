@@ -242,7 +242,11 @@ fn limit_of(query: Option<&str>) -> Result<Option<usize>, ApiError> {
         if limit.is_some() {
             return Err(invalid());
         }
-        limit = Some(value.parse::<usize>().map_err(|_| invalid())?);
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        // More than the history holds is all of it, however many digits it has.
+        limit = Some(value.parse::<usize>().unwrap_or(usize::MAX));
     }
     Ok(limit)
 }
@@ -335,6 +339,25 @@ mod tests {
         );
         for bad in [&b"not json"[..], b"[]", b"{}", br#"{"type": 5}"#, b"\xff"] {
             assert!(message_of(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_limit_is_digits_once_and_a_huge_one_is_everything() {
+        assert_eq!(limit_of(None).ok(), Some(None));
+        assert_eq!(limit_of(Some("limit=5&x=1")).ok(), Some(Some(5)));
+        // Found by schemathesis: a schema-valid integer over u64.
+        let huge = "limit=19146186112826501871175753700959322112";
+        assert_eq!(limit_of(Some(huge)).ok(), Some(Some(usize::MAX)));
+        for bad in [
+            "limit=",
+            "limit=-1",
+            "limit=+5",
+            "limit=1.5",
+            "limit=a",
+            "limit=1&limit=2",
+        ] {
+            assert!(limit_of(Some(bad)).is_err(), "{bad}");
         }
     }
 
