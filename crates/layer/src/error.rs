@@ -7,7 +7,7 @@ use crate::name::{ChannelName, NameError};
 ///
 /// Variants name what happened; a caller that wants Channels' semantics matches
 /// [`LayerError::ChannelFull`] (Python's `ChannelFull`) and treats the rest as failures.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum LayerError {
     /// `send` found the channel's queue at capacity; the message was not queued.

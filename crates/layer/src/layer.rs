@@ -92,6 +92,21 @@ pub trait ChannelLayer: Send + Sync + fmt::Debug + 'static {
         ttl: std::time::Duration,
     ) -> Result<(), LayerError>;
 
+    /// [`presence_add`](Self::presence_add) for many members at once: a replica's joins of one
+    /// moment, or its refresh. A Redis layer sends them in as few calls as their places allow;
+    /// this default adds them one by one. On an error some may have been added: the caller
+    /// adds them all again (adding is idempotent).
+    async fn presence_add_many(
+        &self,
+        entries: &[(GroupName, PresenceMember)],
+        ttl: std::time::Duration,
+    ) -> Result<(), LayerError> {
+        for (group, member) in entries {
+            self.presence_add(group, member, ttl).await?;
+        }
+        Ok(())
+    }
+
     /// Removes the member with `channel` from `group`'s presence; true if it was there.
     async fn presence_remove(
         &self,

@@ -75,7 +75,8 @@ macro_rules! conformance_suite {
             close_refuses_further_calls,
             history_is_off_by_default,
             presence_follows_joins_and_leaves,
-            presence_reports_an_expired_member_once
+            presence_reports_an_expired_member_once,
+            presence_adds_many_at_once
             $(, $extra)*
         );
     };
@@ -821,4 +822,46 @@ pub async fn presence_reports_an_expired_member_once(make: Make) {
     assert_eq!(users(&read.expired), ["gone"]);
     let again = layer.presence(&g).await.expect("presence");
     assert!(again.expired.is_empty(), "reported once: {again:?}");
+}
+
+/// `presence_add_many` adds every member to its own group, across more members than one Redis
+/// call takes, and refreshes members already there.
+pub async fn presence_adds_many_at_once(make: Make) {
+    let layer = layer(make).await;
+    let ttl = Duration::from_secs(30);
+    let groups = [group("many-a"), group("many-b"), group("many-c")];
+    let entries: Vec<(GroupName, PresenceMember)> = (0..600)
+        .map(|i| {
+            let g = groups[i % groups.len()].clone();
+            (g, member(&format!("user{i}"), &format!("specific.x!m{i}")))
+        })
+        .collect();
+    layer
+        .presence_add_many(&entries, ttl)
+        .await
+        .expect("presence_add_many");
+    layer
+        .presence_add_many(&entries[..10], ttl)
+        .await
+        .expect("a refresh");
+    for g in &groups {
+        let read = layer.presence(g).await.expect("presence");
+        let mut want: Vec<String> = entries
+            .iter()
+            .filter(|(eg, _)| eg == g)
+            .map(|(_, m)| m.user.clone())
+            .collect();
+        want.sort();
+        assert_eq!(users(&read.members), want, "{g}");
+        assert!(read.expired.is_empty());
+    }
+    let read = layer.presence(&groups[1]).await.expect("presence");
+    assert!(
+        read.members.contains(&entries[1].1),
+        "every field kept: {read:?}"
+    );
+    layer
+        .presence_add_many(&[], ttl)
+        .await
+        .expect("nothing to add");
 }

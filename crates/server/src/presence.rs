@@ -4,11 +4,11 @@
 //! own. What goes through it, as layer messages (so every backend carries them, and no Python
 //! process ever joins the group):
 //!
-//! * `{"type": "channels.presence", "event": "join" | "leave", "group": G, "member": {...}}`: a
-//!   connection joined or left group G (or its replica died and its entry expired). Each
-//!   replica hands it to its own connections in G that asked for presence events
-//!   (`?presence=1`), as a `channels.presence.event` message that the runtime turns into a
-//!   frame and never shows the consumer;
+//! * `{"type": "channels.presence", "events": [{"event": "join" | "leave", "group": G,
+//!   "member": {...}}, ...]}`: connections joined or left groups (or their replica died and
+//!   their entries expired). Each replica hands each event to its own connections in G that
+//!   asked for presence events (`?presence=1`), as a `channels.presence.event` message that
+//!   the runtime turns into a frame and never shows the consumer;
 //! * `{"type": "channels.disconnect", "user": U}`: the server API's disconnect; each replica
 //!   closes its connections of user U with [`Close::DISCONNECTED`](crate::consumer::Close).
 //!
@@ -17,6 +17,11 @@
 //! which removes the entries of a dead replica and announces their departure (once: the read is
 //! atomic). A killed replica's members therefore vanish from every list within [`TTL`] and their
 //! `leave` events follow within [`TTL`] + [`REFRESH`]; a drained one's leave at once.
+//!
+//! Joins and events are combined: while one Redis call (or one control message) is in flight,
+//! the joins (events) that arrive wait and then go together in the next, at most [`BATCH`] at a
+//! time. A lone join costs what it did; a burst of connections costs a few calls, not two per
+//! connection.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -25,6 +30,7 @@ use std::time::Duration;
 use channels_layer::{
     ChannelLayer, ChannelName, GroupName, Inbox, LayerError, Map, Message, PresenceMember, Value,
 };
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// The group every replica's control channel joins.
@@ -33,6 +39,11 @@ pub const CONTROL_GROUP: &str = "channels.control";
 pub const TTL: Duration = Duration::from_secs(20);
 /// How often a replica refreshes its entries and sweeps expired ones.
 pub const REFRESH: Duration = Duration::from_secs(5);
+/// At most this many joins per Redis call, and events per control message.
+pub const BATCH: usize = 256;
+/// Events waiting for a control message beyond this are dropped (and logged): presence
+/// events are at most once, like every message.
+const MAX_PENDING_EVENTS: usize = 65_536;
 
 /// The message type the runtime turns into a presence frame for the client.
 pub(crate) const EVENT_TYPE: &str = "channels.presence.event";
@@ -47,6 +58,74 @@ pub(crate) struct Service {
     /// Whether presence is on (`--presence`); the control channel also runs for the API.
     pub(crate) presence: bool,
     index: Mutex<Index>,
+    /// Joins waiting for their Redis call.
+    joins: Combiner<(GroupName, PresenceMember)>,
+    /// Events waiting for their control message.
+    events: Combiner<Value>,
+}
+
+/// What waits for a combined call: the item and, if someone awaits it, where its result goes.
+type Waiting<T> = (T, Option<oneshot::Sender<Result<(), LayerError>>>);
+
+/// Items that go out together: the first to arrive while nothing is in flight starts a task
+/// that sends what is pending, [`BATCH`] at a time, until nothing is.
+#[derive(Debug)]
+struct Combiner<T> {
+    pending: Mutex<(Vec<Waiting<T>>, bool)>,
+}
+
+impl<T> Default for Combiner<T> {
+    fn default() -> Self {
+        Self {
+            pending: Mutex::new((Vec::new(), false)),
+        }
+    }
+}
+
+impl<T> Combiner<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Waiting<T>>, bool)> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `item`. Returns whether the caller must start the sending task (nothing is in
+    /// flight), or `None` if `item` was refused (more than `max` pending).
+    fn push(
+        &self,
+        item: T,
+        done: Option<oneshot::Sender<Result<(), LayerError>>>,
+        max: usize,
+    ) -> Option<bool> {
+        let mut pending = self.lock();
+        if pending.0.len() >= max {
+            return None;
+        }
+        pending.0.push((item, done));
+        let start = !pending.1;
+        pending.1 = true;
+        Some(start)
+    }
+
+    /// The next items to send, or `None` (and the sending task ends) when there are none.
+    fn next(&self) -> Option<Vec<Waiting<T>>> {
+        let mut pending = self.lock();
+        if pending.0.is_empty() {
+            pending.1 = false;
+            return None;
+        }
+        let n = pending.0.len().min(BATCH);
+        Some(pending.0.drain(..n).collect())
+    }
+}
+
+/// Hands `result` to everyone in `batch` who waits for it.
+fn reply<T>(batch: Vec<Waiting<T>>, result: &Result<(), LayerError>) {
+    for (_, done) in batch {
+        if let Some(done) = done {
+            let _ = done.send(result.clone());
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +184,8 @@ impl Service {
             replica,
             presence,
             index: Mutex::default(),
+            joins: Combiner::default(),
+            events: Combiner::default(),
         }
     }
 
@@ -145,26 +226,47 @@ impl Service {
         }
     }
 
-    /// `member` joined `group`: stored, indexed, announced.
+    /// `member` joined `group`: stored (with the joins of the same moment), indexed,
+    /// announced.
     pub(crate) async fn join(
-        &self,
+        self: &Arc<Self>,
         group: &GroupName,
         member: PresenceMember,
         channel: &ChannelName,
         events: bool,
     ) -> Result<(), LayerError> {
-        self.layer.presence_add(group, &member, TTL).await?;
+        let (done, result) = oneshot::channel();
+        // Joins are bounded by the connections (each waits for its own).
+        if self
+            .joins
+            .push((group.clone(), member.clone()), Some(done), usize::MAX)
+            == Some(true)
+        {
+            let service = Arc::clone(self);
+            tokio::spawn(async move { service.store_joins().await });
+        }
+        result.await.unwrap_or(Err(LayerError::Closed))?;
         self.index()
             .groups
             .entry(group.clone())
             .or_default()
             .insert(channel.clone(), (member.clone(), events));
-        self.announce(group, "join", &member).await;
+        self.announce(group, "join", &member, false).await;
         Ok(())
     }
 
+    /// Sends the pending joins, [`BATCH`] per call, until there are none.
+    async fn store_joins(&self) {
+        while let Some(batch) = self.joins.next() {
+            let entries: Vec<(GroupName, PresenceMember)> =
+                batch.iter().map(|(entry, _)| entry.clone()).collect();
+            let result = self.layer.presence_add_many(&entries, TTL).await;
+            reply(batch, &result);
+        }
+    }
+
     /// The connection with `channel` left `group`: removed and announced.
-    pub(crate) async fn leave(&self, group: &GroupName, channel: &ChannelName) {
+    pub(crate) async fn leave(self: &Arc<Self>, group: &GroupName, channel: &ChannelName) {
         let member = {
             let mut index = self.index();
             let Some(members) = index.groups.get_mut(group) else {
@@ -178,7 +280,9 @@ impl Service {
         };
         let Some((member, _)) = member else { return };
         match self.layer.presence_remove(group, channel).await {
-            Ok(_) => self.announce(group, "leave", &member).await,
+            // Waits for the event to go out, so that a drained replica's leaves are announced
+            // before it stops.
+            Ok(_) => self.announce(group, "leave", &member, true).await,
             Err(error) => {
                 // It expires within the TTL; the sweep announces it then.
                 channels_layer::log_limited!(warn, %error, %group, "presence removal failed");
@@ -186,13 +290,49 @@ impl Service {
         }
     }
 
-    async fn announce(&self, group: &GroupName, event: &str, member: &PresenceMember) {
-        let msg = Message::new("channels.presence")
-            .with("event", event)
-            .with("group", group.as_str())
-            .with("member", member_value(member));
-        if let Err(error) = self.layer.group_send(&control_group(), msg).await {
-            channels_layer::log_limited!(warn, %error, %group, "presence event not sent");
+    /// Queues the event for the next control message; waits until it is sent if `wait`.
+    async fn announce(
+        self: &Arc<Self>,
+        group: &GroupName,
+        event: &str,
+        member: &PresenceMember,
+        wait: bool,
+    ) {
+        let value = Value::Map(Map::from_iter([
+            ("event", Value::from(event)),
+            ("group", Value::from(group.as_str())),
+            ("member", member_value(member)),
+        ]));
+        let (done, sent) = oneshot::channel();
+        match self
+            .events
+            .push(value, wait.then_some(done), MAX_PENDING_EVENTS)
+        {
+            None => {
+                channels_layer::log_limited!(warn, %group, "presence events backlog full: event dropped");
+                return;
+            }
+            Some(true) => {
+                let service = Arc::clone(self);
+                tokio::spawn(async move { service.send_events().await });
+            }
+            Some(false) => {}
+        }
+        if wait {
+            let _ = sent.await;
+        }
+    }
+
+    /// Sends the pending events, [`BATCH`] per control message, until there are none.
+    async fn send_events(&self) {
+        while let Some(batch) = self.events.next() {
+            let events: Vec<Value> = batch.iter().map(|(event, _)| event.clone()).collect();
+            let msg = Message::new("channels.presence").with("events", Value::List(events));
+            let result = self.layer.group_send(&control_group(), msg).await;
+            if let Err(error) = &result {
+                channels_layer::log_limited!(warn, %error, "presence events not sent");
+            }
+            reply(batch, &result);
         }
     }
 
@@ -207,37 +347,12 @@ impl Service {
     async fn on_control(&self, msg: &Message) {
         match msg.message_type() {
             Some("channels.presence") => {
-                let group = msg
-                    .get("group")
-                    .and_then(Value::as_str)
-                    .and_then(|g| GroupName::new(g).ok());
-                let event = msg.get("event").and_then(Value::as_str);
-                let member = member_of(msg.get("member"));
-                let (Some(group), Some(event @ ("join" | "leave")), Some(member)) =
-                    (group, event, member)
-                else {
-                    channels_layer::log_limited!(warn, "malformed presence event ignored");
+                let Some(Value::List(events)) = msg.get("events") else {
+                    channels_layer::log_limited!(warn, "malformed presence events ignored");
                     return;
                 };
-                let targets: Vec<ChannelName> = self
-                    .index()
-                    .groups
-                    .get(&group)
-                    .map(|members| {
-                        members
-                            .iter()
-                            .filter(|(channel, (_, events))| {
-                                *events && channel.as_str() != member.channel
-                            })
-                            .map(|(channel, _)| channel.clone())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let local = Message::new(EVENT_TYPE)
-                    .with("event", event)
-                    .with("member", member_value(&member));
-                for channel in targets {
-                    let _ = self.layer.send(&channel, local.clone()).await;
+                for event in events {
+                    self.on_event(event).await;
                 }
             }
             Some(DISCONNECT_TYPE) => {
@@ -261,9 +376,44 @@ impl Service {
         }
     }
 
+    /// Hands one presence event to this replica's connections in its group that asked for
+    /// events (not to the one it is about).
+    async fn on_event(&self, event: &Value) {
+        let map = event.as_map();
+        let field = |key: &str| map.and_then(|m| m.get(key));
+        let group = field("group")
+            .and_then(Value::as_str)
+            .and_then(|g| GroupName::new(g).ok());
+        let kind = field("event").and_then(Value::as_str);
+        let member = member_of(field("member"));
+        let (Some(group), Some(kind @ ("join" | "leave")), Some(member)) = (group, kind, member)
+        else {
+            channels_layer::log_limited!(warn, "malformed presence event ignored");
+            return;
+        };
+        let targets: Vec<ChannelName> = self
+            .index()
+            .groups
+            .get(&group)
+            .map(|members| {
+                members
+                    .iter()
+                    .filter(|(channel, (_, events))| *events && channel.as_str() != member.channel)
+                    .map(|(channel, _)| channel.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let local = Message::new(EVENT_TYPE)
+            .with("event", kind)
+            .with("member", member_value(&member));
+        for channel in targets {
+            let _ = self.layer.send(&channel, local.clone()).await;
+        }
+    }
+
     /// Refreshes this replica's entries and sweeps the groups it has members in, announcing
     /// the departure of expired entries (another replica died).
-    async fn refresh(&self) {
+    async fn refresh(self: &Arc<Self>) {
         let entries: Vec<(GroupName, PresenceMember)> = self
             .index()
             .groups
@@ -274,18 +424,17 @@ impl Service {
                     .map(move |(member, _)| (group.clone(), member.clone()))
             })
             .collect();
-        let mut groups = HashSet::new();
-        for (group, member) in entries {
-            if let Err(error) = self.layer.presence_add(&group, &member, TTL).await {
-                channels_layer::log_limited!(warn, %error, %group, "presence refresh failed");
+        for chunk in entries.chunks(BATCH) {
+            if let Err(error) = self.layer.presence_add_many(chunk, TTL).await {
+                channels_layer::log_limited!(warn, %error, "presence refresh failed");
             }
-            groups.insert(group);
         }
+        let groups: HashSet<GroupName> = entries.into_iter().map(|(group, _)| group).collect();
         for group in groups {
             match self.layer.presence(&group).await {
                 Ok(read) => {
                     for member in read.expired {
-                        self.announce(&group, "leave", &member).await;
+                        self.announce(&group, "leave", &member, false).await;
                     }
                 }
                 Err(error) => {
@@ -343,5 +492,75 @@ impl Service {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use channels_layer::InMemoryChannelLayer;
+
+    #[test]
+    fn a_combiner_hands_out_what_is_pending_a_batch_at_a_time() {
+        let combiner = Combiner::default();
+        assert_eq!(
+            combiner.push(0, None, 1000),
+            Some(true),
+            "the first starts the task"
+        );
+        for i in 1..600 {
+            assert_eq!(combiner.push(i, None, 1000), Some(false));
+        }
+        assert_eq!(
+            combiner.push(600, None, 600),
+            None,
+            "over the bound: refused"
+        );
+        let sizes: Vec<usize> = std::iter::from_fn(|| combiner.next().map(|b| b.len())).collect();
+        assert_eq!(sizes, [BATCH, BATCH, 600 - 2 * BATCH]);
+        assert_eq!(
+            combiner.push(0, None, 1000),
+            Some(true),
+            "the task ended: a new one"
+        );
+    }
+
+    #[tokio::test]
+    async fn joins_of_one_moment_go_out_together_and_every_one_is_announced() {
+        let layer: Arc<dyn ChannelLayer> = Arc::new(InMemoryChannelLayer::default());
+        let mut control = layer.new_channel().await.unwrap();
+        layer
+            .group_add(&control_group(), control.name())
+            .await
+            .unwrap();
+        let service = Arc::new(Service::new(Arc::clone(&layer), "r1".to_owned(), true));
+        let group = GroupName::new("room").unwrap();
+        let joins = (0..500).map(|i| {
+            let service = Arc::clone(&service);
+            let group = group.clone();
+            async move {
+                let channel = ChannelName::new(&format!("specific.r1!c{i}")).unwrap();
+                let member = service.member(&format!("u{i}"), "n", &channel);
+                service.join(&group, member, &channel, false).await
+            }
+        });
+        for result in futures_util::future::join_all(joins).await {
+            result.unwrap();
+        }
+        assert_eq!(layer.presence(&group).await.unwrap().members.len(), 500);
+        let (mut events, mut messages) = (0, 0);
+        while events < 500 {
+            let msg = tokio::time::timeout(Duration::from_secs(5), control.recv())
+                .await
+                .expect("every join announced")
+                .unwrap();
+            let Some(Value::List(list)) = msg.get("events") else {
+                panic!("{msg:?}");
+            };
+            events += list.len();
+            messages += 1;
+        }
+        assert_eq!(events, 500);
+        assert!(messages < 10, "{messages} control messages for 500 joins");
     }
 }

@@ -1,6 +1,8 @@
 //! Presence in Redis, shared by both Redis layers: the keys, the scripts and their replies
 //! ([`crate::presence`] describes the layout).
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::Duration;
 
 use crate::error::LayerError;
@@ -14,15 +16,21 @@ pub(crate) fn keys(prefix: &str, group_channel: &str) -> (String, String) {
     )
 }
 
-/// Adds or refreshes one member. KEYS: hash, expiries. ARGV: channel, member JSON, expiry (Unix
-/// seconds), key TTL seconds.
+/// Adds or refreshes members. KEYS: per member, its group's hash and expiries. ARGV: the keys'
+/// TTL seconds, then per member: channel, member JSON, expiry (Unix seconds).
 const ADD: &str = r"
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return 1
+for i = 1, #KEYS / 2 do
+  local hash, expiries, a = KEYS[2 * i - 1], KEYS[2 * i], 3 * i - 1
+  redis.call('HSET', hash, ARGV[a], ARGV[a + 1])
+  redis.call('ZADD', expiries, ARGV[a + 2], ARGV[a])
+  redis.call('EXPIRE', hash, ARGV[1])
+  redis.call('EXPIRE', expiries, ARGV[1])
+end
+return #KEYS / 2
 ";
+
+/// At most this many members per [`ADD`] call, so that one call does not hold Redis long.
+pub(crate) const ADD_BATCH: usize = 256;
 
 /// Removes one member. KEYS: hash, expiries. ARGV: channel. Returns 1 if it was there.
 const REMOVE: &str = r"
@@ -59,21 +67,46 @@ fn eval(script: &str, hash: &str, expiries: &str) -> redis::Cmd {
     cmd
 }
 
-/// `EVAL ADD` for `member`, expiring `ttl` from now.
-pub(crate) fn add_cmd(
-    hash: &str,
-    expiries: &str,
-    member: &PresenceMember,
+/// One member to add: where its group's keys live (`K`: a shard, or a Cluster slot's key),
+/// its group's hash and expiries, and the member.
+pub(crate) type Entry<'a, K> = (K, String, String, &'a PresenceMember);
+
+/// The `EVAL ADD` calls that add `entries`, expiring `ttl` from now: one per place (`K`) and
+/// per [`ADD_BATCH`] members, each with the place it goes to, in the order of first
+/// appearance.
+pub(crate) fn add_cmds<K: Eq + Hash + Clone>(
+    entries: Vec<Entry<'_, K>>,
     ttl: Duration,
-) -> Result<redis::Cmd, LayerError> {
-    let json = serde_json::to_string(member)
-        .map_err(|e| LayerError::Config(format!("presence member: {e}")))?;
-    let mut cmd = eval(ADD, hash, expiries);
-    cmd.arg(&member.channel)
-        .arg(json)
-        .arg(unix_now() + ttl.as_secs_f64())
-        .arg((ttl.as_secs() * 4).max(60));
-    Ok(cmd)
+) -> Result<Vec<(K, redis::Cmd)>, LayerError> {
+    let expiry = unix_now() + ttl.as_secs_f64();
+    let key_ttl = (ttl.as_secs() * 4).max(60);
+    let mut places: Vec<(K, Vec<(String, String, &PresenceMember)>)> = Vec::new();
+    let mut index: HashMap<K, usize> = HashMap::new();
+    for (place, hash, expiries, member) in entries {
+        let i = *index.entry(place.clone()).or_insert_with(|| {
+            places.push((place, Vec::new()));
+            places.len() - 1
+        });
+        places[i].1.push((hash, expiries, member));
+    }
+    let mut cmds = Vec::new();
+    for (place, members) in places {
+        for chunk in members.chunks(ADD_BATCH) {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(ADD).arg(chunk.len() * 2);
+            for (hash, expiries, _) in chunk {
+                cmd.arg(hash).arg(expiries);
+            }
+            cmd.arg(key_ttl);
+            for (_, _, member) in chunk {
+                let json = serde_json::to_string(member)
+                    .map_err(|e| LayerError::Config(format!("presence member: {e}")))?;
+                cmd.arg(&member.channel).arg(json).arg(expiry);
+            }
+            cmds.push((place.clone(), cmd));
+        }
+    }
+    Ok(cmds)
 }
 
 /// `EVAL REMOVE` for `channel`.

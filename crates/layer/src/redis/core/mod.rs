@@ -140,11 +140,17 @@ impl Inner {
     /// The shard and presence keys of `group` (on the group's shard); fails once the layer is
     /// closed.
     fn presence_keys(&self, group: &GroupName) -> Result<(&Shard, String, String), LayerError> {
+        let (shard, hash, expiries) = self.presence_place(group)?;
+        Ok((&self.shards[shard], hash, expiries))
+    }
+
+    /// The index of the shard that holds `group`'s presence, and its keys.
+    fn presence_place(&self, group: &GroupName) -> Result<(usize, String, String), LayerError> {
         if self.registry.is_closed() {
             return Err(LayerError::Closed);
         }
         let (hash, expiries) = self.keys.presence(group);
-        Ok((&self.shards[self.group_shard(group)], hash, expiries))
+        Ok((self.group_shard(group), hash, expiries))
     }
 }
 
@@ -383,12 +389,26 @@ impl ChannelLayer for RedisChannelLayer {
         member: &PresenceMember,
         ttl: Duration,
     ) -> Result<(), LayerError> {
-        let (shard, hash, expiries) = self.inner.presence_keys(group)?;
-        let cmd = super::presence::add_cmd(&hash, &expiries, member, ttl)?;
-        shard
-            .query::<redis::Value>(self.inner.timeout, "EVAL presence add", &cmd)
+        self.presence_add_many(&[(group.clone(), member.clone())], ttl)
             .await
-            .map(drop)
+    }
+
+    async fn presence_add_many(
+        &self,
+        entries: &[(GroupName, PresenceMember)],
+        ttl: Duration,
+    ) -> Result<(), LayerError> {
+        let mut places = Vec::with_capacity(entries.len());
+        for (group, member) in entries {
+            let (shard, hash, expiries) = self.inner.presence_place(group)?;
+            places.push((shard, hash, expiries, member));
+        }
+        for (shard, cmd) in super::presence::add_cmds(places, ttl)? {
+            self.inner.shards[shard]
+                .query::<redis::Value>(self.inner.timeout, "EVAL presence add", &cmd)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn presence_remove(

@@ -225,12 +225,18 @@ impl Inner {
 
     /// The shard and presence keys of `group`; fails once the layer is closed.
     fn presence_keys(&self, group: &GroupName) -> Result<(&Shard, String, String), LayerError> {
+        let (shard, hash, expiries) = self.presence_place(group)?;
+        Ok((&self.shards[shard], hash, expiries))
+    }
+
+    /// The index of the shard that holds `group`'s presence, and its keys.
+    fn presence_place(&self, group: &GroupName) -> Result<(usize, String, String), LayerError> {
         if self.registry.is_closed() {
             return Err(LayerError::Closed);
         }
         let channel = self.router.names.group_channel(group);
         let (hash, expiries) = presence::keys(&self.router.names.prefix, &channel);
-        Ok((&self.shards[self.shard_of(&channel)], hash, expiries))
+        Ok((self.shard_of(&channel), hash, expiries))
     }
 
     /// One command on `shard` through its pool, within the timeout.
@@ -391,12 +397,26 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         member: &PresenceMember,
         ttl: Duration,
     ) -> Result<(), LayerError> {
-        let (shard, hash, expiries) = self.inner.presence_keys(group)?;
-        let cmd = presence::add_cmd(&hash, &expiries, member, ttl)?;
-        self.inner
-            .query_on::<redis::Value>(shard, "EVAL presence add", &cmd)
+        self.presence_add_many(&[(group.clone(), member.clone())], ttl)
             .await
-            .map(drop)
+    }
+
+    async fn presence_add_many(
+        &self,
+        entries: &[(GroupName, PresenceMember)],
+        ttl: Duration,
+    ) -> Result<(), LayerError> {
+        let mut places = Vec::with_capacity(entries.len());
+        for (group, member) in entries {
+            let (shard, hash, expiries) = self.inner.presence_place(group)?;
+            places.push((shard, hash, expiries, member));
+        }
+        for (shard, cmd) in presence::add_cmds(places, ttl)? {
+            self.inner
+                .query_on::<redis::Value>(&self.inner.shards[shard], "EVAL presence add", &cmd)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn presence_remove(

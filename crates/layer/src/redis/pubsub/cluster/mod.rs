@@ -325,12 +325,29 @@ impl ChannelLayer for RedisClusterChannelLayer {
         member: &PresenceMember,
         ttl: Duration,
     ) -> Result<(), LayerError> {
-        let (hash, expiries) = self.inner.presence_keys(group);
-        let cmd = presence::add_cmd(&hash, &expiries, member, ttl)?;
-        self.inner
-            .query::<redis::Value>(&hash, "EVAL presence add", &cmd)
+        self.presence_add_many(&[(group.clone(), member.clone())], ttl)
             .await
-            .map(drop)
+    }
+
+    /// One call per group (a group's keys share a slot; two groups' may not).
+    async fn presence_add_many(
+        &self,
+        entries: &[(GroupName, PresenceMember)],
+        ttl: Duration,
+    ) -> Result<(), LayerError> {
+        let places = entries
+            .iter()
+            .map(|(group, member)| {
+                let (hash, expiries) = self.inner.presence_keys(group);
+                (hash.clone(), hash, expiries, member)
+            })
+            .collect();
+        for (hash, cmd) in presence::add_cmds(places, ttl)? {
+            self.inner
+                .query::<redis::Value>(&hash, "EVAL presence add", &cmd)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn presence_remove(
