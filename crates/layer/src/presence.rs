@@ -11,7 +11,8 @@
 //!
 //! * `asgi:presence:{asgi__group__g}`: a hash, channel name → the member as JSON
 //!   (`{"user", "name", "channel", "replica", "joined_at"}`, `joined_at` in Unix seconds);
-//! * `asgi:presence-exp:{asgi__group__g}`: a sorted set, channel name → expiry (Unix seconds).
+//! * `asgi:presence-exp:{asgi__group__g}`: a sorted set, channel name → expiry (whole Unix
+//!   seconds).
 //!
 //! A reader such as Django takes the hash's values whose expiry in the sorted set is in the
 //! future.

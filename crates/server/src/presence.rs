@@ -246,22 +246,23 @@ impl Service {
             tokio::spawn(async move { service.store_joins().await });
         }
         result.await.unwrap_or(Err(LayerError::Closed))?;
+        self.announce(group, "join", &member, false).await;
         self.index()
             .groups
             .entry(group.clone())
             .or_default()
-            .insert(channel.clone(), (member.clone(), events));
-        self.announce(group, "join", &member, false).await;
+            .insert(channel.clone(), (member, events));
         Ok(())
     }
 
     /// Sends the pending joins, [`BATCH`] per call, until there are none.
     async fn store_joins(&self) {
         while let Some(batch) = self.joins.next() {
-            let entries: Vec<(GroupName, PresenceMember)> =
-                batch.iter().map(|(entry, _)| entry.clone()).collect();
+            let (entries, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let result = self.layer.presence_add_many(&entries, TTL).await;
-            reply(batch, &result);
+            for done in waiting.into_iter().flatten() {
+                let _ = done.send(result.clone());
+            }
         }
     }
 
@@ -385,24 +386,31 @@ impl Service {
             .and_then(Value::as_str)
             .and_then(|g| GroupName::new(g).ok());
         let kind = field("event").and_then(Value::as_str);
-        let member = member_of(field("member"));
-        let (Some(group), Some(kind @ ("join" | "leave")), Some(member)) = (group, kind, member)
+        let about = field("member")
+            .and_then(Value::as_map)
+            .and_then(|m| m.get("channel"))
+            .and_then(Value::as_str);
+        let (Some(group), Some(kind @ ("join" | "leave")), Some(about)) = (group, kind, about)
         else {
             channels_layer::log_limited!(warn, "malformed presence event ignored");
             return;
         };
-        let targets: Vec<ChannelName> = self
-            .index()
-            .groups
-            .get(&group)
-            .map(|members| {
-                members
-                    .iter()
-                    .filter(|(channel, (_, events))| *events && channel.as_str() != member.channel)
-                    .map(|(channel, _)| channel.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        // Most events concern groups where nobody here asked for events: nothing more to do.
+        let targets: Vec<ChannelName> = match self.index().groups.get(&group) {
+            Some(members) => members
+                .iter()
+                .filter(|(channel, (_, events))| *events && channel.as_str() != about)
+                .map(|(channel, _)| channel.clone())
+                .collect(),
+            None => return,
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let Some(member) = member_of(field("member")) else {
+            channels_layer::log_limited!(warn, "malformed presence event ignored");
+            return;
+        };
         let local = Message::new(EVENT_TYPE)
             .with("event", kind)
             .with("member", member_value(&member));
