@@ -51,7 +51,16 @@ impl Inner {
                 break;
             };
             let node = self.node(&addr)?;
-            let attempt = tokio::time::timeout(self.timeout, node.pool.query::<T>(cmd)).await;
+            let attempt = tokio::time::timeout(self.timeout, async {
+                let mut conn = node.pool.get().await.map_err(|e| {
+                    redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        e.to_string(),
+                    ))
+                })?;
+                cmd.query_async::<T>(&mut conn).await
+            })
+            .await;
             match attempt {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(error)) => {
