@@ -119,12 +119,13 @@ impl<T> Combiner<T> {
     }
 }
 
-/// Hands `result` to everyone in `batch` who waits for it.
-fn reply<T>(batch: Vec<Waiting<T>>, result: &Result<(), LayerError>) {
-    for (_, done) in batch {
-        if let Some(done) = done {
-            let _ = done.send(result.clone());
-        }
+/// Hands `result` to everyone who waits for it.
+fn reply(
+    waiting: Vec<Option<oneshot::Sender<Result<(), LayerError>>>>,
+    result: &Result<(), LayerError>,
+) {
+    for done in waiting.into_iter().flatten() {
+        let _ = done.send(result.clone());
     }
 }
 
@@ -260,9 +261,7 @@ impl Service {
         while let Some(batch) = self.joins.next() {
             let (entries, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let result = self.layer.presence_add_many(&entries, TTL).await;
-            for done in waiting.into_iter().flatten() {
-                let _ = done.send(result.clone());
-            }
+            reply(waiting, &result);
         }
     }
 
@@ -327,13 +326,13 @@ impl Service {
     /// Sends the pending events, [`BATCH`] per control message, until there are none.
     async fn send_events(&self) {
         while let Some(batch) = self.events.next() {
-            let events: Vec<Value> = batch.iter().map(|(event, _)| event.clone()).collect();
+            let (events, waiting): (Vec<Value>, Vec<_>) = batch.into_iter().unzip();
             let msg = Message::new("channels.presence").with("events", Value::List(events));
             let result = self.layer.group_send(&control_group(), msg).await;
             if let Err(error) = &result {
                 channels_layer::log_limited!(warn, %error, "presence events not sent");
             }
-            reply(batch, &result);
+            reply(waiting, &result);
         }
     }
 

@@ -6,6 +6,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use crate::error::LayerError;
+use crate::name::GroupName;
 use crate::presence::{Presence, PresenceMember, unix_now};
 
 /// The hash and the sorted set of the group whose pub/sub channel is `group_channel`.
@@ -71,29 +72,23 @@ fn eval(script: &str, hash: &str, expiries: &str) -> redis::Cmd {
     cmd
 }
 
-/// One member to add: where its group's keys live (`K`: a shard, or a Cluster slot's key),
-/// its group's hash and expiries, and the member.
-pub(crate) type Entry<'a, K> = (K, String, String, &'a PresenceMember);
-
 /// A member with its group's hash and expiries.
 type Keys<'a> = (String, String, &'a PresenceMember);
 
-/// The `EVAL ADD` calls that add `entries`, expiring `ttl` from now: one per place (`K`) and
-/// per [`ADD_BATCH`] members, each with the place it goes to, in the order of first
-/// appearance.
+/// The `EVAL ADD` calls that add `entries`, expiring `ttl` from now: one per place (`K`: a
+/// shard, or a Cluster slot's key, as `place` says for a group, with the group's hash and
+/// expiries) and per [`ADD_BATCH`] members, each with its place, in order of first appearance.
 pub(crate) fn add_cmds<K: Eq + Hash + Clone>(
-    entries: Vec<Entry<'_, K>>,
+    entries: &[(GroupName, PresenceMember)],
     ttl: Duration,
+    place: impl Fn(&GroupName) -> Result<(K, String, String), LayerError>,
 ) -> Result<Vec<(K, redis::Cmd)>, LayerError> {
-    // Whole seconds, rounded down (an entry may expire up to a second early; the owner refreshes
-    // it long before): Redis keeps an integer score as an integer, so each insert into a small
-    // sorted set compares integers instead of parsing every member's score as text (a ZADD into
-    // a 100-member group took 8 µs with fractional scores).
     let expiry = (unix_now() + ttl.as_secs_f64()).floor() as i64;
     let key_ttl = (ttl.as_secs() * 4).max(60);
     let mut places: Vec<(K, Vec<Keys<'_>>)> = Vec::new();
     let mut index: HashMap<K, usize> = HashMap::new();
-    for (place, hash, expiries, member) in entries {
+    for (group, member) in entries {
+        let (place, hash, expiries) = place(group)?;
         let i = *index.entry(place.clone()).or_insert_with(|| {
             places.push((place, Vec::new()));
             places.len() - 1

@@ -398,12 +398,9 @@ impl ChannelLayer for RedisChannelLayer {
         entries: &[(GroupName, PresenceMember)],
         ttl: Duration,
     ) -> Result<(), LayerError> {
-        let mut places = Vec::with_capacity(entries.len());
-        for (group, member) in entries {
-            let (shard, hash, expiries) = self.inner.presence_place(group)?;
-            places.push((shard, hash, expiries, member));
-        }
-        for (shard, cmd) in super::presence::add_cmds(places, ttl)? {
+        let cmds =
+            super::presence::add_cmds(entries, ttl, |group| self.inner.presence_place(group))?;
+        for (shard, cmd) in cmds {
             self.inner.shards[shard]
                 .query::<redis::Value>(self.inner.timeout, "EVAL presence add", &cmd)
                 .await?;

@@ -406,12 +406,8 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         entries: &[(GroupName, PresenceMember)],
         ttl: Duration,
     ) -> Result<(), LayerError> {
-        let mut places = Vec::with_capacity(entries.len());
-        for (group, member) in entries {
-            let (shard, hash, expiries) = self.inner.presence_place(group)?;
-            places.push((shard, hash, expiries, member));
-        }
-        for (shard, cmd) in presence::add_cmds(places, ttl)? {
+        let cmds = presence::add_cmds(entries, ttl, |group| self.inner.presence_place(group))?;
+        for (shard, cmd) in cmds {
             self.inner
                 .query_on::<redis::Value>(&self.inner.shards[shard], "EVAL presence add", &cmd)
                 .await?;

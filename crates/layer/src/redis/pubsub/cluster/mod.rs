@@ -335,14 +335,11 @@ impl ChannelLayer for RedisClusterChannelLayer {
         entries: &[(GroupName, PresenceMember)],
         ttl: Duration,
     ) -> Result<(), LayerError> {
-        let places = entries
-            .iter()
-            .map(|(group, member)| {
-                let (hash, expiries) = self.inner.presence_keys(group);
-                (hash.clone(), hash, expiries, member)
-            })
-            .collect();
-        for (hash, cmd) in presence::add_cmds(places, ttl)? {
+        let cmds = presence::add_cmds(entries, ttl, |group| {
+            let (hash, expiries) = self.inner.presence_keys(group);
+            Ok((hash.clone(), hash, expiries))
+        })?;
+        for (hash, cmd) in cmds {
             self.inner
                 .query::<redis::Value>(&hash, "EVAL presence add", &cmd)
                 .await?;
