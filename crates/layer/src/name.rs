@@ -205,6 +205,13 @@ macro_rules! name_traits {
                 &self.0
             }
         }
+        /// Hashes and compares as its text (derived from `Arc<str>`), so maps keyed by names
+        /// can be looked up with a `&str`.
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
         impl std::str::FromStr for $t {
             type Err = NameError;
             fn from_str(s: &str) -> Result<Self, NameError> {

@@ -4,11 +4,13 @@
 //! own. What goes through it, as layer messages (so every backend carries them, and no Python
 //! process ever joins the group):
 //!
-//! * `{"type": "channels.presence", "events": [{"event": "join" | "leave", "group": G,
-//!   "member": {...}}, ...]}`: connections joined or left groups (or their replica died and
-//!   their entries expired). Each replica hands each event to its own connections in G that
-//!   asked for presence events (`?presence=1`), as a `channels.presence.event` message that
-//!   the runtime turns into a frame and never shows the consumer;
+//! * `{"type": "channels.presence", "events": [[E, G, C, M], ...]}`: connections joined
+//!   (`E` = `"join"`) or left (`"leave"`) group `G` (or their replica died and their entries
+//!   expired); `C` is the connection's channel and `M` the member as JSON, as Redis keeps it
+//!   (decoded only where someone wants the event). Each replica hands each event to its own
+//!   connections in G that asked for presence events (`?presence=1`), as a
+//!   `channels.presence.event` message that the runtime turns into a frame and never shows
+//!   the consumer;
 //! * `{"type": "channels.disconnect", "user": U}`: the server API's disconnect; each replica
 //!   closes its connections of user U with [`Close::DISCONNECTED`](crate::consumer::Close).
 //!
@@ -58,10 +60,22 @@ pub(crate) struct Service {
     /// Whether presence is on (`--presence`); the control channel also runs for the API.
     pub(crate) presence: bool,
     index: Mutex<Index>,
-    /// Joins waiting for their Redis call.
-    joins: Combiner<(GroupName, PresenceMember)>,
+    /// Stores and removals waiting for their Redis call, in the order they were asked for.
+    ops: Combiner<(GroupName, Op)>,
     /// Events waiting for their control message.
     events: Combiner<Value>,
+}
+
+/// A change to a group's presence in Redis.
+#[derive(Debug)]
+enum Op {
+    /// Store (or refresh) the member; announce its join once stored if `announce`.
+    Add {
+        member: PresenceMember,
+        announce: bool,
+    },
+    /// Remove the member with this channel.
+    Remove(ChannelName),
 }
 
 /// What waits for a combined call: the item and, if someone awaits it, where its result goes.
@@ -105,6 +119,12 @@ impl<T> Combiner<T> {
         let start = !pending.1;
         pending.1 = true;
         Some(start)
+    }
+
+    /// Whether nothing is pending or in flight.
+    fn idle(&self) -> bool {
+        let pending = self.lock();
+        pending.0.is_empty() && !pending.1
     }
 
     /// The next items to send, or `None` (and the sending task ends) when there are none.
@@ -151,22 +171,6 @@ fn member_value(member: &PresenceMember) -> Value {
     ]))
 }
 
-/// The member in a control message, if it has every field.
-fn member_of(value: Option<&Value>) -> Option<PresenceMember> {
-    let map = value?.as_map()?;
-    let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_owned);
-    Some(PresenceMember {
-        user: text("user")?,
-        name: text("name")?,
-        channel: text("channel")?,
-        replica: text("replica")?,
-        joined_at: match map.get("joined_at")? {
-            Value::Float(f) => *f,
-            other => other.as_i64()? as f64,
-        },
-    })
-}
-
 /// The JSON object of a member, as frames and the server API show it.
 pub(crate) fn member_json(member: &PresenceMember) -> serde_json::Value {
     serde_json::json!({
@@ -185,7 +189,7 @@ impl Service {
             replica,
             presence,
             index: Mutex::default(),
-            joins: Combiner::default(),
+            ops: Combiner::default(),
             events: Combiner::default(),
         }
     }
@@ -227,8 +231,10 @@ impl Service {
         }
     }
 
-    /// `member` joined `group`: stored (with the joins of the same moment), indexed,
-    /// announced.
+    /// `member` joined `group`: indexed at once, then stored (with the joins of the same
+    /// moment) and announced once stored. Only a connection that asked for events waits for
+    /// the store (its first frame lists the group, itself included); the others are in the
+    /// list a Redis round trip later, and a failed store is retried by the next refresh.
     pub(crate) async fn join(
         self: &Arc<Self>,
         group: &GroupName,
@@ -236,36 +242,84 @@ impl Service {
         channel: &ChannelName,
         events: bool,
     ) -> Result<(), LayerError> {
-        let (done, result) = oneshot::channel();
-        // Joins are bounded by the connections (each waits for its own).
-        if self
-            .joins
-            .push((group.clone(), member.clone()), Some(done), usize::MAX)
-            == Some(true)
-        {
-            let service = Arc::clone(self);
-            tokio::spawn(async move { service.store_joins().await });
-        }
-        result.await.unwrap_or(Err(LayerError::Closed))?;
-        self.announce(group, "join", &member, false).await;
         self.index()
             .groups
             .entry(group.clone())
             .or_default()
-            .insert(channel.clone(), (member, events));
-        Ok(())
+            .insert(channel.clone(), (member.clone(), events));
+        let op = Op::Add {
+            member,
+            announce: true,
+        };
+        if !events {
+            self.queue(group.clone(), op, None);
+            return Ok(());
+        }
+        let (done, result) = oneshot::channel();
+        self.queue(group.clone(), op, Some(done));
+        result.await.unwrap_or(Err(LayerError::Closed))
     }
 
-    /// Sends the pending joins, [`BATCH`] per call, until there are none.
-    async fn store_joins(&self) {
-        while let Some(batch) = self.joins.next() {
-            let (entries, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let result = self.layer.presence_add_many(&entries, TTL).await;
-            reply(waiting, &result);
+    /// Queues `op`; starts the task that sends the queue if none runs. The queue is bounded
+    /// by the connections: each has at most one join or leave in it, and the refresh adds
+    /// the members it finds only when nothing else is queued.
+    fn queue(
+        self: &Arc<Self>,
+        group: GroupName,
+        op: Op,
+        done: Option<oneshot::Sender<Result<(), LayerError>>>,
+    ) {
+        if self.ops.push((group, op), done, usize::MAX) == Some(true) {
+            let service = Arc::clone(self);
+            tokio::spawn(async move { service.send_ops().await });
         }
     }
 
-    /// The connection with `channel` left `group`: removed and announced.
+    /// Sends the queued stores and removals in order, [`BATCH`] at a time, until none are
+    /// left: each run of stores in one call, then the joins among them announced.
+    async fn send_ops(self: Arc<Self>) {
+        while let Some(batch) = self.ops.next() {
+            let mut batch = batch.into_iter().peekable();
+            while let Some(((group, op), done)) = batch.next() {
+                match op {
+                    Op::Remove(channel) => {
+                        let result = self.layer.presence_remove(&group, &channel).await;
+                        reply(vec![done], &result.map(|_| ()));
+                    }
+                    Op::Add { member, announce } => {
+                        let mut entries = vec![(group, member)];
+                        let mut announced = vec![announce];
+                        let mut waiting = vec![done];
+                        while let Some(((group, Op::Add { member, announce }), done)) =
+                            batch.next_if(|((_, op), _)| matches!(op, Op::Add { .. }))
+                        {
+                            entries.push((group, member));
+                            announced.push(announce);
+                            waiting.push(done);
+                        }
+                        let result = self.layer.presence_add_many(&entries, TTL).await;
+                        reply(waiting, &result);
+                        match result {
+                            Ok(()) => {
+                                for ((group, member), announce) in entries.iter().zip(announced) {
+                                    if announce {
+                                        self.announce(group, "join", member, false).await;
+                                    }
+                                }
+                            }
+                            Err(error) => {
+                                // The members are in the index: the next refresh stores them.
+                                channels_layer::log_limited!(warn, %error, "presence store failed: the refresh retries it");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection with `channel` left `group`: removed (after its join's store, if that
+    /// is still queued) and announced.
     pub(crate) async fn leave(self: &Arc<Self>, group: &GroupName, channel: &ChannelName) {
         let member = {
             let mut index = self.index();
@@ -279,10 +333,12 @@ impl Service {
             member
         };
         let Some((member, _)) = member else { return };
-        match self.layer.presence_remove(group, channel).await {
+        let (done, result) = oneshot::channel();
+        self.queue(group.clone(), Op::Remove(channel.clone()), Some(done));
+        match result.await.unwrap_or(Err(LayerError::Closed)) {
             // Waits for the event to go out, so that a drained replica's leaves are announced
             // before it stops.
-            Ok(_) => self.announce(group, "leave", &member, true).await,
+            Ok(()) => self.announce(group, "leave", &member, true).await,
             Err(error) => {
                 // It expires within the TTL; the sweep announces it then.
                 channels_layer::log_limited!(warn, %error, %group, "presence removal failed");
@@ -298,11 +354,21 @@ impl Service {
         member: &PresenceMember,
         wait: bool,
     ) {
-        let value = Value::Map(Map::from_iter([
-            ("event", Value::from(event)),
-            ("group", Value::from(group.as_str())),
-            ("member", member_value(member)),
-        ]));
+        let json = match serde_json::to_string(member) {
+            Ok(json) => json,
+            Err(error) => {
+                channels_layer::log_limited!(warn, %error, %group, "presence event not encoded: dropped");
+                return;
+            }
+        };
+        // `[event, group, channel, member JSON]`: every replica reads the group and the
+        // channel of every event, and decodes the member only where someone wants it.
+        let value = Value::List(vec![
+            Value::from(event),
+            Value::from(group.as_str()),
+            Value::from(member.channel.as_str()),
+            Value::Str(json),
+        ]);
         let (done, sent) = oneshot::channel();
         match self
             .events
@@ -379,36 +445,37 @@ impl Service {
     /// Hands one presence event to this replica's connections in its group that asked for
     /// events (not to the one it is about).
     async fn on_event(&self, event: &Value) {
-        let map = event.as_map();
-        let field = |key: &str| map.and_then(|m| m.get(key));
-        let group = field("group")
-            .and_then(Value::as_str)
-            .and_then(|g| GroupName::new(g).ok());
-        let kind = field("event").and_then(Value::as_str);
-        let about = field("member")
-            .and_then(Value::as_map)
-            .and_then(|m| m.get("channel"))
-            .and_then(Value::as_str);
-        let (Some(group), Some(kind @ ("join" | "leave")), Some(about)) = (group, kind, about)
+        let field = |i: usize| match event {
+            Value::List(fields) => fields.get(i).and_then(Value::as_str),
+            _ => None,
+        };
+        let (Some(kind @ ("join" | "leave")), Some(group), Some(about), Some(json)) =
+            (field(0), field(1), field(2), field(3))
         else {
             channels_layer::log_limited!(warn, "malformed presence event ignored");
             return;
         };
         // Most events concern groups where nobody here asked for events: nothing more to do.
-        let targets: Vec<ChannelName> = match self.index().groups.get(&group) {
-            Some(members) => members
+        let targets: Vec<ChannelName> = {
+            let index = self.index();
+            let Some(members) = index.groups.get(group) else {
+                return;
+            };
+            members
                 .iter()
                 .filter(|(channel, (_, events))| *events && channel.as_str() != about)
                 .map(|(channel, _)| channel.clone())
-                .collect(),
-            None => return,
+                .collect()
         };
         if targets.is_empty() {
             return;
         }
-        let Some(member) = member_of(field("member")) else {
-            channels_layer::log_limited!(warn, "malformed presence event ignored");
-            return;
+        let member: PresenceMember = match serde_json::from_str(json) {
+            Ok(member) => member,
+            Err(error) => {
+                channels_layer::log_limited!(warn, %error, "malformed presence event ignored");
+                return;
+            }
         };
         let local = Message::new(EVENT_TYPE)
             .with("event", kind)
@@ -431,12 +498,25 @@ impl Service {
                     .map(move |(member, _)| (group.clone(), member.clone()))
             })
             .collect();
-        for chunk in entries.chunks(BATCH) {
-            if let Err(error) = self.layer.presence_add_many(chunk, TTL).await {
-                channels_layer::log_limited!(warn, %error, "presence refresh failed");
+        let groups: HashSet<GroupName> = entries.iter().map(|(group, _)| group.clone()).collect();
+        // Through the queue, so that a leave queued after the refresh read the index is
+        // applied after the refresh's store of that member, never before it. Not while
+        // earlier changes still wait (Redis is slow or away): the queue stays bounded by the
+        // connections, and the next tick tries again.
+        if self.ops.idle() {
+            for (group, member) in entries {
+                let op = Op::Add {
+                    member,
+                    announce: false,
+                };
+                self.queue(group, op, None);
             }
+        } else {
+            channels_layer::log_limited!(
+                warn,
+                "presence refresh skipped: earlier changes are still waiting for Redis"
+            );
         }
-        let groups: HashSet<GroupName> = entries.into_iter().map(|(group, _)| group).collect();
         for group in groups {
             match self.layer.presence(&group).await {
                 Ok(read) => {
@@ -554,7 +634,6 @@ mod tests {
         for result in futures_util::future::join_all(joins).await {
             result.unwrap();
         }
-        assert_eq!(layer.presence(&group).await.unwrap().members.len(), 500);
         let (mut events, mut messages) = (0, 0);
         while events < 500 {
             let msg = tokio::time::timeout(Duration::from_secs(5), control.recv())
@@ -569,5 +648,44 @@ mod tests {
         }
         assert_eq!(events, 500);
         assert!(messages < 10, "{messages} control messages for 500 joins");
+        // A join is announced once stored.
+        assert_eq!(layer.presence(&group).await.unwrap().members.len(), 500);
+    }
+
+    #[tokio::test]
+    async fn a_leave_right_after_a_join_that_did_not_wait_leaves_no_entry_behind() {
+        let layer: Arc<dyn ChannelLayer> = Arc::new(InMemoryChannelLayer::default());
+        let mut control = layer.new_channel().await.unwrap();
+        layer
+            .group_add(&control_group(), control.name())
+            .await
+            .unwrap();
+        let service = Arc::new(Service::new(Arc::clone(&layer), "r1".to_owned(), true));
+        let group = GroupName::new("room").unwrap();
+        for i in 0..50 {
+            let channel = ChannelName::new(&format!("specific.r1!c{i}")).unwrap();
+            let member = service.member("u", "n", &channel);
+            service.join(&group, member, &channel, false).await.unwrap();
+            service.leave(&group, &channel).await;
+        }
+        assert_eq!(layer.presence(&group).await.unwrap(), Default::default());
+        let mut kinds = Vec::new();
+        while kinds.len() < 100 {
+            let msg = tokio::time::timeout(Duration::from_secs(5), control.recv())
+                .await
+                .expect("every join and leave announced")
+                .unwrap();
+            let Some(Value::List(list)) = msg.get("events") else {
+                panic!("{msg:?}");
+            };
+            for event in list {
+                let Value::List(fields) = event else {
+                    panic!("{event:?}")
+                };
+                kinds.push(fields[0].as_str().unwrap().to_owned());
+            }
+        }
+        let expected: Vec<&str> = (0..50).flat_map(|_| ["join", "leave"]).collect();
+        assert_eq!(kinds, expected, "each join announced before its leave");
     }
 }
