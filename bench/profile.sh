@@ -17,17 +17,18 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --l
 pids=($!)
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 sleep 0.3
+# bench/peers.sh execs the server with the benchmark's settings (no per-address limits).
 for port in "$a" "$b"; do
-  target/release/channels-server --bind "127.0.0.1:$port" --redis-url "redis://127.0.0.1:$redis_port/0" --log-level warn &
+  bench/peers.sh rust "$port" "redis://127.0.0.1:$redis_port/0" 2>/dev/null &
   pids+=($!)
 done
 bench/peers.sh wait rust "$a" 20 && bench/peers.sh wait rust "$b" 20
-perf record -q -F 999 -e cpu-clock -g -p "${pids[1]}" -o "$dir/perf.data" -- sleep "$((seconds + 4))" 2>/dev/null &
+perf record -q -F 999 -e cpu-clock -g -p "${pids[1]}" -o "${PERF_DATA:-$dir/perf.data}" -- sleep "$((seconds + 4))" 2>/dev/null &
 perf_pid=$!
 target/release/channels-loadgen fanout --url "ws://127.0.0.1:$a" --url "ws://127.0.0.1:$b" \
   --pid "${pids[1]}" --pid "${pids[2]}" --groups 100 --members 10 --publishers 1 \
   --rate "$rate" --duration "$seconds" > "$dir/report.json"
 wait "$perf_pid" || true
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("load:", round(r["delivered_per_sec"]), "deliveries/s, lost", r["lost"], "p99", r["latency_ms"]["p99"], "ms, servers CPU %", [round(s["cpu_percent"]) for s in r["servers"]], "loadgen CPU %", round(r["loadgen_cpu_percent"]))' "$dir/report.json"
-perf report -i "$dir/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
+perf report -i "${PERF_DATA:-$dir/perf.data}" --no-children --sort dso,symbol --stdio 2>/dev/null \
   | grep -E '^ +[0-9]' | head -40

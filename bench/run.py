@@ -8,6 +8,8 @@ Systems, two replicas each on one redis-server started here:
             (sharded pub/sub; S-fanout only), next to "rust" on one Redis
   django    the tutorial's Django app under daphne with channels_redis' RedisPubSubChannelLayer
   socketio  Socket.IO 4 on Node with @socket.io/redis-adapter (bench/socketio)
+  rust-w2   "rust" as ONE replica with --workers 2 (the fixed scenario only: how the server
+            scales with threads, against two single-threaded replicas)
   floor     bench/floor.c, one process: no WebSocket library, no channel layer, one write per
             delivery (the "fixed" scenario's yardstick, not a system of its own)
 
@@ -59,7 +61,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "target" / "release" / "channels-loadgen"
 PEERS = ROOT / "bench" / "peers.sh"
-PROTOCOL = {"rust": "seed", "rust-core": "seed", "rust-cluster": "seed", "django": "seed",
+PROTOCOL = {"rust": "seed", "rust-w2": "seed", "rust-core": "seed", "rust-cluster": "seed", "django": "seed",
             "socketio": "socketio", "rust-history": "seed-recover", "floor": "seed"}
 # Extra load generator arguments per system: rust-history's clients use the recovery mode.
 QUERY = {"rust-history": "recover=1"}
@@ -417,8 +419,10 @@ def fixed_rates(redis, args):
     Reports, per system and rate, the spread of the server CPU per delivery and of p99, the
     loss, and each system's median CPU per delivery over the floor's and Socket.IO's over ours.
     """
-    kinds = [k for k in args.systems.split(",")
-             if k in args.fixed_systems.split(",") and k != "floor"]
+    systems = args.systems.split(",")
+    # rust-w2 is "rust" in another shape: it runs where rust does.
+    kinds = [k for k in args.fixed_systems.split(",")
+             if k != "floor" and (k in systems or (k == "rust-w2" and "rust" in systems))]
     kinds.append("floor")
     rates = [int(r) for r in args.fixed_rates.split(",")]
     out = {"rates": rates, "kinds": kinds, "seconds": args.fixed_seconds,
@@ -456,7 +460,10 @@ def fixed_run(kind, rate, run, redis, args):
     """One fixed-rate S-fanout run of `kind` at `rate` deliveries/s: 1 publisher per 10-member
     group at rate / (groups * 10) messages/s. The floor is one process (it has no channel layer
     to join its replicas); the others are two replicas on `redis`."""
-    system = System(kind, redis, replicas=1 if kind == "floor" else 2)
+    if kind == "rust-w2":
+        system = System("rust", redis, replicas=1, env={"PEERS_RUST_WORKERS": "2"})
+    else:
+        system = System(kind, redis, replicas=1 if kind == "floor" else 2)
     try:
         # Redis' CPU is read too (not counted in the server's): the floor does not use it.
         pids = system.pids + ([] if kind == "floor" else [redis.proc.pid])
@@ -662,9 +669,10 @@ def main():
                    help="fixed: repetitions of every rate for every system")
     p.add_argument("--fixed-seconds", type=float, default=10.0,
                    help="fixed: publishing time of each run")
-    p.add_argument("--fixed-systems", default="rust,socketio",
+    p.add_argument("--fixed-systems", default="rust,rust-w2,socketio",
                    help="fixed: which of --systems to run (seed or Socket.IO protocol: rust, "
-                        "rust-core, socketio, django); the floor always runs")
+                        "rust-core, socketio, django; rust-w2 runs with rust); the floor always "
+                        "runs")
     p.add_argument("--big-group", type=int, default=5000)
     # 50,000 is the issue's figure; a process here may hold at most 20,000 descriptors (a hard
     # RLIMIT_NOFILE that root cannot raise without CAP_SYS_RESOURCE), so one replica holds 19,000.
