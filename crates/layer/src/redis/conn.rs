@@ -11,8 +11,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::{Config as PoolConfig, Pool, PoolConfig as PoolSize, Runtime, Timeouts};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use deadpool::Runtime;
+use deadpool::managed::{Metrics, Object, RecycleError, RecycleResult};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 
 use super::sentinel::Sentinel;
 pub(crate) use super::text::{redact, words};
@@ -260,18 +261,15 @@ impl HostUrl {
 
     /// A pool of connections to [`url`](Self::url) as it is now.
     fn fixed_pool(&self, timeout: Duration, size: usize) -> Result<Pool, LayerError> {
-        let mut config = PoolConfig::from_url(self.url());
-        config.pool = Some(PoolSize {
-            max_size: size,
-            timeouts: Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            },
-            ..PoolSize::default()
-        });
-        config
-            .create_pool(Some(Runtime::Tokio1))
+        let client = redis::Client::open(self.url())
+            .map_err(|e| LayerError::Config(format!("{}: {e}", self.display)))?;
+        Pool::builder(Manager { client })
+            .max_size(size)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
             .map_err(|e| LayerError::Config(format!("{}: cannot build pool: {e}", self.display)))
     }
 
@@ -302,6 +300,77 @@ impl HostUrl {
     }
 }
 
+/// How long a pooled connection may sit unused before it is checked (`PING`) on its way out.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
+
+/// Makes the pool's multiplexed connections. Unlike `deadpool-redis`, whose recycle sends
+/// `UNWATCH` and `PING` each time a connection is handed out (one more round trip per command,
+/// which doubled Redis' calls for every publish), it checks only a connection that sat unused
+/// for [`IDLE_CHECK`]; one whose command failed or timed out never goes back
+/// ([`HostPool::query`]). Nothing here uses `WATCH`.
+#[derive(Debug)]
+pub(crate) struct Manager {
+    client: redis::Client,
+}
+
+impl deadpool::managed::Manager for Manager {
+    type Type = MultiplexedConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        self.client.get_multiplexed_async_connection().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<redis::RedisError> {
+        if metrics.last_used() < IDLE_CHECK {
+            return Ok(());
+        }
+        match redis::cmd("PING").query_async::<String>(conn).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(RecycleError::Backend(error)),
+        }
+    }
+}
+
+/// The pool of one host's (current master's) connections.
+pub(crate) type Pool = deadpool::managed::Pool<Manager>;
+
+/// A pooled connection that goes back to the pool only if its command succeeded (or Redis
+/// answered it with an error reply): a failed, timed-out or abandoned one is dropped.
+struct Checkout(Option<Object<Manager>>);
+
+impl Checkout {
+    fn conn(&mut self) -> Option<&mut MultiplexedConnection> {
+        self.0.as_deref_mut()
+    }
+
+    /// Back to the pool after `result`, unless it says the connection is broken.
+    fn done<T>(mut self, result: &redis::RedisResult<T>) {
+        if let Err(error) = result
+            && (error.is_io_error()
+                || error.is_timeout()
+                || error.is_connection_dropped()
+                || error.is_unrecoverable_error())
+        {
+            return;
+        }
+        // Dropping the object returns it to the pool.
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(Object::take(conn));
+        }
+    }
+}
+
 /// A publisher pool that follows a Sentinel set's master: when the master moves, the next
 /// [`get`](Self::get) drops the old pool (and its connections) for one to the new address.
 /// For a fixed URL it is one plain pool.
@@ -315,31 +384,71 @@ pub(crate) struct HostPool {
 }
 
 impl HostPool {
-    /// A connection from the pool of the current master.
-    pub(crate) async fn get(
-        &self,
-    ) -> Result<deadpool_redis::Connection, deadpool_redis::PoolError> {
+    /// The pool of the current master.
+    fn current(&self) -> redis::RedisResult<Pool> {
+        let unavailable =
+            |kind, text: String| redis::RedisError::from(std::io::Error::new(kind, text));
         if let Some(error) = self.host.no_master() {
-            return Err(deadpool_redis::PoolError::Backend(redis::RedisError::from(
-                std::io::Error::new(std::io::ErrorKind::NotConnected, error.to_string()),
-            )));
+            return Err(unavailable(
+                std::io::ErrorKind::NotConnected,
+                error.to_string(),
+            ));
         }
-        let pool = {
-            let mut current = crate::sync::lock(&self.current);
-            let version = self.host.version();
-            if current.0 != version {
-                match self.host.fixed_pool(self.timeout, self.size) {
-                    Ok(pool) => *current = (version, pool),
-                    Err(error) => {
-                        return Err(deadpool_redis::PoolError::Backend(redis::RedisError::from(
-                            std::io::Error::other(error.to_string()),
-                        )));
-                    }
+        let mut current = crate::sync::lock(&self.current);
+        let version = self.host.version();
+        if current.0 != version {
+            match self.host.fixed_pool(self.timeout, self.size) {
+                Ok(pool) => *current = (version, pool),
+                Err(error) => {
+                    return Err(unavailable(std::io::ErrorKind::Other, error.to_string()));
                 }
             }
-            current.1.clone()
+        }
+        Ok(current.1.clone())
+    }
+
+    async fn checkout(&self) -> redis::RedisResult<Checkout> {
+        let pool = self.current()?;
+        match pool.get().await {
+            Ok(conn) => Ok(Checkout(Some(conn))),
+            Err(deadpool::managed::PoolError::Backend(error)) => Err(error),
+            Err(error) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                error.to_string(),
+            ))),
+        }
+    }
+
+    /// Runs `cmd` on a connection of the current master's pool.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        let mut checkout = self.checkout().await?;
+        let Some(conn) = checkout.conn() else {
+            return Err(redis::RedisError::from(std::io::Error::other(
+                "no connection",
+            )));
         };
-        pool.get().await
+        let result = cmd.query_async::<T>(conn).await;
+        checkout.done(&result);
+        result
+    }
+
+    /// Runs `pipe` on a connection of the current master's pool.
+    pub(crate) async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        let mut checkout = self.checkout().await?;
+        let Some(conn) = checkout.conn() else {
+            return Err(redis::RedisError::from(std::io::Error::other(
+                "no connection",
+            )));
+        };
+        let result = pipe.query_async::<T>(conn).await;
+        checkout.done(&result);
+        result
     }
 }
 

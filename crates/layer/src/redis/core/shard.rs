@@ -109,12 +109,9 @@ impl Shard {
         what: &str,
         cmd: &redis::Cmd,
     ) -> Result<T, LayerError> {
-        bounded(&self.host, timeout, what, async {
-            let mut conn = self.pool.get().await.map_err(pool_error)?;
-            cmd.query_async(&mut conn).await
-        })
-        .await
-        .inspect_err(|error| self.mark_down(error))
+        bounded(&self.host, timeout, what, self.pool.query(cmd))
+            .await
+            .inspect_err(|error| self.mark_down(error))
     }
 
     /// Runs a pipeline on a pooled connection within `timeout`.
@@ -124,21 +121,10 @@ impl Shard {
         what: &str,
         pipe: &redis::Pipeline,
     ) -> Result<T, LayerError> {
-        bounded(&self.host, timeout, what, async {
-            let mut conn = self.pool.get().await.map_err(pool_error)?;
-            pipe.query_async(&mut conn).await
-        })
-        .await
-        .inspect_err(|error| self.mark_down(error))
+        bounded(&self.host, timeout, what, self.pool.pipeline(pipe))
+            .await
+            .inspect_err(|error| self.mark_down(error))
     }
-}
-
-/// A pool failure (no connection could be made or recycled) as a Redis I/O error.
-fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::NotConnected,
-        e.to_string(),
-    ))
 }
 
 /// Pings shard `i` every `ping_interval` on a connection of its own. When the shard answers

@@ -246,16 +246,7 @@ impl Inner {
         what: &'static str,
         cmd: &redis::Cmd,
     ) -> Result<T, LayerError> {
-        bounded(&shard.host, self.timeout, what, async {
-            let mut conn = shard.pool.get().await.map_err(|e| {
-                redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    e.to_string(),
-                ))
-            })?;
-            cmd.query_async::<T>(&mut conn).await
-        })
-        .await
+        bounded(&shard.host, self.timeout, what, shard.pool.query::<T>(cmd)).await
     }
 
     /// Stores `payload` in `group`'s history and publishes it with its position, in one script
@@ -297,19 +288,14 @@ impl Inner {
         channel: &str,
         payload: impl redis::ToRedisArgs + Send + Sync,
     ) -> Result<i64, LayerError> {
-        bounded(&shard.host, self.timeout, "PUBLISH", async {
-            let mut conn = shard.pool.get().await.map_err(|e| {
-                redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    e.to_string(),
-                ))
-            })?;
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(payload)
-                .query_async::<i64>(&mut conn)
-                .await
-        })
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(payload);
+        bounded(
+            &shard.host,
+            self.timeout,
+            "PUBLISH",
+            shard.pool.query::<i64>(&cmd),
+        )
         .await
     }
 }

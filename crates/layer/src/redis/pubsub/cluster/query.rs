@@ -51,16 +51,7 @@ impl Inner {
                 break;
             };
             let node = self.node(&addr)?;
-            let attempt = tokio::time::timeout(self.timeout, async {
-                let mut conn = node.pool.get().await.map_err(|e| {
-                    redis::RedisError::from(std::io::Error::new(
-                        std::io::ErrorKind::NotConnected,
-                        e.to_string(),
-                    ))
-                })?;
-                cmd.query_async::<T>(&mut conn).await
-            })
-            .await;
+            let attempt = tokio::time::timeout(self.timeout, node.pool.query::<T>(cmd)).await;
             match attempt {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(error)) => {

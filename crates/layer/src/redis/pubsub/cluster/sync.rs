@@ -132,11 +132,11 @@ impl Inner {
         let mut failures = Vec::new();
         for addr in candidates.into_iter().filter(|a| seen.insert(a.clone())) {
             let node = self.node(&addr)?;
+            let mut slots = redis::cmd("CLUSTER");
+            slots.arg("SLOTS");
             let reply = tokio::time::timeout(self.timeout, async {
-                let mut conn = node.pool.get().await.map_err(|e| e.to_string())?;
-                redis::cmd("CLUSTER")
-                    .arg("SLOTS")
-                    .query_async::<redis::Value>(&mut conn)
+                node.pool
+                    .query::<redis::Value>(&slots)
                     .await
                     .map_err(|e| words(&e))
             })
