@@ -9,9 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for program in redis-server redis-cli node npm python3 cc; do
+for program in redis-server redis-cli node npm python3 cc wrk; do
   command -v "$program" >/dev/null || {
-    echo "bench/run.sh: $program not found: install the Debian packages redis-server redis-tools nodejs npm python3 gcc" >&2
+    echo "bench/run.sh: $program not found: install the Debian packages redis-server redis-tools nodejs npm python3 gcc wrk" >&2
     exit 1
   }
 done
