@@ -287,33 +287,36 @@ impl Service {
                         reply(vec![done], &result.map(|_| ()));
                     }
                     Op::Add { member, announce } => {
-                        let mut entries = vec![(group, member)];
-                        let mut announced = vec![announce];
-                        let mut waiting = vec![done];
+                        let mut adds = vec![((group, member, announce), done)];
                         while let Some(((group, Op::Add { member, announce }), done)) =
                             batch.next_if(|((_, op), _)| matches!(op, Op::Add { .. }))
                         {
-                            entries.push((group, member));
-                            announced.push(announce);
-                            waiting.push(done);
+                            adds.push(((group, member, announce), done));
                         }
-                        let result = self.layer.presence_add_many(&entries, TTL).await;
-                        reply(waiting, &result);
-                        match result {
-                            Ok(()) => {
-                                for ((group, member), announce) in entries.iter().zip(announced) {
-                                    if announce {
-                                        self.announce(group, "join", member, false).await;
-                                    }
-                                }
-                            }
-                            Err(error) => {
-                                // The members are in the index: the next refresh stores them.
-                                channels_layer::log_limited!(warn, %error, "presence store failed: the refresh retries it");
-                            }
-                        }
+                        self.store(adds).await;
                     }
                 }
+            }
+        }
+    }
+
+    /// Stores a run of members in one call, then announces the joins among them.
+    async fn store(self: &Arc<Self>, adds: Vec<Waiting<(GroupName, PresenceMember, bool)>>) {
+        let (adds, waiting): (Vec<_>, Vec<_>) = adds.into_iter().unzip();
+        let (entries, announced): (Vec<_>, Vec<_>) = adds
+            .into_iter()
+            .map(|(group, member, announce)| ((group, member), announce))
+            .unzip();
+        let result = self.layer.presence_add_many(&entries, TTL).await;
+        reply(waiting, &result);
+        if let Err(error) = result {
+            // The members are in the index: the next refresh stores them.
+            channels_layer::log_limited!(warn, %error, "presence store failed: the refresh retries it");
+            return;
+        }
+        for ((group, member), announce) in entries.iter().zip(announced) {
+            if announce {
+                self.announce(group, "join", member, false).await;
             }
         }
     }
@@ -612,15 +615,21 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn joins_of_one_moment_go_out_together_and_every_one_is_announced() {
+    /// An in-memory layer, a channel in the control group, and a replica's service on them.
+    async fn setup() -> (Arc<dyn ChannelLayer>, Inbox, Arc<Service>) {
         let layer: Arc<dyn ChannelLayer> = Arc::new(InMemoryChannelLayer::default());
-        let mut control = layer.new_channel().await.unwrap();
+        let control = layer.new_channel().await.unwrap();
         layer
             .group_add(&control_group(), control.name())
             .await
             .unwrap();
         let service = Arc::new(Service::new(Arc::clone(&layer), "r1".to_owned(), true));
+        (layer, control, service)
+    }
+
+    #[tokio::test]
+    async fn joins_of_one_moment_go_out_together_and_every_one_is_announced() {
+        let (layer, mut control, service) = setup().await;
         let group = GroupName::new("room").unwrap();
         let joins = (0..500).map(|i| {
             let service = Arc::clone(&service);
@@ -654,13 +663,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leave_right_after_a_join_that_did_not_wait_leaves_no_entry_behind() {
-        let layer: Arc<dyn ChannelLayer> = Arc::new(InMemoryChannelLayer::default());
-        let mut control = layer.new_channel().await.unwrap();
-        layer
-            .group_add(&control_group(), control.name())
-            .await
-            .unwrap();
-        let service = Arc::new(Service::new(Arc::clone(&layer), "r1".to_owned(), true));
+        let (layer, mut control, service) = setup().await;
         let group = GroupName::new("room").unwrap();
         for i in 0..50 {
             let channel = ChannelName::new(&format!("specific.r1!c{i}")).unwrap();
