@@ -7,6 +7,8 @@
 #                                             # the venv and the release binary
 #   bench/peers.sh socketio PORT REDIS_URL    # Node: bench/socketio/server.js
 #   bench/peers.sh django   PORT REDIS_URL    # daphne + the seed app (tests/django_seed), pubsub layer
+#   bench/peers.sh django-async PORT REDIS_URL  # the fair Django row: uvicorn (uvloop, httptools)
+#                                             # + an async consumer (bench/django_async), pubsub layer
 #   bench/peers.sh rust     PORT REDIS_URL    # target/release/channels-server (Redis pub/sub layer)
 #   bench/peers.sh rust-core PORT REDIS_URL   # the same with --layer redis-core
 #   bench/peers.sh rust-history PORT REDIS_URL # rust with --history-size 100 (issue 14)
@@ -18,7 +20,7 @@
 #
 # Readiness (GET on 127.0.0.1:PORT answers 200):
 #   socketio  /healthz                  the port opens only after both Redis clients connected
-#   django    /chatgroup?groupID=1      Django is loaded; the pubsub layer connects to Redis lazily,
+#   django, django-async  /chatgroup?groupID=1  Django is loaded; the pubsub layer connects to Redis lazily,
 #                                       on the first group_add, so this does not prove Redis is up
 #   rust      /readyz                   the channel layer is connected (/healthz is liveness only
 #                                       and answers as soon as the port is open)
@@ -68,9 +70,9 @@ need_port_url() {
 ready_path() {
     case "$1" in
         socketio) echo "/healthz" ;;
-        django) echo "/chatgroup?groupID=1" ;;
+        django | django-async) echo "/chatgroup?groupID=1" ;;
         rust | rust-core | rust-history | rust-cluster | floor) echo "/readyz" ;;
-        *) die "unknown kind '$1' (socketio, django, rust, rust-core, rust-history, rust-cluster or floor)" ;;
+        *) die "unknown kind '$1' (socketio, django, django-async, rust, rust-core, rust-history, rust-cluster or floor)" ;;
     esac
 }
 
@@ -119,6 +121,21 @@ case "$cmd" in
             exec "$daphne" "${args[@]}"
         fi
         exec "$daphne" "${args[@]}" >/dev/null
+        ;;
+    django-async)
+        # What a Django shop would run for these texts: an AsyncWebsocketConsumer (no
+        # async_to_sync thread hop and no print per message) under uvicorn with uvloop and
+        # httptools, one process per replica: asyncio is single-threaded, so the two replicas
+        # are the two worker processes for the two cores, as for every other system here.
+        need_port_url "$@"
+        uvicorn="$root/.venv/bin/uvicorn"
+        [ -x "$uvicorn" ] || die "$uvicorn is missing: run scripts/python-venv.sh first"
+        raise_nofile
+        cd "$here/django_async"
+        export SEED_LAYER=pubsub SEED_REDIS_URLS="$2" PYTHONPATH="$root/tests/django_seed"
+        exec "$uvicorn" --host 127.0.0.1 --port "$1" --backlog "${PEERS_BACKLOG:-1024}" \
+            --loop uvloop --http httptools --ws websockets-sansio --log-level warning --no-access-log \
+            asgi:application
         ;;
     rust | rust-core | rust-history | rust-cluster)
         layer=redis-pubsub
@@ -169,10 +186,11 @@ case "$cmd" in
     setup)
         "$here/socketio/setup.sh"
         [ -x "$root/.venv/bin/daphne" ] || die "$root/.venv/bin/daphne is missing: run scripts/python-venv.sh"
+        [ -x "$root/.venv/bin/uvicorn" ] || die "$root/.venv/bin/uvicorn is missing: run scripts/python-venv.sh"
         [ -x "$(rust_bin)" ] || echo "bench/peers.sh: note: $(rust_bin) is not built yet (cargo build --release -p channels-server)" >&2
         command -v redis-server >/dev/null 2>&1 || die "redis-server is missing (Debian: apt-get install -y redis-server)"
         echo "bench/peers.sh: setup done" >&2
         ;;
     -h | --help | help | "") usage ;;
-    *) die "unknown subcommand '$cmd' (setup, socketio, django, rust, rust-core, rust-history, rust-cluster, floor, wait, ready-path)" ;;
+    *) die "unknown subcommand '$cmd' (setup, socketio, django, django-async, rust, rust-core, rust-history, rust-cluster, floor, wait, ready-path)" ;;
 esac

@@ -7,6 +7,8 @@ Systems, two replicas each on one redis-server started here:
   rust-cluster  this project's pub/sub layer on a Redis Cluster of three masters started here
             (sharded pub/sub; S-fanout only), next to "rust" on one Redis
   django    the tutorial's Django app under daphne with channels_redis' RedisPubSubChannelLayer
+  django-async  the fair Django row: the same texts from an AsyncWebsocketConsumer under uvicorn
+            (uvloop, httptools), one process per replica (bench/django_async)
   socketio  Socket.IO 4 on Node with @socket.io/redis-adapter (bench/socketio)
   rust-w2   "rust" as ONE replica with --workers 2 (the fixed scenario only: how the server
             scales with threads, against two single-threaded replicas)
@@ -60,7 +62,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "target" / "release" / "channels-loadgen"
 PEERS = ROOT / "bench" / "peers.sh"
-PROTOCOL = {"rust": "seed", "rust-w2": "seed", "rust-core": "seed", "rust-cluster": "seed", "django": "seed",
+PROTOCOL = {"rust": "seed", "rust-w2": "seed", "rust-core": "seed", "rust-cluster": "seed",
+            "django": "seed", "django-async": "seed",
             "socketio": "socketio", "rust-history": "seed-recover", "floor": "seed"}
 # Extra load generator arguments per system: rust-history's clients use the recovery mode.
 QUERY = {"rust-history": "recover=1"}
@@ -248,10 +251,11 @@ def brief(r):
                               "latency_ms", "loadgen_cpu_percent", "servers")}
 
 
-def fanout_sweep(system, args):
-    """Doubles the publish rate until a step fails, then bisects between the last passing and
-    the failing rate (at most --bisect steps, until they are within --bisect-precision);
-    returns (best step, all steps)."""
+def fanout_sweep(system, args, start=None):
+    """Doubles the publish rate from `start` (default --start-rate, or --start-rate-django for
+    the Django rows) until a step fails, then bisects between the last passing and the failing
+    rate (at most --bisect steps, until they are within --bisect-precision); returns (best
+    step, all steps)."""
     best, steps = None, []
     tag = 0
 
@@ -270,7 +274,8 @@ def fanout_sweep(system, args):
                f"p99 {r['latency_ms']['p99']:.1f} ms"))
         return ok
 
-    rate = args.start_rate_django if system.kind == "django" else args.start_rate
+    rate = start or (args.start_rate_django if system.kind.startswith("django")
+                     else args.start_rate)
     failed = None
     while rate <= args.max_rate:
         if not step(rate):
@@ -290,6 +295,100 @@ def fanout_sweep(system, args):
             else:
                 high = mid
     return best, steps
+
+
+def median_run(runs, key):
+    """The run whose key(run) is the median of those that have one (the upper middle of an even
+    count), else the first run; None for no runs."""
+    ok = sorted((r for r in runs if key(r) is not None), key=key)
+    return ok[len(ok) // 2] if ok else (runs[0] if runs else None)
+
+
+def per_system(kind, redis, args):
+    """S-fanout, S-big-group, S-idle (with S-connect) and echo for one system, each --runs
+    times on a fresh start. Every scenario keeps its runs ("<scenario>_runs") and, under its own
+    name, the median run, which the summary shows with the spread of all runs."""
+    skip, res = args.skip_set, {}
+    if kind in FANOUT_ONLY:
+        if "fanout" not in skip:
+            runs = []
+            for run in range(args.runs):
+                cluster = RedisCluster()
+                log(f"redis cluster on {cluster.url}")
+                system = System(kind, cluster)
+                try:
+                    runs.append(dict(zip(("best", "steps"), fanout_sweep(
+                        system, args, start=sweep_start(runs, args)))))
+                finally:
+                    system.stop()
+                    cluster.stop()
+            res["fanout_runs"] = runs
+            res["fanout"] = median_run(runs, lambda r: (r["best"] or {}).get("delivered_per_sec"))
+        return res
+    if "fanout" not in skip:
+        runs = []
+        for run in range(args.runs):
+            system = System(kind, redis)
+            try:
+                runs.append(dict(zip(("best", "steps"), fanout_sweep(
+                    system, args, start=sweep_start(runs, args)))))
+            finally:
+                system.stop()
+        res["fanout_runs"] = runs
+        res["fanout"] = median_run(runs, lambda r: (r["best"] or {}).get("delivered_per_sec"))
+    if "big-group" not in skip:
+        runs = []
+        for run in range(args.runs):
+            system = System(kind, redis)
+            try:
+                r = loadgen("fanout", system, ["--groups", 1, "--members", args.big_group,
+                                               "--publishers", 1, "--rate", 10,
+                                               "--duration", 10, "--drain", 3,
+                                               "--source-ips", 2, "--tag", f"big{run}"],
+                            timeout=150 if kind.startswith("django") else 400)
+                runs.append({**brief(r), "connect": r.get("connect")})
+                log(f"  {kind} big group, run {run + 1}: " + (r.get("error") or
+                    f"p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms,"
+                    f" lost {r['lost']}"))
+            finally:
+                system.stop()
+        res["big_group_runs"] = runs
+        res["big_group"] = median_run(runs, lambda r: (r.get("latency_ms") or {}).get("p99"))
+    if "idle" not in skip:
+        n = args.idle_django if kind.startswith("django") else args.idle
+        runs = []
+        for run in range(args.runs):
+            system = System(kind, redis, replicas=1)
+            try:
+                r = loadgen("idle", system, ["--connections", n, "--groups", 1000,
+                                             "--hold", 10, "--source-ips", 8,
+                                             "--connect-concurrency", 200], timeout=600)
+                runs.append(r)
+                log(f"  {kind} idle {n}, run {run + 1}: " + (r.get("error") or
+                    f"{r['rss_per_connection_bytes'] / 1024:.1f} KiB/conn, "
+                    f"{r['connect']['per_second']:.0f} connects/s"))
+            finally:
+                system.stop()
+        res["idle_runs"] = runs
+        res["idle"] = median_run(runs, lambda r: r.get("rss_per_connection_bytes"))
+    if "echo" not in skip:
+        runs = []
+        for run in range(args.runs):
+            system = System(kind, redis, replicas=1)
+            try:
+                runs.append(loadgen("echo", system, ["--connections", 100, "--duration", 5]))
+            finally:
+                system.stop()
+        res["echo_runs"] = runs
+        res["echo"] = median_run(runs, lambda r: r.get("round_trips_per_sec"))
+    return res
+
+
+def sweep_start(runs, args):
+    """Where a repeated S-fanout sweep starts: two doublings below the lowest limit found so far
+    (so each later sweep still climbs to its own cliff, in fewer steps), or the default."""
+    limits = [r["best"]["rate_per_publisher"] for r in runs if r.get("best")]
+    return min(limits) / 4 if limits else None
 
 
 def hs256_token(secret, claims):
@@ -424,16 +523,30 @@ def fixed_rates(redis, args):
              if k != "floor" and (k in systems or (k == "rust-w2" and "rust" in systems))]
     kinds.append("floor")
     rates = [int(r) for r in args.fixed_rates.split(",")]
-    out = {"rates": rates, "kinds": kinds, "seconds": args.fixed_seconds,
+    low = args.fixed_django_rate
+    slow = [k for k in kinds if k.startswith("django")]
+
+    def rates_of(kind):
+        # Django cannot serve the fixed rates (it saturates far below 10,000/s): it runs at its
+        # own rate, next to rust and the floor at the same rate.
+        if kind in slow:
+            return [low]
+        if slow and kind in ("rust", "floor"):
+            return sorted({low, *rates})
+        return rates
+
+    all_rates = sorted({r for k in kinds for r in rates_of(k)})
+    out = {"rates": all_rates, "kinds": kinds, "seconds": args.fixed_seconds,
            "groups": args.groups, "members": 10, "runs": []}
     for run in range(args.fixed_runs):
         order = kinds[run % len(kinds):] + kinds[:run % len(kinds)]
-        for rate in rates:
+        for rate in all_rates:
             for kind in order:
-                out["runs"].append(fixed_run(kind, rate, run, redis, args))
+                if rate in rates_of(kind):
+                    out["runs"].append(fixed_run(kind, rate, run, redis, args))
     out["summary"], out["ratios"] = {}, {}
     for kind in kinds:
-        for rate in rates:
+        for rate in rates_of(kind):
             runs = [x for x in out["runs"] if x["kind"] == kind and x["rate"] == rate]
             ok = [x for x in runs if "error" not in x]
             out["summary"].setdefault(kind, {})[str(rate)] = {
@@ -444,13 +557,14 @@ def fixed_rates(redis, args):
                 "delivered_per_sec": spread(x["delivered_per_sec"] for x in ok),
                 "errors": [x["error"] for x in runs if "error" in x],
             }
-    for rate in rates:
-        cpu = {k: (out["summary"][k][str(rate)]["cpu_per_delivery_us"] or {}).get("median")
-               for k in kinds}
+    for rate in all_rates:
+        cpu = {k: ((out["summary"][k].get(str(rate)) or {}).get("cpu_per_delivery_us") or {})
+               .get("median") for k in kinds}
         ratios = {f"{k}/floor": cpu[k] / cpu["floor"] for k in kinds
                   if k != "floor" and cpu[k] and cpu["floor"]}
-        if cpu.get("socketio") and cpu.get("rust"):
-            ratios["socketio/rust"] = cpu["socketio"] / cpu["rust"]
+        for peer in ("socketio", *slow):
+            if cpu.get(peer) and cpu.get("rust"):
+                ratios[f"{peer}/rust"] = cpu[peer] / cpu["rust"]
         out["ratios"][str(rate)] = ratios
     return out
 
@@ -655,7 +769,8 @@ def presence_cost(redis, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default="rust,rust-cluster,rust-core,socketio,django")
+    p.add_argument("--systems",
+                   default="rust,rust-cluster,rust-core,socketio,django,django-async")
     p.add_argument("--groups", type=int, default=100, help="S-fanout groups (10 members each)")
     p.add_argument("--start-rate", type=float, default=0.5,
                    help="S-fanout messages/s per publisher at the first step")
@@ -675,10 +790,13 @@ def main():
                    help="fixed: repetitions of every rate for every system")
     p.add_argument("--fixed-seconds", type=float, default=10.0,
                    help="fixed: publishing time of each run")
-    p.add_argument("--fixed-systems", default="rust,rust-w2,socketio",
+    p.add_argument("--fixed-systems", default="rust,rust-w2,socketio,django-async",
                    help="fixed: which of --systems to run (seed or Socket.IO protocol: rust, "
-                        "rust-core, socketio, django; rust-w2 runs with rust); the floor always "
-                        "runs")
+                        "rust-core, socketio, django, django-async; rust-w2 runs with rust); the "
+                        "floor always runs")
+    p.add_argument("--fixed-django-rate", type=int, default=2000,
+                   help="fixed: the one rate of the Django rows, which cannot serve the others; "
+                        "rust and the floor run at it too")
     p.add_argument("--big-group", type=int, default=5000)
     # 50,000 is the issue's figure; a process here may hold at most 20,000 descriptors (a hard
     # RLIMIT_NOFILE that root cannot raise without CAP_SYS_RESOURCE), so one replica holds 19,000.
@@ -695,6 +813,9 @@ def main():
                    help="S-history: clients resuming at once in the reconnect storm")
     p.add_argument("--presence-runs", type=int, default=3,
                    help="S-presence: alternating connect runs with presence off and on")
+    p.add_argument("--runs", type=int, default=3,
+                   help="S-fanout, S-big-group, S-idle and echo: runs of each per system (the "
+                        "summary shows the median and the spread)")
     p.add_argument("--skip", default="", help="comma-separated scenarios to skip")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -725,59 +846,7 @@ def main():
                 continue
             res = results["systems"].setdefault(kind, {})
             log(f"== {kind}")
-            if kind in FANOUT_ONLY:
-                if "fanout" not in skip:
-                    cluster = RedisCluster()
-                    log(f"redis cluster on {cluster.url}")
-                    system = System(kind, cluster)
-                    try:
-                        best, steps = fanout_sweep(system, args)
-                        res["fanout"] = {"best": best, "steps": steps}
-                    finally:
-                        system.stop()
-                        cluster.stop()
-                continue
-            if "fanout" not in skip:
-                system = System(kind, redis)
-                try:
-                    best, steps = fanout_sweep(system, args)
-                    res["fanout"] = {"best": best, "steps": steps}
-                finally:
-                    system.stop()
-            if "big-group" not in skip:
-                system = System(kind, redis)
-                try:
-                    r = loadgen("fanout", system, ["--groups", 1, "--members", args.big_group,
-                                                   "--publishers", 1, "--rate", 10,
-                                                   "--duration", 10, "--drain", 3,
-                                                   "--source-ips", 2, "--tag", "big"],
-                                timeout=150 if kind == "django" else 400)
-                    res["big_group"] = {**brief(r), "connect": r.get("connect")}
-                    log(f"  {kind} big group: " + (r.get("error") or
-                        f"p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms,"
-                        f" lost {r['lost']}"))
-                finally:
-                    system.stop()
-            if "idle" not in skip:
-                system = System(kind, redis, replicas=1)
-                n = args.idle_django if kind == "django" else args.idle
-                try:
-                    r = loadgen("idle", system, ["--connections", n, "--groups", 1000,
-                                                 "--hold", 10, "--source-ips", 8,
-                                                 "--connect-concurrency", 200], timeout=600)
-                    res["idle"] = r
-                    log(f"  {kind} idle {n}: " + (r.get("error") or
-                        f"{r['rss_per_connection_bytes'] / 1024:.1f} KiB/conn, "
-                        f"{r['connect']['per_second']:.0f} connects/s"))
-                finally:
-                    system.stop()
-            if "echo" not in skip:
-                system = System(kind, redis, replicas=1)
-                try:
-                    res["echo"] = loadgen("echo", system, ["--connections", 100,
-                                                           "--duration", 5])
-                finally:
-                    system.stop()
+            res.update(per_system(kind, redis, args))
         if "history" not in skip and "rust" in args.systems.split(","):
             log("== history (rust)")
             results["history"] = history_cost(redis, args)
@@ -802,8 +871,8 @@ def main():
 
 
 def f_best(systems, kind):
-    """S-fanout's best delivered messages/s of `kind`, if it ran."""
-    best = (systems.get(kind) or {}).get("fanout", {}).get("best") or {}
+    """S-fanout's best delivered messages/s of `kind` (its median run), if it ran."""
+    best = ((systems.get(kind) or {}).get("fanout") or {}).get("best") or {}
     return best.get("delivered_per_sec")
 
 
@@ -826,7 +895,9 @@ def render_fixed(fixed):
              "|---|---|---|---|---|---|---|"]
     for rate in fixed["rates"]:
         for kind in fixed["kinds"]:
-            row = fixed["summary"][kind][str(rate)]
+            row = fixed["summary"][kind].get(str(rate))
+            if row is None:
+                continue
             lost = "n/a" if row["lost_max"] is None else f"{row['lost_max']:,}"
             errors = f" ({len(row['errors'])} failed: {row['errors'][0]})" if row["errors"] else ""
             delivered = (row["delivered_per_sec"] or {}).get("median")
@@ -836,8 +907,8 @@ def render_fixed(fixed):
                          f"{'n/a' if delivered is None else f'{delivered:,.0f}'} | "
                          f"{'n/a' if kind == 'floor' or redis_us is None else f'{redis_us:.2f}'} |")
     names = [f"{k}/floor" for k in fixed["kinds"] if k != "floor"]
-    if "rust" in fixed["kinds"] and "socketio" in fixed["kinds"]:
-        names.append("socketio/rust")
+    names += [f"{k}/rust" for k in fixed["kinds"]
+              if "rust" in fixed["kinds"] and (k == "socketio" or k.startswith("django"))]
     lines += ["", "Ratios of the median CPU per delivery:", "",
               "| deliveries/s | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for rate in fixed["rates"]:
@@ -855,8 +926,7 @@ def render(results):
     if results.get("fixed"):
         lines += render_fixed(results["fixed"])
 
-    def get(kind, *path):
-        v = s.get(kind, {})
+    def dig(v, *path):
         for k in path:
             if isinstance(v, list) and isinstance(k, int) and k < len(v):
                 v = v[k]
@@ -869,37 +939,64 @@ def render(results):
     def ratio(a, b):
         return f"{a / b:.1f}x" if a and b else "n/a"
 
+    def kib(v):
+        return v / 1024 if v else None
+
     # The systems that ran a per-system scenario (none when only "fixed" and the like ran).
     kinds = [k for k in s if s[k]]
+    peers = [p for p in ("socketio", "django", "django-async") if p in kinds]
     if kinds:
-        lines.append("| metric | " + " | ".join(kinds) + " | rust vs socketio | rust vs django |")
-        lines.append("|---" * (len(kinds) + 3) + "|")
+        runs = max((len(s[k].get(f"{x}_runs") or [None]) for k in kinds
+                    for x in ("fanout", "big_group", "idle", "echo")), default=1)
+        lines.append(f"Per system: median (min–max) of {runs} run(s) each.")
+        lines.append("")
+        lines.append("| metric | " + " | ".join(kinds) + " | "
+                     + " | ".join(f"rust vs {p}" for p in peers) + " |")
+        lines.append("|---" * (len(kinds) + len(peers) + 1) + "|")
+    # (name, scenario, value of one run, higher is better)
     rows = [
-        ("S-fanout: max delivered msg/s (0 loss, p99 < 50 ms)",
-         lambda k: get(k, "fanout", "best", "delivered_per_sec"), True),
-        ("S-fanout: p99 at that rate (ms)",
-         lambda k: get(k, "fanout", "best", "latency_ms", "p99"), False),
-        ("S-big-group: p50 (ms)", lambda k: get(k, "big_group", "latency_ms", "p50"), False),
-        ("S-big-group: p99 (ms)", lambda k: get(k, "big_group", "latency_ms", "p99"), False),
-        ("S-big-group: lost", lambda k: get(k, "big_group", "lost"), False),
-        ("S-idle: connections held", lambda k: get(k, "idle", "connect", "connections"), False),
-        ("S-idle: RSS per connection (KiB)",
-         lambda k: (get(k, "idle", "rss_per_connection_bytes") or 0) / 1024 or None, False),
-        ("S-idle: idle CPU (% of a core)",
-         lambda k: get(k, "idle", "idle", 0, "cpu_percent"), False),
-        ("S-connect: connections/s", lambda k: get(k, "idle", "connect", "per_second"), True),
-        ("echo: round trips/s (100 conns)", lambda k: get(k, "echo", "round_trips_per_sec"), True),
+        ("S-fanout: max delivered msg/s (0 loss, p99 < 50 ms)", "fanout",
+         lambda r: dig(r, "best", "delivered_per_sec"), True),
+        ("S-fanout: p99 at that rate (ms)", "fanout",
+         lambda r: dig(r, "best", "latency_ms", "p99"), False),
+        ("S-big-group: p50 (ms)", "big_group", lambda r: dig(r, "latency_ms", "p50"), False),
+        ("S-big-group: p99 (ms)", "big_group", lambda r: dig(r, "latency_ms", "p99"), False),
+        ("S-big-group: lost (most in a run)", "big_group", lambda r: dig(r, "lost"), None),
+        ("S-idle: connections held", "idle", lambda r: dig(r, "connect", "connections"), None),
+        ("S-idle: RSS per connection (KiB)", "idle",
+         lambda r: kib(dig(r, "rss_per_connection_bytes")), False),
+        ("S-idle: idle CPU (% of a core)", "idle", lambda r: dig(r, "idle", 0, "cpu_percent"),
+         False),
+        ("S-connect: connections/s", "idle", lambda r: dig(r, "connect", "per_second"), True),
+        ("echo: round trips/s (100 conns)", "echo", lambda r: dig(r, "round_trips_per_sec"),
+         True),
     ]
-    for name, f, higher_better in rows if kinds else ():
-        vals = [f(k) for k in kinds]
-        cells = [("n/a" if v is None else (f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"))
-                 for v in vals]
-        rust = f("rust")
-        sio, dj = f("socketio"), f("django")
-        if higher_better:
-            extra = [ratio(rust, sio), ratio(rust, dj)]
-        else:
-            extra = ["", ""]
+
+    def stats(kind, scenario, f):
+        runs = s.get(kind, {}).get(f"{scenario}_runs")
+        if runs is None:  # results written before --runs: one run under the scenario's name
+            one = s.get(kind, {}).get(scenario)
+            runs = [] if one is None else [one]
+        return spread(f(r) for r in runs)
+
+    def show(v):
+        return f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"
+
+    for name, scenario, f, higher_better in rows if kinds else ():
+        cells = []
+        for k in kinds:
+            v = stats(k, scenario, f)
+            if v is None:
+                cells.append("n/a")
+            elif higher_better is None:  # counts: the largest of the runs
+                cells.append(show(v["max"]))
+            elif v["runs"] > 1:
+                cells.append(f"{show(v['median'])} ({show(v['min'])}–{show(v['max'])})")
+            else:
+                cells.append(show(v["median"]))
+        rust = (stats("rust", scenario, f) or {}).get("median")
+        extra = [ratio(rust, (stats(p, scenario, f) or {}).get("median")) if higher_better
+                 else "" for p in peers]
         lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
     one, cluster = f_best(s, "rust"), f_best(s, "rust-cluster")
     if one and cluster:
