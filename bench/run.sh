@@ -4,7 +4,7 @@
 # bench/run.py, which starts redis-server and every system and prints a Markdown summary (the
 # JSON goes to bench/results/). Arguments are passed to bench/run.py (--help lists them).
 #
-#   bench/run.sh                       # everything (about 10 minutes on 2 cores)
+#   bench/run.sh                       # everything (about 45 minutes on 2 cores)
 #   bench/run.sh --systems rust --skip idle,echo
 set -euo pipefail
 cd "$(dirname "$0")/.."
