@@ -205,7 +205,7 @@ fn hook_request(scope: &Scope, replica: &str, channel: &str) -> HookRequest {
     HookRequest {
         path: scope.path.clone(),
         query_string: scope.query_string.clone(),
-        route_kwargs: scope.url_route.kwargs.clone(),
+        route_kwargs: scope.url_route.kwargs.iter().cloned().collect(),
         headers,
         client: scope.client.map(|c| c.to_string()),
         replica: replica.to_owned(),

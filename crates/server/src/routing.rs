@@ -72,7 +72,7 @@ impl RePath {
         } else {
             for name in names {
                 if let Some(m) = caps.name(name) {
-                    route.kwargs.insert(name.to_owned(), m.as_str().to_owned());
+                    route.kwargs.push((name.to_owned(), m.as_str().to_owned()));
                 }
             }
         }
