@@ -309,6 +309,11 @@ def per_system(kind, redis, args):
     times on a fresh start. Every scenario keeps its runs ("<scenario>_runs") and, under its own
     name, the median run, which the summary shows with the spread of all runs."""
     skip, res = args.skip_set, {}
+
+    def keep(scenario, runs, key):
+        res[f"{scenario}_runs"] = runs
+        res[scenario] = median_run(runs, key)
+
     if "fanout" not in skip:
         runs = []
         for run in range(args.runs):
@@ -324,56 +329,55 @@ def per_system(kind, redis, args):
                 system.stop()
                 if cluster:
                     cluster.stop()
-        res["fanout_runs"] = runs
-        res["fanout"] = median_run(runs, lambda r: (r["best"] or {}).get("delivered_per_sec"))
+        keep("fanout", runs, lambda r: (r["best"] or {}).get("delivered_per_sec"))
     if kind in FANOUT_ONLY:
         return res
     if "big-group" not in skip:
-        runs = []
-        for run in range(args.runs):
-            system = System(kind, redis)
-            try:
-                r = loadgen("fanout", system, ["--groups", 1, "--members", args.big_group,
-                                               "--publishers", 1, "--rate", 10,
-                                               "--duration", 10, "--drain", 3,
-                                               "--source-ips", 2, "--tag", f"big{run}"],
-                            timeout=150 if kind.startswith("django") else 400)
-                runs.append({**brief(r), "connect": r.get("connect")})
-                log(f"  {kind} big group, run {run + 1}: " + (r.get("error") or
-                    f"p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms,"
-                    f" lost {r['lost']}"))
-            finally:
-                system.stop()
-        res["big_group_runs"] = runs
-        res["big_group"] = median_run(runs, lambda r: (r.get("latency_ms") or {}).get("p99"))
+        def big_group(system, run):
+            r = loadgen("fanout", system, ["--groups", 1, "--members", args.big_group,
+                                           "--publishers", 1, "--rate", 10,
+                                           "--duration", 10, "--drain", 3,
+                                           "--source-ips", 2, "--tag", f"big{run}"],
+                        timeout=150 if kind.startswith("django") else 400)
+            log(f"  {kind} big group, run {run + 1}: " + (r.get("error") or
+                f"p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms,"
+                f" lost {r['lost']}"))
+            return {**brief(r), "connect": r.get("connect")}
+
+        keep("big_group", repeat(kind, redis, args, 2, big_group),
+             # A run that delivered nothing in time has no latency (the loadgen says 0).
+             lambda r: (r.get("latency_ms") or {}).get("p99") if r.get("delivered") else None)
     if "idle" not in skip:
         n = args.idle_django if kind.startswith("django") else args.idle
-        runs = []
-        for run in range(args.runs):
-            system = System(kind, redis, replicas=1)
-            try:
-                r = loadgen("idle", system, ["--connections", n, "--groups", 1000,
-                                             "--hold", 10, "--source-ips", 8,
-                                             "--connect-concurrency", 200], timeout=600)
-                runs.append(r)
-                log(f"  {kind} idle {n}, run {run + 1}: " + (r.get("error") or
-                    f"{r['rss_per_connection_bytes'] / 1024:.1f} KiB/conn, "
-                    f"{r['connect']['per_second']:.0f} connects/s"))
-            finally:
-                system.stop()
-        res["idle_runs"] = runs
-        res["idle"] = median_run(runs, lambda r: r.get("rss_per_connection_bytes"))
+
+        def idle(system, run):
+            r = loadgen("idle", system, ["--connections", n, "--groups", 1000, "--hold", 10,
+                                         "--source-ips", 8, "--connect-concurrency", 200],
+                        timeout=600)
+            log(f"  {kind} idle {n}, run {run + 1}: " + (r.get("error") or
+                f"{r['rss_per_connection_bytes'] / 1024:.1f} KiB/conn, "
+                f"{r['connect']['per_second']:.0f} connects/s"))
+            return r
+
+        keep("idle", repeat(kind, redis, args, 1, idle),
+             lambda r: r.get("rss_per_connection_bytes"))
     if "echo" not in skip:
-        runs = []
-        for run in range(args.runs):
-            system = System(kind, redis, replicas=1)
-            try:
-                runs.append(loadgen("echo", system, ["--connections", 100, "--duration", 5]))
-            finally:
-                system.stop()
-        res["echo_runs"] = runs
-        res["echo"] = median_run(runs, lambda r: r.get("round_trips_per_sec"))
+        keep("echo", repeat(kind, redis, args, 1, lambda system, run: loadgen(
+            "echo", system, ["--connections", 100, "--duration", 5])),
+            lambda r: r.get("round_trips_per_sec"))
     return res
+
+
+def repeat(kind, redis, args, replicas, measure):
+    """measure(system, run) for each of --runs runs, each on a fresh start of `kind`."""
+    runs = []
+    for run in range(args.runs):
+        system = System(kind, redis, replicas=replicas)
+        try:
+            runs.append(measure(system, run))
+        finally:
+            system.stop()
+    return runs
 
 
 def sweep_start(runs, args):
@@ -475,8 +479,7 @@ def connect_identity(redis, args):
             log(f"  connect {label}: " + (c.get("error") or
                 f"{c['per_second']:.0f}/s, handshake p99 {c['handshake_ms']['p99']:.1f} ms"))
         for label, results in runs.items():
-            ok = sorted((c for c in results if "per_second" in c), key=lambda c: c["per_second"])
-            out[label] = ok[len(ok) // 2] if ok else results[0]
+            out[label] = median_run(results, lambda c: c.get("per_second"))
             out[label + "_runs"] = results
     finally:
         hook.stop()
