@@ -30,6 +30,44 @@ pub(crate) enum Push {
     Closed,
 }
 
+/// A way around a channel's queue, set by its reader ([`Inbox::set_bypass`]): while the reader
+/// waits with nothing queued and nothing of its own in flight (it *armed* the bypass), a sender
+/// hands a message straight to it on the sender's own thread, instead of queueing it and waking
+/// the reader's task. A server uses it to write a group message to the sockets of idle members
+/// from the task that decoded it.
+///
+/// Called with the queue's lock held, so the calls for one channel never overlap and a message
+/// queued meanwhile cannot overtake one taken here; it must not block.
+pub trait Bypass: Send + Sync + fmt::Debug {
+    /// Handles `msg` now if it can, or declines (the message is then queued as usual, and the
+    /// bypass stays off until the reader arms it again, so later messages cannot overtake it).
+    fn take(&self, msg: &Message) -> Taken;
+}
+
+/// What a [`Bypass`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Handled in full.
+    Done,
+    /// Handled, but the reader has to finish the job (a write the socket took only in part):
+    /// its waiting [`Inbox::recv_or_bypass`] returns [`Received::Woken`], and the bypass stays
+    /// off until it is armed again.
+    NeedsReader,
+    /// Not handled: queue it.
+    Declined,
+}
+
+/// What [`Inbox::recv_or_bypass`] returns.
+#[derive(Debug)]
+pub enum Received {
+    /// The next queued message.
+    Message(Message),
+    /// The layer was flushed or closed: no more messages.
+    Ended,
+    /// The bypass took a message and needs the reader ([`Taken::NeedsReader`]).
+    Woken,
+}
+
 /// A bounded FIFO of messages with deadlines, read by one inbox.
 #[derive(Debug)]
 pub(crate) struct Queue {
@@ -45,6 +83,11 @@ struct QueueState {
     /// A message for this queue was dropped (full, or expired unread) since the reader last
     /// asked.
     lost: bool,
+    bypass: Option<Arc<dyn Bypass>>,
+    /// The reader waits with nothing in flight: the bypass may take messages.
+    armed: bool,
+    /// The bypass took a message that needs the reader.
+    woken: bool,
 }
 
 impl QueueState {
@@ -80,7 +123,30 @@ impl Queue {
         if state.closed {
             return (Push::Closed, 0);
         }
-        let expired = state.purge(Instant::now());
+        if state.armed {
+            // Armed only while nothing is queued: nothing can be overtaken.
+            let taken = state
+                .bypass
+                .as_ref()
+                .map_or(Taken::Declined, |bypass| bypass.take(&msg));
+            match taken {
+                Taken::Done => return (Push::Queued, 0),
+                Taken::NeedsReader => {
+                    state.armed = false;
+                    state.woken = true;
+                    drop(state);
+                    self.notify.notify_one();
+                    return (Push::Queued, 0);
+                }
+                Taken::Declined => state.armed = false,
+            }
+        }
+        // Nothing to purge in an empty queue (and no clock to read).
+        let expired = if state.items.is_empty() {
+            0
+        } else {
+            state.purge(Instant::now())
+        };
         state.lost |= expired > 0;
         if state.items.len() >= self.capacity {
             state.lost = true;
@@ -93,14 +159,23 @@ impl Queue {
         (Push::Queued, expired)
     }
 
-    /// The next message (`Some(None)`: the queue ended), and how many messages expired.
-    fn try_pop(&self) -> (Option<Option<Message>>, u64) {
+    /// The next message (`Some(None)`: the queue ended), and how many messages expired. With
+    /// nothing queued, arms the bypass if `arm`; any call disarms it otherwise. `woken` is set
+    /// (and the mark cleared) if the bypass needs the reader.
+    fn try_pop(&self, arm: bool, woken: &mut bool) -> (Option<Option<Message>>, u64) {
         let mut state = lock(&self.state);
-        let expired = state.purge(Instant::now());
+        let expired = if state.items.is_empty() {
+            0
+        } else {
+            state.purge(Instant::now())
+        };
         state.lost |= expired > 0;
         if let Some((_, msg)) = state.items.pop_front() {
+            state.armed = false;
             return (Some(Some(msg)), expired);
         }
+        *woken = std::mem::take(&mut state.woken);
+        state.armed = arm && !*woken && !state.closed && state.bypass.is_some();
         (state.closed.then_some(None), expired)
     }
 
@@ -108,6 +183,7 @@ impl Queue {
     pub(crate) fn close(&self) {
         let mut state = lock(&self.state);
         state.closed = true;
+        state.armed = false;
         state.items.clear();
         drop(state);
         self.notify.notify_one();
@@ -147,7 +223,11 @@ impl Inbox {
 
     /// Takes the next message off the queue, reporting expired ones to the owner.
     fn pop(&self) -> Option<Option<Message>> {
-        let (item, expired) = self.queue.try_pop();
+        self.pop_arming(false, &mut false)
+    }
+
+    fn pop_arming(&self, arm: bool, woken: &mut bool) -> Option<Option<Message>> {
+        let (item, expired) = self.queue.try_pop(arm, woken);
         if expired > 0 {
             self.owner.expired(expired);
         }
@@ -177,6 +257,38 @@ impl Inbox {
         self.pop().flatten()
     }
 
+    /// Sets the channel's [`Bypass`]; it is used only while armed by
+    /// [`recv_or_bypass`](Self::recv_or_bypass).
+    pub fn set_bypass(&mut self, bypass: Arc<dyn Bypass>) {
+        lock(&self.queue.state).bypass = Some(bypass);
+    }
+
+    /// As [`recv`](Self::recv), and while it waits with nothing queued the bypass may take
+    /// messages if `arm` (the caller has nothing of its own in flight that a message taken
+    /// there could overtake). Any other call on the inbox, and [`disarm`](Self::disarm),
+    /// turn the bypass off again. Returns [`Received::Woken`] when the bypass needs the
+    /// reader ([`Taken::NeedsReader`]).
+    ///
+    /// Cancel safe: dropping the future loses no message (the bypass may stay armed: call
+    /// [`disarm`](Self::disarm) before doing anything a bypassed message must not overtake).
+    pub async fn recv_or_bypass(&mut self, arm: bool) -> Received {
+        loop {
+            let mut woken = false;
+            match self.pop_arming(arm, &mut woken) {
+                Some(Some(msg)) => return Received::Message(msg),
+                Some(None) => return Received::Ended,
+                None if woken => return Received::Woken,
+                None => {}
+            }
+            self.queue.notify.notified().await;
+        }
+    }
+
+    /// Turns the bypass off until the next [`recv_or_bypass`](Self::recv_or_bypass) arms it.
+    pub fn disarm(&mut self) {
+        lock(&self.queue.state).armed = false;
+    }
+
     /// Whether a message for this channel was dropped (its queue was full, or it expired
     /// unread) since the last call; clears the mark. A reader that follows history positions
     /// uses it to notice a loss at the end of a burst, where no later message shows the gap.
@@ -187,6 +299,12 @@ impl Inbox {
 
 impl Drop for Inbox {
     fn drop(&mut self) {
+        // The bypass may hold the reader's resources (a socket): not past the reader.
+        {
+            let mut state = lock(&self.queue.state);
+            state.bypass = None;
+            state.armed = false;
+        }
         self.owner.release(&self.name, &self.queue);
     }
 }

@@ -62,7 +62,7 @@ pub use capacity::{ChannelCapacity, InvalidPattern};
 pub use config::{LayerConfig, LayerStats};
 pub use error::LayerError;
 pub use history::{Epoch, HistoryRead, Position, Since};
-pub use inbox::Inbox;
+pub use inbox::{Bypass, Inbox, Received, Taken};
 pub use layer::ChannelLayer;
 pub use memory::InMemoryChannelLayer;
 pub use message::{HandlerNameError, Map, Message, MessageError, Value};

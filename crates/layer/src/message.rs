@@ -13,6 +13,7 @@
 //! [`Message::deserialize`]); use `serde_bytes` for byte fields, as Python `bytes` are msgpack
 //! `bin`.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -110,14 +111,25 @@ impl Message {
     }
 
     /// The handler name Channels derives from `type`: dots become underscores, and a name
-    /// starting with an underscore is rejected.
-    pub fn handler_name(&self) -> Result<String, HandlerNameError> {
+    /// starting with an underscore is rejected. Borrowed when `type` has no dot (no allocation
+    /// on the delivery path of a type such as `send_msg`).
+    pub fn handler_name(&self) -> Result<Cow<'_, str>, HandlerNameError> {
         let t = self.message_type().ok_or(HandlerNameError::NoType)?;
-        let name = t.replace('.', "_");
-        if name.starts_with('_') {
+        if t.starts_with(['.', '_']) {
             return Err(HandlerNameError::LeadingUnderscore);
         }
-        Ok(name)
+        Ok(if t.contains('.') {
+            Cow::Owned(t.replace('.', "_"))
+        } else {
+            Cow::Borrowed(t)
+        })
+    }
+
+    /// Whether `other` is this very message, shared: one send handed to several receivers (a
+    /// group message delivered to every local member), not merely an equal one. A consumer can
+    /// key work done once per message on it.
+    pub fn same(&self, other: &Message) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) && self.1 == other.1
     }
 
     /// Encodes as msgpack the way Python's `msgpack.packb` does (`use_bin_type=True`).
@@ -174,7 +186,7 @@ mod tests {
 
     #[test]
     fn handler_name_follows_channels() {
-        let name = |t: &str| Message::new(t).handler_name();
+        let name = |t: &str| Message::new(t).handler_name().map(Cow::into_owned);
         assert_eq!(name("chat.message").unwrap(), "chat_message");
         assert_eq!(name("a..b").unwrap(), "a__b");
         assert_eq!(name("x._y").unwrap(), "x__y");

@@ -61,8 +61,15 @@ pub(crate) struct Registry {
 struct State {
     closed: bool,
     channels: HashMap<ChannelName, Slot>,
-    /// group -> member -> time of its latest `group_add`.
-    groups: HashMap<GroupName, HashMap<ChannelName, Instant>>,
+    /// group -> member -> time of its latest `group_add`, and the member's queue (so that a
+    /// group delivery looks nothing else up).
+    groups: HashMap<GroupName, HashMap<ChannelName, Member>>,
+}
+
+#[derive(Debug)]
+struct Member {
+    joined: Instant,
+    queue: Arc<Queue>,
 }
 
 #[derive(Debug)]
@@ -210,9 +217,16 @@ impl Registry {
             return Err(LayerError::NotLocal(channel.clone()));
         };
         slot.groups.insert(group.clone());
+        let queue = Arc::clone(&slot.queue);
         let members = state.groups.entry(group.clone()).or_default();
         let first = members.is_empty();
-        members.insert(channel.clone(), Instant::now());
+        members.insert(
+            channel.clone(),
+            Member {
+                joined: Instant::now(),
+                queue,
+            },
+        );
         drop(state);
         if first {
             self.membership_changed.notify_one();
@@ -246,14 +260,16 @@ impl Registry {
             };
             let group_expiry = self.config.group_expiry;
             let mut expired = Vec::new();
-            members.retain(|ch, joined| {
-                let keep = now.saturating_duration_since(*joined) < group_expiry;
-                if !keep {
+            let mut queues = Vec::with_capacity(members.len());
+            members.retain(|ch, member| {
+                let keep = now.saturating_duration_since(member.joined) < group_expiry;
+                if keep {
+                    queues.push(Arc::clone(&member.queue));
+                } else {
                     expired.push(ch.clone());
                 }
                 keep
             });
-            let member_names: Vec<ChannelName> = members.keys().cloned().collect();
             if members.is_empty() {
                 state.groups.remove(group);
             }
@@ -262,10 +278,6 @@ impl Registry {
                     slot.groups.remove(group);
                 }
             }
-            let queues: Vec<Arc<Queue>> = member_names
-                .iter()
-                .filter_map(|ch| state.channels.get(ch).map(|s| Arc::clone(&s.queue)))
-                .collect();
             (queues, expired.len())
         };
         if expired_members > 0 {
@@ -412,7 +424,7 @@ impl Owner for Registry {
 }
 
 fn remove_member(
-    groups: &mut HashMap<GroupName, HashMap<ChannelName, Instant>>,
+    groups: &mut HashMap<GroupName, HashMap<ChannelName, Member>>,
     group: &GroupName,
     channel: &ChannelName,
 ) -> bool {

@@ -229,6 +229,20 @@ pub struct Config {
     #[arg(long, env = "CHANNELS_MAX_QUEUED_BYTES", default_value_t = 1024 * 1024)]
     pub max_queued_bytes: usize,
 
+    /// The fan-out's fast path: a group message whose text is the same for every member (the
+    /// consumer says so: the tutorial's `send_msg`) is rendered once per replica and written
+    /// straight to the sockets of the members that wait with nothing queued, from the task
+    /// that received it, instead of waking every member's task. Clients see the same frames
+    /// in the same order either way; `false` sends every message through the member's task.
+    #[arg(
+        long,
+        env = "CHANNELS_DIRECT_DELIVERY",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = BoolishValueParser::new()
+    )]
+    pub direct_delivery: bool,
+
     /// Origins allowed to open a WebSocket, comma-separated, with Channels' `OriginValidator`
     /// rules: `*` any; `example.com` that host on any scheme and port; `.example.com` that domain
     /// and its subdomains; `https://example.com[:port]` exactly that scheme, host and port.
@@ -430,6 +444,7 @@ impl Default for Config {
             capacity: 100,
             write_timeout_secs: 10,
             max_queued_bytes: 1024 * 1024,
+            direct_delivery: true,
             connect_hook: None,
             connect_hook_timeout_ms: 2000,
             connect_hook_max_in_flight: 64,
@@ -489,6 +504,7 @@ impl Config {
             max_message_size: self.max_message_size,
             write_timeout: Duration::from_secs(self.write_timeout_secs),
             max_queued_bytes: self.max_queued_bytes,
+            direct_delivery: self.direct_delivery,
             max_messages_per_second: self.max_messages_per_second,
             ping_interval: (self.ping_interval_secs > 0)
                 .then(|| Duration::from_secs(self.ping_interval_secs)),

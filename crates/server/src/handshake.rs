@@ -7,11 +7,14 @@ use std::time::SystemTime;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::caps::CapGuard;
+use crate::connection::direct::{Direct, SplitIo};
 use crate::connection::driver;
 use crate::connection::meter::FrameMeter;
 use crate::consumer::recovery::{Recovery, RecoveryRequest};
@@ -142,19 +145,42 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
         .max_write_buffer_size(limits.max_write_buffer_size)
         .max_message_size(Some(limits.max_message_size))
         .max_frame_size(Some(limits.max_message_size));
+    // The fan-out's fast path, where the consumer has a shared text and this connection sends
+    // group messages as they are (no recovery positions, no presence wrapping).
+    let direct = C::SHARED_TEXT
+        .filter(|_| limits.direct_delivery && !cx.is_recovering() && !cx.wants_presence());
     tokio::spawn(
         async move {
             let _tracked = (token, cap);
-            let io = match upgrade.await {
-                Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
+            let upgraded = match upgrade.await {
+                Ok(upgraded) => upgraded,
                 Err(error) => {
                     tracing::debug!(%error, "upgrade failed");
                     return;
                 }
             };
-            let io = FrameMeter::new(io, limits.max_messages_per_second);
+            let mut inbox = inbox;
+            // A plain TCP socket (the server's own listener) can be split for direct writes.
+            let upgraded = match direct {
+                Some(render) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => {
+                        let io = SplitIo::new(parts.io.into_inner(), parts.read_buf);
+                        let bypass =
+                            Direct::new(Arc::clone(io.writer()), render, Arc::clone(hub.metrics()));
+                        inbox.set_bypass(Arc::new(bypass));
+                        let io = FrameMeter::new(io, limits.max_messages_per_second);
+                        let socket =
+                            WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                        driver::run(socket, consumer, cx, inbox, &hub, true).await;
+                        return;
+                    }
+                    Err(upgraded) => upgraded,
+                },
+                None => upgraded,
+            };
+            let io = FrameMeter::new(TokioIo::new(upgraded), limits.max_messages_per_second);
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            driver::run(socket, consumer, cx, inbox, &hub).await;
+            driver::run(socket, consumer, cx, inbox, &hub, false).await;
         }
         .instrument(span),
     );

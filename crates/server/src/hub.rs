@@ -37,6 +37,8 @@ pub(crate) struct Limits {
     /// Bytes waiting for a client at which it takes nothing new (and, after the write timeout,
     /// is closed as slow: 4008); 0: no budget.
     pub(crate) max_queued_bytes: usize,
+    /// `--direct-delivery`: write shared group messages to idle sockets from the receiving task.
+    pub(crate) direct_delivery: bool,
     /// Frames per second a client may send (burst: twice this); 0: no limit.
     pub(crate) max_messages_per_second: u32,
     /// Silence from the client after which the server pings it; `None`: no pings.

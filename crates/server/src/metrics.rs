@@ -101,6 +101,8 @@ pub(crate) struct Metrics {
     connections_total: AtomicU64,
     messages_in: AtomicU64,
     messages_out: AtomicU64,
+    /// Of `messages_out`, those written by the fan-out's fast path (`--direct-delivery`).
+    direct_out: AtomicU64,
     group_sends: AtomicU64,
     group_send_errors: AtomicU64,
     header_timeouts: AtomicU64,
@@ -138,6 +140,12 @@ impl Metrics {
 
     pub(crate) fn messages_out(&self, n: usize) {
         self.messages_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A group message written straight to a member's socket (counted as sent, too).
+    pub(crate) fn message_out_direct(&self) {
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.direct_out.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn group_send(&self, ok: bool) {
@@ -198,7 +206,7 @@ impl Metrics {
                 self.connections_open.load(Ordering::Relaxed).max(0) as u64,
             )],
         );
-        let simple: [(&str, &str, u64); 8] = [
+        let simple: [(&str, &str, u64); 9] = [
             (
                 "channels_connections_total",
                 "WebSocket connections accepted.",
@@ -213,6 +221,12 @@ impl Metrics {
                 "channels_messages_sent_total",
                 "Frames sent to clients.",
                 load(&self.messages_out),
+            ),
+            (
+                "channels_messages_sent_direct_total",
+                "Of the frames sent, group messages written by the fan-out's fast path \
+                 (--direct-delivery): from the task that received them, without waking the member.",
+                load(&self.direct_out),
             ),
             (
                 "channels_group_sends_total",

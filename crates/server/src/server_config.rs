@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Bytes that may wait for one client before it takes no new message (0: no budget).
     pub max_queued_bytes: usize,
+    /// The fan-out's fast path (`--direct-delivery`): group messages the consumer renders the
+    /// same for everyone are written to idle members' sockets by the task that received them.
+    pub direct_delivery: bool,
     /// Frames per second a client may send (burst: twice this); 0: no limit.
     pub max_messages_per_second: u32,
     /// Silence from a client after which it is pinged; `None`: no pings.
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             max_message_size: 64 * 1024,
             write_timeout: Duration::from_secs(10),
             max_queued_bytes: 1024 * 1024,
+            direct_delivery: true,
             max_messages_per_second: 20,
             ping_interval: Some(Duration::from_secs(25)),
             pong_timeout: Duration::from_secs(10),
@@ -108,6 +112,7 @@ impl ServerConfig {
             drain_interval: Duration::from_millis(200),
             drain_spread: self.drain_timeout / 2,
             max_queued_bytes: self.max_queued_bytes,
+            direct_delivery: self.direct_delivery,
             max_messages_per_second: self.max_messages_per_second,
             ping_interval: self.ping_interval,
             pong_timeout: self.pong_timeout,

@@ -181,7 +181,7 @@ impl CommunicatorBuilder {
         .await;
         let client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
         let task = tokio::spawn(async move {
-            driver::run(server, consumer, cx, inbox, &hub).await;
+            driver::run(server, consumer, cx, inbox, &hub, false).await;
         });
         Ok(Communicator {
             client,

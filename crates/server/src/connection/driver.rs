@@ -18,7 +18,7 @@
 use std::task::Poll;
 use std::time::SystemTime;
 
-use channels_layer::{Inbox, Message, Value};
+use channels_layer::{Inbox, Message, Received, Value};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 use tungstenite::Message as Frame;
@@ -44,7 +44,7 @@ enum Event {
     Frame(Option<Result<Frame, tungstenite::Error>>),
     /// Writing to the socket failed: the connection is gone.
     WriteFailed(tungstenite::Error),
-    Layer(Option<Message>),
+    Layer(Received),
 }
 
 /// How the loop ended.
@@ -57,13 +57,16 @@ enum End {
     Broken,
 }
 
-/// Runs the connection to its end. `cx` comes from `connect`, which already accepted.
+/// Runs the connection to its end. `cx` comes from `connect`, which already accepted. With
+/// `bypass`, the inbox has a [`Bypass`](channels_layer::Bypass) that writes to `socket`
+/// ([`direct`](super::direct)): the loop arms it while it waits with nothing to write.
 pub(crate) async fn run<C: Consumer>(
     mut socket: impl Socket,
     mut consumer: C,
     mut cx: Context,
     mut inbox: Inbox,
     hub: &Hub,
+    bypass: bool,
 ) {
     let limits = *hub.limits();
     // One wait for the whole connection: a fresh `cancelled()` per loop iteration would lock the
@@ -119,6 +122,9 @@ pub(crate) async fn run<C: Consumer>(
         // message) until the client has read enough; the inbox holds what arrives meanwhile,
         // up to its capacity.
         let open = !outbox.over_budget();
+        // Group messages may go straight to the socket only while nothing of ours waits to be
+        // written, so that none can overtake a frame sent before it.
+        let arm = bypass && open && outbox.is_idle();
         let event = tokio::select! {
             biased;
             () = &mut shutdown, if drain_at.is_none() => Event::ShutdownBegan,
@@ -137,8 +143,12 @@ pub(crate) async fn run<C: Consumer>(
                 }
                 socket.poll_next_unpin(task).map(Event::Frame)
             }) => event,
-            msg = inbox.recv(), if open => Event::Layer(msg),
+            msg = inbox.recv_or_bypass(arm), if open => Event::Layer(msg),
         };
+        if bypass && !matches!(event, Event::Layer(_)) {
+            // Whatever this event makes the connection send goes before any later message.
+            inbox.disarm();
+        }
         let handled = match event {
             Event::ShutdownBegan => {
                 // Keep serving until this connection's batch is due.
@@ -174,10 +184,15 @@ pub(crate) async fn run<C: Consumer>(
                 Err(End::Broken)
             }
             // Not boxed: the hot path of a fan-out (and a small future).
-            Event::Layer(Some(msg)) => {
+            Event::Layer(Received::Message(msg)) => {
                 on_layer(&mut consumer, &mut cx, &mut inbox, &outbox, msg).await
             }
-            Event::Layer(None) => {
+            Event::Layer(Received::Woken) => {
+                // The bypass left part of a frame with the socket: flush it before anything.
+                outbox.flush_later();
+                Ok(())
+            }
+            Event::Layer(Received::Ended) => {
                 // The layer was flushed or closed under us: this connection cannot get group
                 // messages any more, so it should reconnect.
                 tracing::warn!(channel = %cx.channel_name(), "inbox ended: layer flushed or closed");

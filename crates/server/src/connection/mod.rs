@@ -2,6 +2,7 @@
 //! [`outbox`] of frames waiting for the client (and the slow-consumer rule), the client-side
 //! rules in [`watch`] (pings) and the [`meter`] that rate-limits the client's frames on the wire.
 
+pub(crate) mod direct;
 pub(crate) mod driver;
 pub(crate) mod meter;
 mod outbox;

@@ -78,6 +78,18 @@ impl Outbox {
         }
     }
 
+    /// Something was written to the socket outside this outbox and waits to be flushed (the
+    /// rest of a frame a direct write left): flush it, and judge the client's progress on it
+    /// as on a frame of ours.
+    pub(super) fn flush_later(&mut self) {
+        if self.is_idle() {
+            self.progress_at = Instant::now();
+            self.check_at
+                .get_or_insert(self.progress_at + self.write_timeout);
+        }
+        self.unflushed = true;
+    }
+
     /// Whether as much as the budget waits: the connection takes nothing new until the client
     /// has read some of it.
     pub(super) fn over_budget(&self) -> bool {

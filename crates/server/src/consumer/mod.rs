@@ -27,6 +27,10 @@ pub use close::Close;
 pub(crate) use context::Outgoing;
 pub use context::{ClientMessage, Context, GroupError, Scope, UrlRoute};
 
+/// What [`Consumer::SHARED_TEXT`] holds: the text for a layer message, or `None` for a message
+/// the consumer must see in [`Consumer::event`].
+pub type SharedText = fn(&Message) -> Option<String>;
+
 /// One WebSocket connection's behaviour, as Channels' `WebsocketConsumer`.
 ///
 /// Every handler returns `Result<(), Close>`: an error closes the connection with that code.
@@ -54,6 +58,20 @@ pub use context::{ClientMessage, Context, GroupError, Scope, UrlRoute};
 /// }
 /// ```
 pub trait Consumer: Send + 'static {
+    /// The text every connection of this consumer sends for a layer message, when it depends
+    /// on the message alone and handling the message does nothing else (no state, no await): a
+    /// broadcast such as the tutorial's `send_msg`. With it, the runtime renders a group
+    /// message once per process and writes the frame straight to the sockets of the members
+    /// that wait with nothing queued, from the task that received the message, without waking
+    /// their tasks or calling [`event`](Self::event) (the fan-out's fast path,
+    /// `--direct-delivery`). The function returns `None` for a message it does not cover,
+    /// which then goes to `event` as usual; where it returns a text, `event` must send exactly
+    /// that text and nothing else. Connections in recovery mode or with presence events, and
+    /// the runtime's own messages, always go through `event`.
+    ///
+    /// `None` (the default): every message goes to `event`.
+    const SHARED_TEXT: Option<SharedText> = None;
+
     /// The client asked to connect. `Ok` accepts (Channels' `self.accept()`); `Err` denies the
     /// handshake with HTTP 403, as a close before accept does in Channels. To accept and then
     /// close with a code, call [`Context::close`] and return `Ok`.

@@ -24,7 +24,7 @@ use channels_layer::{GroupName, Map, Message, Value};
 
 use crate::app::App;
 use crate::config::Config;
-use crate::consumer::{ClientMessage, Close, Consumer, Context, GroupError};
+use crate::consumer::{ClientMessage, Close, Consumer, Context, GroupError, SharedText};
 use crate::routing::WsRouter;
 
 /// 4400: the group named in the URL is not a valid Channels group name (non-ASCII, 100+
@@ -103,6 +103,8 @@ impl GroupChatConsumer {
 }
 
 impl Consumer for GroupChatConsumer {
+    const SHARED_TEXT: Option<SharedText> = Some(shared_send_msg);
+
     async fn connect(&mut self, cx: &mut Context) -> Result<(), Close> {
         let raw = cx.scope().url_route().kwarg("groupID").unwrap_or_default();
         let group = match GroupName::new(raw) {
@@ -174,22 +176,41 @@ impl Consumer for GroupChatConsumer {
 /// The seed's `send_msg`: `组内主动推送消息:{event["message"]["text"]}`. A binary message
 /// (`bytes` instead of `text`) goes back as a binary frame, where the seed would print `None`.
 fn send_msg(cx: &mut Context, event: &Message) -> Result<(), Close> {
+    if let Some(text) = seed_text(event) {
+        return cx.send_text(text);
+    }
     let message = event.get("message").and_then(Value::as_map);
-    let text = message.and_then(|m| m.get("text")).and_then(Value::as_str);
-    let bytes = message
+    match message
         .and_then(|m| m.get("bytes"))
-        .and_then(Value::as_bytes);
-    // With identity on, every group message carries its sender's name: `name: text`.
-    let name = event.get("name").and_then(Value::as_str);
-    match (text, bytes) {
-        (Some(text), _) => match name {
-            Some(name) => cx.send_text(format!("{name}: {text}")),
-            None => cx.send_text(format!("{GROUP_PREFIX}{text}")),
-        },
-        (None, Some(bytes)) => cx.send_bytes(bytes),
-        (None, None) => {
+        .and_then(Value::as_bytes)
+    {
+        Some(bytes) => cx.send_bytes(bytes),
+        None => {
             cx.ignore_event(event, "no_text");
             Ok(())
         }
     }
+}
+
+/// What every member sends for a `send_msg` event with a text ([`Consumer::SHARED_TEXT`]):
+/// [`GroupChatConsumer::event`] sends exactly this and nothing else for such an event.
+fn shared_send_msg(event: &Message) -> Option<String> {
+    match event.handler_name().as_deref() {
+        Ok("send_msg") => seed_text(event),
+        _ => None,
+    }
+}
+
+/// The text a member gets for a `send_msg` event with a text, if it has one: with identity on,
+/// every group message carries its sender's name (`name: text`), else the seed's prefix.
+fn seed_text(event: &Message) -> Option<String> {
+    let text = event
+        .get("message")
+        .and_then(Value::as_map)
+        .and_then(|m| m.get("text"))
+        .and_then(Value::as_str)?;
+    Some(match event.get("name").and_then(Value::as_str) {
+        Some(name) => format!("{name}: {text}"),
+        None => format!("{GROUP_PREFIX}{text}"),
+    })
 }
