@@ -23,7 +23,7 @@ for port in "$a" "$b"; do
   pids+=($!)
 done
 bench/peers.sh wait rust "$a" 20 && bench/peers.sh wait rust "$b" 20
-perf record -q -F 999 -e cpu-clock -g -p "${pids[1]}" -o "${PERF_DATA:-$dir/perf.data}" -- sleep "$((seconds + 4))" 2>/dev/null &
+perf record -q -F ${PERF_FREQ:-999} -e cpu-clock ${PERF_CALLGRAPH:--g} -p "${pids[1]}" -o "${PERF_DATA:-$dir/perf.data}" -- sleep "$((seconds + 4))" 2>/dev/null &
 perf_pid=$!
 target/release/channels-loadgen fanout --url "ws://127.0.0.1:$a" --url "ws://127.0.0.1:$b" \
   --pid "${pids[1]}" --pid "${pids[2]}" --groups 100 --members 10 --publishers 1 \
