@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use channels_layer::Bypass;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -14,7 +15,7 @@ use tracing::Instrument;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::caps::CapGuard;
-use crate::connection::direct::{Direct, SplitIo};
+use crate::connection::direct::SplitIo;
 use crate::connection::driver;
 use crate::connection::meter::FrameMeter;
 use crate::consumer::recovery::{Recovery, RecoveryRequest};
@@ -159,28 +160,38 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
                     return;
                 }
             };
-            let mut inbox = inbox;
-            // A plain TCP socket (the server's own listener) can be split for direct writes.
-            let upgraded = match direct {
-                Some(render) => match upgraded.downcast::<TokioIo<TcpStream>>() {
-                    Ok(parts) => {
-                        let io = SplitIo::new(parts.io.into_inner(), parts.read_buf);
-                        let bypass =
-                            Direct::new(Arc::clone(io.writer()), render, Arc::clone(hub.metrics()));
-                        inbox.set_bypass(Arc::new(bypass));
-                        let io = FrameMeter::new(io, limits.max_messages_per_second);
+            // The server's own listener gives plain TCP sockets: the connection owns its socket
+            // (no HTTP server layers in between), shared with the bypass when there is one.
+            match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let io = SplitIo::new(
+                        parts.io.into_inner(),
+                        parts.read_buf,
+                        direct,
+                        Arc::clone(hub.metrics()),
+                    );
+                    let mut inbox = inbox;
+                    if direct.is_some() {
+                        inbox.set_bypass(Arc::clone(io.shared()) as Arc<dyn Bypass>);
+                    }
+                    let io = FrameMeter::new(io, limits.max_messages_per_second);
+                    let socket =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                    driver::run(socket, consumer, cx, inbox, &hub, direct.is_some()).await;
+                }
+                // Any other stream (none today): as hyper hands it over, without the bypass.
+                // Boxed, so that the task of every connection is not as large as both paths.
+                Err(upgraded) => {
+                    let io =
+                        FrameMeter::new(TokioIo::new(upgraded), limits.max_messages_per_second);
+                    Box::pin(async move {
                         let socket =
                             WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                        driver::run(socket, consumer, cx, inbox, &hub, true).await;
-                        return;
-                    }
-                    Err(upgraded) => upgraded,
-                },
-                None => upgraded,
-            };
-            let io = FrameMeter::new(TokioIo::new(upgraded), limits.max_messages_per_second);
-            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            driver::run(socket, consumer, cx, inbox, &hub, false).await;
+                        driver::run(socket, consumer, cx, inbox, &hub, false).await;
+                    })
+                    .await;
+                }
+            }
         }
         .instrument(span),
     );

@@ -26,77 +26,97 @@ use bytes::{Buf, Bytes};
 use channels_layer::{Bypass, Message, Taken};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::consumer::SharedText;
 use crate::metrics::Metrics;
 
-/// The write half of a split socket, shared by the connection's task and the bypass.
+/// One connection's socket as its task ([`SplitIo`]) and the inbox's [`Bypass`] share it: one
+/// allocation for both. The stream is used through its readiness (`&self`), so reads need no
+/// lock; writes take the lock, so frames never interleave.
 #[derive(Debug)]
-pub(crate) struct Writer {
-    state: Mutex<WriterState>,
+pub(crate) struct Shared {
+    stream: TcpStream,
+    writes: Mutex<Writes>,
+    /// The consumer's shared text: set when this socket has a bypass.
+    render: Option<SharedText>,
+    metrics: Arc<Metrics>,
 }
 
-#[derive(Debug)]
-struct WriterState {
-    half: OwnedWriteHalf,
+#[derive(Debug, Default)]
+struct Writes {
     /// The rest of a frame a direct write put on the socket in part: written before anything
     /// else.
     pending: Bytes,
-    /// No frame is partly written by the connection's own writes (tungstenite's buffer was
-    /// taken whole by the last write that took anything).
-    clean: bool,
+    /// Set while a frame of the connection's own is partly written (tungstenite hands over its
+    /// whole buffer each time, so a write that takes it all ends every frame in it).
+    partial: bool,
 }
 
-impl Writer {
-    fn lock(&self) -> MutexGuard<'_, WriterState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Writes> {
+        self.writes.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-impl WriterState {
-    /// Writes what a direct write left, as far as the socket takes it.
-    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.pending.is_empty() {
-            let n = ready!(Pin::new(&mut self.half).poll_write(cx, &self.pending))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    /// Writes `buf` as far as the socket takes it now, registering for write readiness when it
+    /// takes nothing.
+    fn poll_write_some(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(buf) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(0) if !buf.is_empty() => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                result => return Poll::Ready(result),
             }
-            self.pending.advance(n);
+        }
+    }
+
+    /// Writes what a direct write left, as far as the socket takes it.
+    fn poll_pending(&self, writes: &mut Writes, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !writes.pending.is_empty() {
+            let n = ready!(self.poll_write_some(cx, &writes.pending))?;
+            writes.pending.advance(n);
         }
         Poll::Ready(Ok(()))
     }
 }
 
-/// A TCP socket after the WebSocket upgrade, split in two: reads go to the read half (after
-/// what the HTTP server had already read), writes through the shared [`Writer`].
+/// A TCP socket after the WebSocket upgrade, read by the connection's task (after what the
+/// HTTP server had already read) and written by it and, with the fast path, by the inbox's
+/// bypass, through [`Shared`].
 #[derive(Debug)]
 pub(crate) struct SplitIo {
     /// Bytes the HTTP server read past the upgrade request (the client's first frames).
     prefix: Bytes,
-    read: OwnedReadHalf,
-    writer: Arc<Writer>,
+    shared: Arc<Shared>,
 }
 
 impl SplitIo {
-    /// Splits `stream`; `prefix` is what was already read from it.
-    pub(crate) fn new(stream: TcpStream, prefix: Bytes) -> Self {
-        let (read, half) = stream.into_split();
+    /// Wraps `stream`; `prefix` is what was already read from it. `render` and `metrics` are
+    /// for the bypass ([`shared`](Self::shared)), if the connection has one.
+    pub(crate) fn new(
+        stream: TcpStream,
+        prefix: Bytes,
+        render: Option<SharedText>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
-            prefix,
-            read,
-            writer: Arc::new(Writer {
-                state: Mutex::new(WriterState {
-                    half,
-                    pending: Bytes::new(),
-                    clean: true,
-                }),
+            // Copied: a slice of the HTTP server's read buffer, empty or not, would keep all of
+            // it (kilobytes) alive for as long as the connection lives.
+            prefix: Bytes::copy_from_slice(&prefix),
+            shared: Arc::new(Shared {
+                stream,
+                writes: Mutex::default(),
+                render,
+                metrics,
             }),
         }
     }
 
-    pub(crate) fn writer(&self) -> &Arc<Writer> {
-        &self.writer
+    /// The connection's [`Bypass`].
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 }
 
@@ -112,7 +132,17 @@ impl AsyncRead for SplitIo {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        loop {
+            ready!(self.shared.stream.poll_read_ready(cx))?;
+            match self.shared.stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
     }
 }
 
@@ -122,46 +152,30 @@ impl AsyncWrite for SplitIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut state = self.writer.lock();
-        ready!(state.poll_pending(cx))?;
-        let n = ready!(Pin::new(&mut state.half).poll_write(cx, buf))?;
-        // tungstenite hands over its whole buffer each time: taking it all ends every frame.
-        state.clean = n == buf.len();
+        let shared = &*self.shared;
+        let mut writes = shared.lock();
+        ready!(shared.poll_pending(&mut writes, cx))?;
+        let n = ready!(shared.poll_write_some(cx, buf))?;
+        writes.partial = n < buf.len();
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut state = self.writer.lock();
-        ready!(state.poll_pending(cx))?;
-        Pin::new(&mut state.half).poll_flush(cx)
+        let shared = &*self.shared;
+        let mut writes = shared.lock();
+        shared.poll_pending(&mut writes, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut state = self.writer.lock();
-        ready!(state.poll_pending(cx))?;
-        Pin::new(&mut state.half).poll_shutdown(cx)
+        let shared = &*self.shared;
+        let mut writes = shared.lock();
+        ready!(shared.poll_pending(&mut writes, cx))?;
+        // The write direction only, as a TCP stream's own shutdown does.
+        Poll::Ready(socket2::SockRef::from(&shared.stream).shutdown(std::net::Shutdown::Write))
     }
 }
 
-/// One connection's [`Bypass`]: writes the shared text of a message straight to its socket.
-#[derive(Debug)]
-pub(crate) struct Direct {
-    writer: Arc<Writer>,
-    render: SharedText,
-    metrics: Arc<Metrics>,
-}
-
-impl Direct {
-    pub(crate) fn new(writer: Arc<Writer>, render: SharedText, metrics: Arc<Metrics>) -> Self {
-        Self {
-            writer,
-            render,
-            metrics,
-        }
-    }
-}
-
-impl Bypass for Direct {
+impl Bypass for Shared {
     fn take(&self, msg: &Message) -> Taken {
         // The runtime's own messages (presence events, the API's disconnect) are its to handle.
         if matches!(
@@ -170,14 +184,14 @@ impl Bypass for Direct {
         ) {
             return Taken::Declined;
         }
-        let Some(frame) = shared_frame(msg, self.render) else {
+        let Some(frame) = self.render.and_then(|render| shared_frame(msg, render)) else {
             return Taken::Declined;
         };
-        let mut state = self.writer.lock();
-        if !state.clean || !state.pending.is_empty() {
+        let mut writes = self.lock();
+        if writes.partial || !writes.pending.is_empty() {
             return Taken::Declined;
         }
-        match state.half.try_write(&frame) {
+        match self.stream.try_write(&frame) {
             Ok(n) if n == frame.len() => {
                 self.metrics.message_out_direct();
                 Taken::Done
@@ -185,7 +199,7 @@ impl Bypass for Direct {
             // Part of the frame is on the wire: the connection's task writes the rest before
             // anything else.
             Ok(n) => {
-                state.pending = frame.slice(n..);
+                writes.pending = frame.slice(n..);
                 self.metrics.message_out_direct();
                 Taken::NeedsReader
             }
