@@ -34,6 +34,8 @@
 #   PEERS_DJANGO_STDOUT=discard|keep   the seed consumer print()s a line per received message and
 #                          per connect/disconnect; by default its stdout goes to /dev/null
 #                          (daphne -v 0 sends its own warnings to stderr, which is kept)
+#   PEERS_RUST_ARGS="..."  more flags for the Rust server (the fixed scenario's rust-nodirect:
+#                          "--direct-delivery false")
 #   PEERS_RUST_BIN=PATH    the Rust binary (default ${CARGO_TARGET_DIR:-target}/release/channels-server)
 #   PEERS_RUST_WORKERS=N   the Rust replicas' --workers (default 1: two replicas, two cores)
 #   PEERS_FLOOR_BIN=PATH   the floor (default ${CARGO_TARGET_DIR:-target}/bench/floor, built by
@@ -142,6 +144,9 @@ case "$cmd" in
         [ "$cmd" = rust-core ] && layer=redis-core
         extra=()
         [ "$cmd" = rust-history ] && extra=(--history-size 100)
+        # More flags for the Rust server, e.g. PEERS_RUST_ARGS="--direct-delivery false".
+        read -r -a more <<< "${PEERS_RUST_ARGS:-}"
+        extra+=("${more[@]}")
         need_port_url "$@"
         bin="$(rust_bin)"
         [ -x "$bin" ] || die "$bin is missing: cargo build --release -p channels-server"

@@ -10,6 +10,8 @@ Systems, two replicas each on one redis-server started here:
   django-async  the fair Django row: the same texts from an AsyncWebsocketConsumer under uvicorn
             (uvloop, httptools), one process per replica (bench/django_async)
   socketio  Socket.IO 4 on Node with @socket.io/redis-adapter (bench/socketio)
+  rust-nodirect  "rust" with --direct-delivery false (the fixed scenario only: the fan-out's
+            fast path against its baseline)
   rust-w2   "rust" as ONE replica with --workers 2 (the fixed scenario only: how the server
             scales with threads, against two single-threaded replicas)
   floor     bench/floor.c, one process: no WebSocket library, no channel layer, one write per
@@ -62,7 +64,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "target" / "release" / "channels-loadgen"
 PEERS = ROOT / "bench" / "peers.sh"
-PROTOCOL = {"rust": "seed", "rust-w2": "seed", "rust-core": "seed", "rust-cluster": "seed",
+PROTOCOL = {"rust": "seed", "rust-w2": "seed", "rust-nodirect": "seed", "rust-core": "seed",
+            "rust-cluster": "seed",
             "django": "seed", "django-async": "seed",
             "socketio": "socketio", "rust-history": "seed-recover", "floor": "seed"}
 # Extra load generator arguments per system: rust-history's clients use the recovery mode.
@@ -513,9 +516,10 @@ def fixed_rates(redis, args):
     loss, and each system's median CPU per delivery over the floor's and Socket.IO's over ours.
     """
     systems = args.systems.split(",")
-    # rust-w2 is "rust" in another shape: it runs where rust does.
+    # rust-w2 and rust-nodirect are "rust" in other shapes: they run where rust does.
+    shapes = ("rust-w2", "rust-nodirect")
     kinds = [k for k in args.fixed_systems.split(",")
-             if k != "floor" and (k in systems or (k == "rust-w2" and "rust" in systems))]
+             if k != "floor" and (k in systems or (k in shapes and "rust" in systems))]
     kinds.append("floor")
     rates = [int(r) for r in args.fixed_rates.split(",")]
     low = args.fixed_django_rate
@@ -570,6 +574,8 @@ def fixed_run(kind, rate, run, redis, args):
     to join its replicas); the others are two replicas on `redis`."""
     if kind == "rust-w2":
         system = System("rust", redis, replicas=1, env={"PEERS_RUST_WORKERS": "2"})
+    elif kind == "rust-nodirect":
+        system = System("rust", redis, env={"PEERS_RUST_ARGS": "--direct-delivery false"})
     else:
         system = System(kind, redis, replicas=1 if kind == "floor" else 2)
     try:
@@ -785,9 +791,10 @@ def main():
                    help="fixed: repetitions of every rate for every system")
     p.add_argument("--fixed-seconds", type=float, default=10.0,
                    help="fixed: publishing time of each run")
-    p.add_argument("--fixed-systems", default="rust,rust-w2,socketio,django-async",
+    p.add_argument("--fixed-systems", default="rust,rust-nodirect,rust-w2,socketio,django-async",
                    help="fixed: which of --systems to run (seed or Socket.IO protocol: rust, "
-                        "rust-core, socketio, django, django-async; rust-w2 runs with rust); the "
+                        "rust-core, socketio, django, django-async; rust-w2 and rust-nodirect "
+                        "run with rust); the "
                         "floor always runs")
     p.add_argument("--fixed-django-rate", type=int, default=2000,
                    help="fixed: the one rate of the Django rows, which cannot serve the others; "

@@ -26,6 +26,7 @@ fn boolean_variables_take_the_usual_spellings() {
     for var in [
         "CHANNELS_PRESENCE",
         "CHANNELS_REDIS_TLS_INSECURE_SKIP_VERIFY",
+        "CHANNELS_DIRECT_DELIVERY",
     ] {
         for value in ["1", "true", "yes", "on", "0", "false", "no", "off"] {
             let (code, stderr) = parse_with(var, value);
