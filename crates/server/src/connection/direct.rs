@@ -9,12 +9,12 @@
 //! `write` per member and nothing else, to every member that waits with nothing queued: the
 //! inbox's [`Bypass`], which the member's loop arms only while it has nothing in flight.
 //!
-//! The socket is split: the member's task reads its half as before, and both tasks write
-//! through one [`Writer`] under a lock, each write a whole frame. A write the socket takes
-//! only in part leaves its rest with the writer, and nothing else is written before it: the
-//! loop's own writes send it first ([`SplitIo`]), and a direct write is refused while any
-//! frame is partly written ([`WriterState::clean`]). The loop disarms the bypass on every event
-//! it handles, so a frame it sends can never be overtaken by a message that arrived later.
+//! The socket is shared ([`Shared`]): the member's task reads it as before, and both tasks
+//! write under one lock, each write a whole frame. A direct write the socket takes only in part
+//! leaves its rest under the lock, and nothing else is written before it: the loop's own writes
+//! send it first ([`SplitIo`]), and a direct write is refused while any frame, the loop's own
+//! or a direct one, is partly written. The loop disarms the bypass on every event it handles,
+//! so a frame it sends can never be overtaken by a message that arrived later.
 
 use std::cell::RefCell;
 use std::io;
@@ -265,8 +265,101 @@ fn text_frame(payload: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use channels_layer::Value;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
     use tungstenite::protocol::frame::Frame;
     use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    /// The test consumer's shared text: the message's `text`.
+    fn text_of(msg: &Message) -> Option<String> {
+        msg.get("text").and_then(Value::as_str).map(str::to_owned)
+    }
+
+    /// A connected loopback pair with small buffers (so a few hundred kilobytes fill them): the
+    /// server's end wrapped as a connection's socket with a bypass, and the client's end.
+    async fn pair() -> (SplitIo, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(16 * 1024)
+            .expect("SO_SNDBUF");
+        socket2::SockRef::from(&client)
+            .set_recv_buffer_size(16 * 1024)
+            .expect("SO_RCVBUF");
+        let io = SplitIo::new(
+            server,
+            Bytes::new(),
+            Some(text_of),
+            Arc::new(Metrics::default()),
+        );
+        (io, client)
+    }
+
+    /// Reads `n` bytes from `client`.
+    async fn read_n(client: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut buf))
+            .await
+            .expect("the bytes arrive")
+            .expect("read");
+        buf
+    }
+
+    /// While a frame of the connection's own is on the wire in part, a direct write is refused
+    /// even when the socket has room again: it would land inside that frame.
+    #[tokio::test]
+    async fn no_direct_write_inside_a_partly_written_frame() {
+        let (mut io, mut client) = pair().await;
+        let own: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let written = io.write(&own).await.expect("write");
+        assert!(written < own.len(), "the socket took all {written} bytes");
+        // Room again: the client reads what was written, the socket drains.
+        let head = read_n(&mut client, written).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let msg = Message::new("chat.message").with("text", "direct");
+        assert!(matches!(io.shared().take(&msg), Taken::Declined));
+        // The connection's own frame ends, and only then may a direct write go.
+        let rest = own.len() - written;
+        let reader = tokio::spawn(async move {
+            let tail = read_n(&mut client, rest).await;
+            (client, tail)
+        });
+        io.write_all(&own[written..]).await.expect("write the rest");
+        io.flush().await.expect("flush");
+        let (mut client, tail) = reader.await.expect("reader");
+        assert_eq!([head, tail].concat(), own);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(io.shared().take(&msg), Taken::Done));
+        assert_eq!(read_n(&mut client, 8).await, text_frame(b"direct"));
+    }
+
+    /// A direct write the socket takes in part leaves the rest of its frame first in line: the
+    /// connection's next write sends it before its own bytes, and no other direct write goes
+    /// until it has.
+    #[tokio::test]
+    async fn the_rest_of_a_partly_written_direct_frame_goes_first() {
+        let (mut io, mut client) = pair().await;
+        let big = Message::new("chat.message").with("text", "d".repeat(4 * 1024 * 1024));
+        let frame = text_frame(text_of(&big).expect("text").as_bytes());
+        assert!(matches!(io.shared().take(&big), Taken::NeedsReader));
+        // Room again, and part of the frame still to write: nothing else goes before it.
+        let head = read_n(&mut client, 1024).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let small = Message::new("chat.message").with("text", "small");
+        assert!(matches!(io.shared().take(&small), Taken::Declined));
+        let own = b"the connection's own frame".to_vec();
+        let total = frame.len() - head.len() + own.len();
+        let reader = tokio::spawn(async move { read_n(&mut client, total).await });
+        io.write_all(&own).await.expect("write");
+        io.flush().await.expect("flush");
+        let tail = reader.await.expect("reader");
+        assert_eq!([head, tail].concat(), [&frame[..], &own[..]].concat());
+    }
 
     /// Our encoding is tungstenite's, at every length class.
     #[test]
