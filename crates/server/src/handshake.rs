@@ -232,8 +232,7 @@ fn hook_request(scope: &Scope, replica: &str, channel: &str) -> HookRequest {
         let values: Vec<String> = scope
             .headers
             .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect();
         if !values.is_empty() {
             headers.insert(name.to_owned(), values.join(separator));

@@ -36,7 +36,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::connection::driver;
 use crate::connection::meter::FrameMeter;
-use crate::consumer::{Close, Consumer, Context, Scope};
+use crate::consumer::{Close, CompactHeaders, Consumer, Context, Scope};
 use crate::hub::Hub;
 use crate::identity::Identity;
 use crate::routing::{RePath, UrlRoute};
@@ -154,7 +154,7 @@ impl CommunicatorBuilder {
         let scope = Scope {
             path: self.path.clone(),
             query_string: self.query_string,
-            headers: self.headers,
+            headers: CompactHeaders::new(&self.headers),
             client: self.client,
             url_route,
             identity: self.identity.map(Arc::new),

@@ -10,6 +10,7 @@ use channels_layer::{
 };
 
 use super::close::Close;
+use super::headers::CompactHeaders;
 use super::recovery::{Admit, Recovery};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
@@ -41,7 +42,7 @@ impl UrlRoute {
 pub struct Scope {
     pub(crate) path: String,
     pub(crate) query_string: String,
-    pub(crate) headers: HeaderMap,
+    pub(crate) headers: CompactHeaders,
     pub(crate) client: Option<SocketAddr>,
     pub(crate) url_route: UrlRoute,
     pub(crate) identity: Option<Arc<Identity>>,
@@ -58,9 +59,9 @@ impl Scope {
         &self.query_string
     }
 
-    /// The handshake's request headers.
+    /// The handshake's request headers (kept compact, and made into a map on the first call).
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.headers.map()
     }
 
     /// The peer address, as the server saw it (ASGI `client`).

@@ -17,6 +17,7 @@
 
 mod close;
 mod context;
+mod headers;
 pub mod recovery;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ use channels_layer::Message;
 pub use close::Close;
 pub(crate) use context::Outgoing;
 pub use context::{ClientMessage, Context, GroupError, Scope, UrlRoute};
+pub(crate) use headers::CompactHeaders;
 
 /// What [`Consumer::SHARED_TEXT`] holds: the text for a layer message, or `None` for a message
 /// the consumer must see in [`Consumer::event`].
