@@ -50,11 +50,21 @@ pub fn run_with(make_app: impl FnOnce(&Config) -> App) -> ExitCode {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: everything on the thread that starts the server (tokio's current-thread
+    // runtime), as the benchmark's replicas run. A multi-thread runtime of one worker would
+    // run the accept loop on this thread and the connections on the worker, with a wake-up
+    // across threads for each hand-over and the worker's idle search: 5-8 % more CPU per
+    // delivery, 10 % fewer connections per second (BENCHMARKS.md).
+    let mut builder = if config.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if config.workers > 0 {
+            builder.worker_threads(config.workers);
+        }
+        builder
+    };
     builder.enable_all();
-    if config.workers > 0 {
-        builder.worker_threads(config.workers);
-    }
     let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(error) => {

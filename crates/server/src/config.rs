@@ -411,9 +411,10 @@ pub struct Config {
     #[arg(long, env = "CHANNELS_DRAIN_BATCH", default_value_t = 500)]
     pub drain_batch: u64,
 
-    /// Threads that run connections; 0: one per CPU core. With several replicas on one machine,
-    /// give each its share of the cores (e.g. 1 each for one replica per core): threads that
-    /// outnumber the cores spend their time waking each other.
+    /// Threads that run connections; 0: one per CPU core; 1: everything on one thread (tokio's
+    /// current-thread runtime). With several replicas on one machine, give each its share of
+    /// the cores (e.g. 1 each for one replica per core): threads that outnumber the cores spend
+    /// their time waking each other.
     #[arg(long, env = "CHANNELS_WORKERS", default_value_t = 0)]
     pub workers: usize,
 
