@@ -20,7 +20,11 @@ async fn replicas(redis: &RedisServer, n: usize) -> Vec<Replica> {
     let url = redis.url();
     let mut replicas = Vec::new();
     for i in 0..n {
-        replicas.push(Replica::start(&format!("r{i}"), &["--redis-url", &url], &[]).await);
+        // Both runtimes: r0 on one thread (`--workers 1`: tokio's current-thread runtime), the
+        // others on two workers.
+        let workers = if i == 0 { "1" } else { "2" };
+        let args = ["--redis-url", &url, "--workers", workers];
+        replicas.push(Replica::start(&format!("r{i}"), &args, &[]).await);
     }
     replicas
 }

@@ -1,5 +1,6 @@
 //! The handshake's headers as a consumer sees them through a real connection: every value of a
-//! repeated header in order, bytes outside ASCII as sent, and sensitivity kept.
+//! repeated header in order, and bytes outside ASCII as sent. (Sensitivity, which no client can
+//! set, is checked by the unit tests of `consumer/headers.rs`.)
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
