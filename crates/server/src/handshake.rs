@@ -6,11 +6,12 @@ use std::time::SystemTime;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use channels_layer::Bypass;
+use channels_layer::{Bypass, Inbox};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
@@ -19,7 +20,7 @@ use crate::connection::direct::SplitIo;
 use crate::connection::driver;
 use crate::connection::meter::FrameMeter;
 use crate::consumer::recovery::{Recovery, RecoveryRequest};
-use crate::consumer::{Close, Consumer, Context, Scope};
+use crate::consumer::{Close, Consumer, Context, Scope, SharedText};
 use crate::hub::Hub;
 use crate::identity::{AuthRefusal, Authenticator, Credentials, FORWARDED_HEADERS, HookRequest};
 use crate::metrics::Refusal;
@@ -140,19 +141,22 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
     // Tracked from here, so a shutdown waits for this connection even before the upgrade
     // completes (hyper's graceful shutdown does not cover upgraded sockets).
     let token = hub.tracker().token();
-    let config = WebSocketConfig::default()
-        .read_buffer_size(limits.read_buffer_size)
-        .write_buffer_size(0)
-        .max_write_buffer_size(limits.max_write_buffer_size)
-        .max_message_size(Some(limits.max_message_size))
-        .max_frame_size(Some(limits.max_message_size));
     // The fan-out's fast path, where the consumer has a shared text and this connection sends
     // group messages as they are (no recovery positions, no presence wrapping).
     let direct = C::SHARED_TEXT
         .filter(|_| limits.direct_delivery && !cx.is_recovering() && !cx.wants_presence());
+    // What the connection needs once upgraded, boxed while the upgrade is awaited: the task's
+    // future keeps whatever it captured for as long as the connection lives, beside the
+    // driver's own copy, so it captures one pointer instead.
+    let accepted = Box::new(Accepted {
+        tracked: (token, cap),
+        consumer,
+        cx,
+        inbox,
+        direct,
+    });
     tokio::spawn(
         async move {
-            let _tracked = (token, cap);
             let upgraded = match upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(error) => {
@@ -160,21 +164,25 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
                     return;
                 }
             };
+            let Accepted {
+                tracked: _tracked,
+                consumer,
+                cx,
+                inbox,
+                direct,
+            } = Accepted::unbox(accepted);
+            let limits = hub.limits();
+            let config = WebSocketConfig::default()
+                .read_buffer_size(limits.read_buffer_size)
+                .write_buffer_size(0)
+                .max_write_buffer_size(limits.max_write_buffer_size)
+                .max_message_size(Some(limits.max_message_size))
+                .max_frame_size(Some(limits.max_message_size));
             // The server's own listener gives plain TCP sockets: the connection owns its socket
             // (no HTTP server layers in between), shared with the bypass when there is one.
             match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
-                    let io = SplitIo::new(
-                        parts.io.into_inner(),
-                        parts.read_buf,
-                        direct,
-                        Arc::clone(hub.metrics()),
-                    );
-                    let mut inbox = inbox;
-                    if direct.is_some() {
-                        inbox.set_bypass(Arc::clone(io.shared()) as Arc<dyn Bypass>);
-                    }
-                    let io = FrameMeter::new(io, limits.max_messages_per_second);
+                    let (io, inbox) = own_socket(parts, inbox, direct, &hub);
                     let socket =
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                     driver::run(socket, consumer, cx, inbox, &hub, direct.is_some()).await;
@@ -208,6 +216,49 @@ pub(crate) async fn start<C: Consumer>(mut consumer: C, handshake: Handshake) ->
         );
     }
     response
+}
+
+/// What an accepted handshake hands to its connection's task.
+struct Accepted<C> {
+    /// Held until the connection ends: its place under the caps and in the shutdown's count.
+    tracked: (TaskTrackerToken, CapGuard),
+    consumer: C,
+    cx: Context,
+    inbox: Inbox,
+    direct: Option<SharedText>,
+}
+
+impl<C> Accepted<C> {
+    /// The contents, with the box freed now: `*boxed` in the task would free it only when the
+    /// task ends, since the task's future owns the box.
+    #[expect(clippy::boxed_local, reason = "taking the box is what frees it")]
+    fn unbox(boxed: Box<Self>) -> Self {
+        *boxed
+    }
+}
+
+/// The upgraded TCP socket as the connection's I/O, shared with `inbox`'s bypass when the
+/// fan-out's fast path is on. Not inline in the task: the locals it borrows would stay in the
+/// task's future for the connection's life.
+fn own_socket(
+    parts: hyper::upgrade::Parts<TokioIo<TcpStream>>,
+    mut inbox: Inbox,
+    direct: Option<SharedText>,
+    hub: &Hub,
+) -> (FrameMeter<SplitIo>, Inbox) {
+    let io = SplitIo::new(
+        parts.io.into_inner(),
+        parts.read_buf,
+        direct,
+        Arc::clone(hub.metrics()),
+    );
+    if direct.is_some() {
+        inbox.set_bypass(Arc::clone(io.shared()) as Arc<dyn Bypass>);
+    }
+    (
+        FrameMeter::new(io, hub.limits().max_messages_per_second),
+        inbox,
+    )
 }
 
 /// Whether the query asks for presence events (`presence=1`).

@@ -60,188 +60,214 @@ enum End {
 /// Runs the connection to its end. `cx` comes from `connect`, which already accepted. With
 /// `bypass`, the inbox has a [`Bypass`](channels_layer::Bypass) that writes to `socket`
 /// ([`direct`](super::direct)): the loop arms it while it waits with nothing to write.
-pub(crate) async fn run<C: Consumer>(
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
+/// moves each argument into a local of its own, so its future holds every argument twice (the
+/// captured one and the local, about 0.7 KiB here), for as long as the connection lives.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice"
+)]
+pub(crate) fn run<C: Consumer>(
     mut socket: impl Socket,
     mut consumer: C,
     mut cx: Context,
     mut inbox: Inbox,
     hub: &Hub,
     bypass: bool,
-) {
-    let limits = *hub.limits();
-    // One wait for the whole connection: a fresh `cancelled()` per loop iteration would lock the
-    // token's mutex and register (and unregister) a waiter for every message.
-    let shutdown = hub.shutdown().clone();
-    let shutdown = shutdown.cancelled_owned();
-    tokio::pin!(shutdown);
-    hub.metrics().connection_opened();
-    let user = cx.service().map(|service| {
-        let user = cx.user();
-        service.connected(&user, cx.channel_name());
-        user
-    });
-    tracing::debug!(channel = %cx.channel_name(), "connected");
-    let now = Instant::now();
-    let mut outbox = Outbox::new(limits.write_timeout, limits.max_queued_bytes);
-    let mut keepalive = Keepalive::new(limits.ping_interval, limits.pong_timeout, now);
-    let timer = tokio::time::sleep_until(now);
-    tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
-    // Frames queued by `connect`, and a close it asked for.
-    queue(&mut outbox, &mut cx);
-    let mut end = cx.close.take().map(End::ByServer);
-    if end.is_none() {
-        end = Box::pin(replay(&mut consumer, &mut cx, &mut outbox))
-            .await
-            .err();
-    }
-    let mut drain_at: Option<Instant> = None;
-    // A token's expiry, on this loop's clock.
-    let expires_at = cx
-        .scope()
-        .identity()
-        .and_then(|identity| identity.expires_at())
-        .map(|at| now + at.duration_since(SystemTime::now()).unwrap_or_default());
-    while end.is_none() {
-        let due = [
-            drain_at,
-            expires_at,
-            keepalive.check_at(),
-            outbox.check_at(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        if let Some(due) = due
-            && armed != Some(due)
-        {
-            timer.as_mut().reset(due);
-            armed = Some(due);
-        }
-        // Over its budget, the connection takes nothing new (no client frame, no inbox
-        // message) until the client has read enough; the inbox holds what arrives meanwhile,
-        // up to its capacity.
-        let open = !outbox.over_budget();
-        // Group messages may go straight to the socket only while nothing of ours waits to be
-        // written, so that none can overtake a frame sent before it.
-        let arm = bypass && open && outbox.is_idle();
-        let event = tokio::select! {
-            biased;
-            () = &mut shutdown, if drain_at.is_none() => Event::ShutdownBegan,
-            () = &mut timer, if due.is_some() => Event::Timer,
-            event = std::future::poll_fn(|task| {
-                // Write what waits, then read: both directions in one poll.
-                if let Err(error) = outbox.poll_write(&mut socket, task) {
-                    return Poll::Ready(Event::WriteFailed(error));
-                }
-                if outbox.over_budget() {
-                    return Poll::Pending;
-                }
-                if !open {
-                    // Back under the budget: take the inbox again (its branch was off).
-                    return Poll::Ready(Event::Resumed);
-                }
-                socket.poll_next_unpin(task).map(Event::Frame)
-            }) => event,
-            msg = inbox.recv_or_bypass(arm), if open => Event::Layer(msg),
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // A reference, not a copy: the copy would live in the connection's future.
+        let limits = hub.limits();
+        // One wait for the whole connection: a fresh `cancelled()` per loop iteration would lock
+        // the token's mutex and register (and unregister) a waiter for every message.
+        let shutdown = hub.shutdown().clone();
+        let shutdown = shutdown.cancelled_owned();
+        tokio::pin!(shutdown);
+        hub.metrics().connection_opened();
+        let user = cx.service().map(|service| {
+            let user = cx.user();
+            service.connected(&user, cx.channel_name());
+            user
+        });
+        tracing::debug!(channel = %cx.channel_name(), "connected");
+        // In a block: a local that lives on past an await is kept in the connection's future.
+        let (mut outbox, mut keepalive, timer, expires_at) = {
+            let now = Instant::now();
+            // A token's expiry, on this loop's clock.
+            let expires_at = cx
+                .scope()
+                .identity()
+                .and_then(|identity| identity.expires_at())
+                .map(|at| now + at.duration_since(SystemTime::now()).unwrap_or_default());
+            (
+                Outbox::new(limits.write_timeout, limits.max_queued_bytes),
+                Keepalive::new(limits.ping_interval, limits.pong_timeout, now),
+                tokio::time::sleep_until(now),
+                expires_at,
+            )
         };
-        if bypass && !matches!(event, Event::Layer(_)) {
-            // Whatever this event makes the connection send goes before any later message.
-            inbox.disarm();
-        }
-        let handled = match event {
-            Event::ShutdownBegan => {
-                // Keep serving until this connection's batch is due.
-                drain_at = Some(Instant::now() + hub.drain_delay());
-                Ok(())
-            }
-            Event::Resumed => Ok(()),
-            Event::Timer => {
-                // Never earlier than the time the timer was set for.
-                let now = armed.map_or_else(Instant::now, |at| Instant::now().max(at));
-                if expires_at.is_some_and(|at| at <= now) {
-                    tracing::debug!("token expired: closing");
-                    Err(End::ByServer(Close::TOKEN_EXPIRED))
-                } else {
-                    on_timer(now, drain_at, &mut outbox, &mut keepalive)
-                }
-            }
-            Event::Frame(frame) => {
-                keepalive.seen(Instant::now());
-                if matches!(frame, Some(Ok(Frame::Text(_) | Frame::Binary(_)))) {
-                    hub.metrics().message_in();
-                }
-                // The socket branch comes first in the select: without taking what waits in
-                // the inbox here, a client that sends without pause would starve its own inbox
-                // until it overflowed.
-                match Box::pin(on_frame(&mut consumer, &mut cx, frame)).await {
-                    Ok(()) => drain_inbox(&mut consumer, &mut cx, &mut inbox, &outbox).await,
-                    Err(end) => Err(end),
-                }
-            }
-            Event::WriteFailed(error) => {
-                tracing::debug!(%error, "write failed: connection lost");
-                Err(End::Broken)
-            }
-            // Not boxed: the hot path of a fan-out (and a small future).
-            Event::Layer(Received::Message(msg)) => {
-                on_layer(&mut consumer, &mut cx, &mut inbox, &outbox, msg).await
-            }
-            Event::Layer(Received::Woken) => {
-                // The bypass left part of a frame with the socket: flush it before anything.
-                outbox.flush_later();
-                Ok(())
-            }
-            Event::Layer(Received::Ended) => {
-                // The layer was flushed or closed under us: this connection cannot get group
-                // messages any more, so it should reconnect.
-                tracing::warn!(channel = %cx.channel_name(), "inbox ended: layer flushed or closed");
-                Err(End::ByServer(Close::INTERNAL))
-            }
-        };
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
+        // Frames queued by `connect`, and a close it asked for.
         queue(&mut outbox, &mut cx);
-        end = match handled {
-            Err(e) => Some(e),
-            Ok(()) => cx.close.take().map(End::ByServer),
-        };
-        if end.is_none() && cx.is_recovering() {
-            // A group joined by this handler may have history to replay.
+        let mut end = cx.close.take().map(End::ByServer);
+        if end.is_none() {
             end = Box::pin(replay(&mut consumer, &mut cx, &mut outbox))
                 .await
                 .err();
         }
+        let mut drain_at: Option<Instant> = None;
+        while end.is_none() {
+            let timed = {
+                let due = [
+                    drain_at,
+                    expires_at,
+                    keepalive.check_at(),
+                    outbox.check_at(),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                if let Some(due) = due
+                    && armed != Some(due)
+                {
+                    timer.as_mut().reset(due);
+                    armed = Some(due);
+                }
+                due.is_some()
+            };
+            // Over its budget, the connection takes nothing new (no client frame, no inbox
+            // message) until the client has read enough; the inbox holds what arrives meanwhile,
+            // up to its capacity.
+            let open = !outbox.over_budget();
+            // Group messages may go straight to the socket only while nothing of ours waits to be
+            // written, so that none can overtake a frame sent before it.
+            let arm = bypass && open && outbox.is_idle();
+            let event = tokio::select! {
+                biased;
+                () = &mut shutdown, if drain_at.is_none() => Event::ShutdownBegan,
+                () = &mut timer, if timed => Event::Timer,
+                event = std::future::poll_fn(|task| {
+                    // Write what waits, then read: both directions in one poll.
+                    if let Err(error) = outbox.poll_write(&mut socket, task) {
+                        return Poll::Ready(Event::WriteFailed(error));
+                    }
+                    if outbox.over_budget() {
+                        return Poll::Pending;
+                    }
+                    if !open {
+                        // Back under the budget: take the inbox again (its branch was off).
+                        return Poll::Ready(Event::Resumed);
+                    }
+                    socket.poll_next_unpin(task).map(Event::Frame)
+                }) => event,
+                msg = inbox.recv_or_bypass(arm), if open => Event::Layer(msg),
+            };
+            if bypass && !matches!(event, Event::Layer(_)) {
+                // Whatever this event makes the connection send goes before any later message.
+                inbox.disarm();
+            }
+            let handled = match event {
+                Event::ShutdownBegan => {
+                    // Keep serving until this connection's batch is due.
+                    drain_at = Some(Instant::now() + hub.drain_delay());
+                    Ok(())
+                }
+                Event::Resumed => Ok(()),
+                Event::Timer => {
+                    // Never earlier than the time the timer was set for.
+                    let now = armed.map_or_else(Instant::now, |at| Instant::now().max(at));
+                    if expires_at.is_some_and(|at| at <= now) {
+                        tracing::debug!("token expired: closing");
+                        Err(End::ByServer(Close::TOKEN_EXPIRED))
+                    } else {
+                        on_timer(now, drain_at, &mut outbox, &mut keepalive)
+                    }
+                }
+                Event::Frame(frame) => {
+                    keepalive.seen(Instant::now());
+                    if matches!(frame, Some(Ok(Frame::Text(_) | Frame::Binary(_)))) {
+                        hub.metrics().message_in();
+                    }
+                    // The socket branch comes first in the select: without taking what waits in
+                    // the inbox here, a client that sends without pause would starve its own inbox
+                    // until it overflowed.
+                    Box::pin(async {
+                        on_frame(&mut consumer, &mut cx, frame).await?;
+                        drain_inbox(&mut consumer, &mut cx, &mut inbox, &outbox).await
+                    })
+                    .await
+                }
+                Event::WriteFailed(error) => {
+                    tracing::debug!(%error, "write failed: connection lost");
+                    Err(End::Broken)
+                }
+                // Boxed like every handler: inline, the largest handler future would sit in every
+                // connection's task for its whole life (one allocation per batch of messages; the
+                // fan-out's fast path does not come here).
+                Event::Layer(Received::Message(msg)) => {
+                    Box::pin(on_layer(&mut consumer, &mut cx, &mut inbox, &outbox, msg)).await
+                }
+                Event::Layer(Received::Woken) => {
+                    // The bypass left part of a frame with the socket: flush it before anything.
+                    outbox.flush_later();
+                    Ok(())
+                }
+                Event::Layer(Received::Ended) => {
+                    // The layer was flushed or closed under us: this connection cannot get group
+                    // messages any more, so it should reconnect.
+                    tracing::warn!(
+                        channel = %cx.channel_name(),
+                        "inbox ended: layer flushed or closed"
+                    );
+                    Err(End::ByServer(Close::INTERNAL))
+                }
+            };
+            queue(&mut outbox, &mut cx);
+            end = match handled {
+                Err(e) => Some(e),
+                Ok(()) => cx.close.take().map(End::ByServer),
+            };
+            if end.is_none() && cx.is_recovering() {
+                // A group joined by this handler may have history to replay.
+                end = Box::pin(replay(&mut consumer, &mut cx, &mut outbox))
+                    .await
+                    .err();
+            }
+        }
+        // Channels' websocket_disconnect: leave the groups, then tell the consumer. The groups are
+        // left first, so a connection waiting for its close handshake takes no group messages.
+        //
+        // The awaits below and the handlers in the loop are boxed: the task of an idle
+        // connection holds only the loop's own state, not room for the largest handler future
+        // it might run (a group send through Redis).
+        Box::pin(cx.discard_all_groups()).await;
+        let code = match end {
+            Some(End::ByClient(frame)) => {
+                hub.metrics()
+                    .closed_by_client(CloseLabel::of_client(frame.as_ref()));
+                Box::pin(finish_client_close(&mut socket, limits)).await;
+                frame.map(|f| u16::from(f.code))
+            }
+            Some(End::ByServer(close)) => {
+                hub.metrics().closed_by_server(close.code);
+                Box::pin(close_socket(&mut socket, &mut outbox, &close, limits)).await;
+                None
+            }
+            Some(End::Broken) | None => {
+                hub.metrics().closed_by_client(CloseLabel::None);
+                None
+            }
+        };
+        Box::pin(consumer.disconnect(&mut cx, code)).await;
+        if let (Some(service), Some(user)) = (cx.service(), &user) {
+            service.disconnected(user, cx.channel_name());
+        }
+        drop(inbox);
+        hub.metrics().connection_closed();
+        tracing::debug!(close_code = ?code, "disconnected");
     }
-    // Channels' websocket_disconnect: leave the groups, then tell the consumer. The groups are
-    // left first, so a connection waiting for its close handshake takes no group messages.
-    //
-    // The awaits below and the client-frame handlers are boxed: the task of an idle connection
-    // holds only the loop's own state, not room for the largest handler future it might run
-    // (a group send through Redis).
-    Box::pin(cx.discard_all_groups()).await;
-    let code = match end {
-        Some(End::ByClient(frame)) => {
-            hub.metrics()
-                .closed_by_client(CloseLabel::of_client(frame.as_ref()));
-            Box::pin(finish_client_close(&mut socket, &limits)).await;
-            frame.map(|f| u16::from(f.code))
-        }
-        Some(End::ByServer(close)) => {
-            hub.metrics().closed_by_server(close.code);
-            Box::pin(close_socket(&mut socket, &mut outbox, &close, &limits)).await;
-            None
-        }
-        Some(End::Broken) | None => {
-            hub.metrics().closed_by_client(CloseLabel::None);
-            None
-        }
-    };
-    Box::pin(consumer.disconnect(&mut cx, code)).await;
-    if let (Some(service), Some(user)) = (cx.service(), &user) {
-        service.disconnected(user, cx.channel_name());
-    }
-    drop(inbox);
-    hub.metrics().connection_closed();
-    tracing::debug!(close_code = ?code, "disconnected");
 }
 
 /// The timer fired: close for the drain or a stuck client, or ping a silent one.
