@@ -70,6 +70,8 @@ impl RePath {
                 .map(|m| m.map_or_else(String::new, |m| m.as_str().to_owned()))
                 .collect();
         } else {
+            // Exactly as many as there are: the scope keeps them for the connection's life.
+            route.kwargs.reserve_exact(names.len());
             for name in names {
                 if let Some(m) = caps.name(name) {
                     route.kwargs.push((name.to_owned(), m.as_str().to_owned()));

@@ -129,7 +129,8 @@ pub struct Context {
     pub(crate) close: Option<Close>,
     /// History and recovery, when the client asked for it (`?recover=1`, `?history=K`,
     /// `?since=...&epoch=...`) and the layer keeps history.
-    recovery: Option<Recovery>,
+    /// Boxed: 120 bytes that most connections would carry unused in their task.
+    recovery: Option<Box<Recovery>>,
     /// Presence and the control channel, when on.
     service: Option<Arc<Service>>,
     /// The client asked for presence events (`?presence=1`, presence on).
@@ -200,7 +201,7 @@ impl Context {
 
     /// Turns recovery on for this connection (the client asked, and history is on).
     pub(crate) fn set_recovery(&mut self, recovery: Recovery) {
-        self.recovery = Some(recovery);
+        self.recovery = Some(Box::new(recovery));
     }
 
     /// Whether the client asked for history and recovery.
@@ -225,7 +226,7 @@ impl Context {
 
     /// The next history message to replay to the consumer.
     pub(crate) fn next_replay(&mut self) -> Option<Message> {
-        self.recovery.as_mut().and_then(Recovery::next_replay)
+        self.recovery.as_deref_mut().and_then(Recovery::next_replay)
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

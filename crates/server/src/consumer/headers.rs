@@ -19,7 +19,8 @@ const SENSITIVE: u8 = 1;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CompactHeaders {
     raw: Box<[u8]>,
-    map: OnceLock<HeaderMap>,
+    /// Boxed: a `HeaderMap` inline is about 100 bytes in every scope, built or not.
+    map: OnceLock<Box<HeaderMap>>,
 }
 
 impl CompactHeaders {
@@ -89,7 +90,7 @@ impl CompactHeaders {
                 value.set_sensitive(sensitive);
                 map.append(name, value);
             }
-            map
+            Box::new(map)
         })
     }
 }
