@@ -75,7 +75,66 @@ struct Member {
 #[derive(Debug)]
 struct Slot {
     queue: Arc<Queue>,
-    groups: HashSet<GroupName>,
+    groups: GroupSet,
+}
+
+/// The groups of one channel. A list while it is short: most channels are in one or two
+/// groups, and a `HashSet` allocates room for several (about 80 bytes for one) for as long as
+/// the connection lives; past [`GroupSet::SPILL`] groups, a set, so that joining many stays
+/// cheap.
+#[derive(Debug)]
+#[expect(
+    clippy::box_collection,
+    reason = "boxed, the set would make every channel's slot twice the size of the list"
+)]
+enum GroupSet {
+    Few(Vec<GroupName>),
+    Many(Box<HashSet<GroupName>>),
+}
+
+impl GroupSet {
+    /// The most groups kept as a list.
+    const SPILL: usize = 8;
+
+    fn insert(&mut self, group: &GroupName) {
+        match self {
+            Self::Few(list) if list.contains(group) => {}
+            Self::Few(list) if list.len() < Self::SPILL => {
+                // One slot at a time: the list stays exactly as long as it is.
+                list.reserve_exact(1);
+                list.push(group.clone());
+            }
+            Self::Few(list) => {
+                let mut set: HashSet<GroupName> = list.drain(..).collect();
+                set.insert(group.clone());
+                *self = Self::Many(Box::new(set));
+            }
+            Self::Many(set) => {
+                set.insert(group.clone());
+            }
+        }
+    }
+
+    fn remove(&mut self, group: &GroupName) {
+        match self {
+            Self::Few(list) => {
+                if let Some(at) = list.iter().position(|g| g == group) {
+                    list.swap_remove(at);
+                }
+            }
+            Self::Many(set) => {
+                set.remove(group);
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &GroupName> {
+        let (few, many) = match self {
+            Self::Few(list) => (Some(list.iter()), None),
+            Self::Many(set) => (None, Some(set.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
 }
 
 impl Registry {
@@ -137,7 +196,7 @@ impl Registry {
             Entry::Vacant(v) => {
                 v.insert(Slot {
                     queue: Arc::clone(&queue),
-                    groups: HashSet::new(),
+                    groups: GroupSet::Few(Vec::new()),
                 });
             }
         }
@@ -216,7 +275,7 @@ impl Registry {
         let Some(slot) = state.channels.get_mut(channel) else {
             return Err(LayerError::NotLocal(channel.clone()));
         };
-        slot.groups.insert(group.clone());
+        slot.groups.insert(group);
         let queue = Arc::clone(&slot.queue);
         let members = state.groups.entry(group.clone()).or_default();
         let first = members.is_empty();
@@ -414,7 +473,7 @@ impl Owner for Registry {
         let Some(slot) = state.channels.remove(name) else {
             return;
         };
-        for group in &slot.groups {
+        for group in slot.groups.iter() {
             remove_member(&mut state.groups, group, name);
         }
         drop(state);
@@ -447,4 +506,57 @@ pub(crate) struct GroupDelivery {
     pub(crate) members: usize,
     pub(crate) delivered: usize,
     pub(crate) dropped: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn group(i: u8) -> GroupName {
+        GroupName::new(&format!("g{i}")).expect("a valid group name")
+    }
+
+    fn contents(set: &GroupSet) -> HashSet<GroupName> {
+        set.iter().cloned().collect()
+    }
+
+    #[test]
+    fn a_short_list_until_it_spills_into_a_set() {
+        let mut set = GroupSet::Few(Vec::new());
+        set.insert(&group(1));
+        set.insert(&group(1));
+        match &set {
+            GroupSet::Few(list) => assert_eq!((list.len(), list.capacity()), (1, 1)),
+            GroupSet::Many(_) => panic!("one group is a list"),
+        }
+        for i in 0..=GroupSet::SPILL as u8 {
+            set.insert(&group(i));
+        }
+        assert!(matches!(set, GroupSet::Many(_)));
+        assert_eq!(contents(&set).len(), GroupSet::SPILL + 1);
+        set.remove(&group(0));
+        assert!(!contents(&set).contains(&group(0)));
+    }
+
+    proptest! {
+        /// Any sequence of joins and leaves leaves the same groups as a `HashSet` would.
+        #[test]
+        fn same_groups_as_a_set(ops in proptest::collection::vec((any::<bool>(), 0u8..20), 0..80)) {
+            let mut set = GroupSet::Few(Vec::new());
+            let mut model = HashSet::new();
+            for (join, i) in ops {
+                if join {
+                    set.insert(&group(i));
+                    model.insert(group(i));
+                } else {
+                    set.remove(&group(i));
+                    model.remove(&group(i));
+                }
+                prop_assert_eq!(contents(&set), model.clone());
+                prop_assert_eq!(set.iter().count(), model.len());
+            }
+        }
+    }
 }
