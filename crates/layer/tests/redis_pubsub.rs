@@ -308,6 +308,73 @@ async fn an_outage_fails_fast_and_recovery_restores_every_subscription() {
     assert!(a.stats().disconnects >= 1 && a.stats().publish_errors >= 1);
 }
 
+/// The connections of `redis` that are neither subscribers nor this query's own.
+fn plain_clients(redis: &RedisServer) -> usize {
+    let list: String = redis.query(redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal"));
+    list.lines().count() - 1
+}
+
+/// Publishes made together share one connection (written in one go, answered in one read):
+/// a burst of concurrent group sends opens no more than that one, where a pool would open a
+/// connection for each send in flight, up to its size.
+#[tokio::test]
+async fn concurrent_publishes_share_one_connection() {
+    let redis = RedisServer::start();
+    let mut c = RedisPubSubConfig::new(vec![redis.url()]);
+    c.prefix = unique_prefix();
+    let a = Arc::new(layer_with(c).await);
+    let g = group("burst");
+    let mut member = a.new_channel().await.unwrap();
+    a.group_add(&g, member.name()).await.unwrap();
+    a.group_send(&g, Message::new("first")).await.unwrap();
+    assert_eq!(recv(&mut member).await.message_type(), Some("first"));
+    let before = plain_clients(&redis);
+    let mut sends = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let a = Arc::clone(&a);
+        let g = g.clone();
+        sends.spawn(async move { a.group_send(&g, Message::new("burst")).await });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent.unwrap().unwrap();
+    }
+    for _ in 0..64 {
+        assert_eq!(recv(&mut member).await.message_type(), Some("burst"));
+    }
+    assert_eq!(
+        plain_clients(&redis),
+        before,
+        "the burst opened connections"
+    );
+}
+
+/// Redis restarts while nothing is published: the first publish afterwards does not go to the
+/// dead connection (one unused for a while is checked first), so it is not lost. (The liveness
+/// probe, a publish every `ping_interval`, would find the dead connection too: it is slowed
+/// down here so that the check is what is tested.)
+#[tokio::test]
+async fn the_first_publish_after_a_quiet_restart_is_delivered() {
+    let mut redis = RedisServer::start();
+    let mut c = RedisPubSubConfig::new(vec![redis.url()]);
+    c.prefix = unique_prefix();
+    c.ping_interval = Duration::from_secs(3600);
+    let a = layer_with(c).await;
+    let g = group("quiet");
+    let mut member = a.new_channel().await.unwrap();
+    a.group_add(&g, member.name()).await.unwrap();
+    a.group_send(&g, Message::new("before")).await.unwrap();
+    assert_eq!(recv(&mut member).await.message_type(), Some("before"));
+    let sent = Instant::now();
+
+    redis.restart();
+    eventually("a ready again", || a.is_ready()).await;
+    // Past the idle check (2 s) since the last publish.
+    tokio::time::sleep(Duration::from_millis(2100).saturating_sub(sent.elapsed())).await;
+    a.group_send(&g, Message::new("after")).await.unwrap();
+    assert_eq!(recv(&mut member).await.message_type(), Some("after"));
+    assert_eq!(a.stats().publish_errors, 0);
+}
+
 /// Review defect 4, from Redis: a payload over the receiving replica's limit (here published by
 /// a replica without one) is dropped once for that replica, before any member gets a copy, and
 /// counted; the members stay subscribed and get the next message.

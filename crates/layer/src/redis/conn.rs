@@ -8,8 +8,9 @@
 //! subscribers, the core layer's dedicated connections) compare versions or wait on
 //! [`HostUrl::master_changes`] and reconnect.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::Runtime;
 use deadpool::managed::{Metrics, Object, RecycleError, RecycleResult};
@@ -256,6 +257,9 @@ impl HostUrl {
             timeout,
             size,
             current: Mutex::new((version, pool)),
+            publisher: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            made: AtomicU64::new(0),
         })
     }
 
@@ -351,10 +355,7 @@ impl Checkout {
     /// Back to the pool after `result`, unless it says the connection is broken.
     fn done<T>(mut self, result: &redis::RedisResult<T>) {
         if let Err(error) = result
-            && (error.is_io_error()
-                || error.is_timeout()
-                || error.is_connection_dropped()
-                || error.is_unrecoverable_error())
+            && broken(error)
         {
             return;
         }
@@ -371,9 +372,17 @@ impl Drop for Checkout {
     }
 }
 
-/// A publisher pool that follows a Sentinel set's master: when the master moves, the next
-/// [`get`](Self::get) drops the old pool (and its connections) for one to the new address.
-/// For a fixed URL it is one plain pool.
+/// A host's connections, following a Sentinel set's master: when the master moves, the next
+/// command drops the old pool (and its connections) for one to the new address. For a fixed
+/// URL it is one plain pool.
+///
+/// Publishes do not take a pooled connection each: they share one multiplexed connection
+/// ([`publish`](Self::publish)), so the publishes a replica makes together (the frames of
+/// several clients read in one turn of its loop) reach Redis in one write and their replies
+/// come back in one read, instead of one write, one read and one wake-up of Redis each on as
+/// many pooled connections. Everything else (the core layer's blocking reads, scripts, presence
+/// reads that may answer with thousands of members) keeps the pool, so a large reply never
+/// holds up a publish.
 #[derive(Debug)]
 pub(crate) struct HostPool {
     host: HostUrl,
@@ -381,11 +390,66 @@ pub(crate) struct HostPool {
     size: usize,
     /// The pool and the host version it was made for.
     current: Mutex<(u64, Pool)>,
+    /// The publishers' shared connection, once made, for the host version it was made for.
+    publisher: Mutex<Option<Publisher>>,
+    /// Held while the publishers' connection is being made, so a burst of publishes after an
+    /// outage makes one connection, not one each.
+    connecting: tokio::sync::Mutex<()>,
+    /// Numbers the publishers' connections, so a publish that fails drops only its own.
+    made: AtomicU64,
+}
+
+/// Which of a host's connections a command goes over (see [`HostPool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// The publishers' shared connection: publishes, and scripts that publish.
+    Publish,
+    /// A pooled connection of its own.
+    Pool,
+}
+
+/// The connection every publish to a host shares.
+#[derive(Debug)]
+struct Publisher {
+    version: u64,
+    id: u64,
+    /// When it was last handed to a publish.
+    used: Instant,
+    conn: MultiplexedConnection,
+}
+
+/// Drops the publishers' connection `id` unless disarmed: a publish that failed in a way that
+/// says the connection is broken, or that was abandoned (its deadline passed), leaves it
+/// behind, as a pooled connection would not go back to the pool.
+struct Suspect<'a> {
+    pool: &'a HostPool,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Suspect<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut publisher = crate::sync::lock(&self.pool.publisher);
+            if publisher.as_ref().is_some_and(|p| p.id == self.id) {
+                *publisher = None;
+            }
+        }
+    }
+}
+
+/// Whether `error` says the connection it came from can no longer be trusted (an error reply
+/// from Redis does not).
+fn broken(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_unrecoverable_error()
 }
 
 impl HostPool {
-    /// The pool of the current master.
-    fn current(&self) -> redis::RedisResult<Pool> {
+    /// The pool of the current master, and the host version it is for.
+    fn current(&self) -> redis::RedisResult<(u64, Pool)> {
         let unavailable =
             |kind, text: String| redis::RedisError::from(std::io::Error::new(kind, text));
         if let Some(error) = self.host.no_master() {
@@ -404,11 +468,77 @@ impl HostPool {
                 }
             }
         }
-        Ok(current.1.clone())
+        Ok((version, current.1.clone()))
+    }
+
+    /// The publishers' connection to the current master, made if there is none (or only one
+    /// to a master that has since moved). One unused for [`IDLE_CHECK`] is checked (`PING`)
+    /// first, as a pooled one is: Redis may have restarted while nothing was published.
+    async fn publisher(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
+        let (version, pool) = self.current()?;
+        // The cached connection, and whether it must be checked before use (then it is not
+        // marked used until it has been).
+        let cached = || {
+            let mut publisher = crate::sync::lock(&self.publisher);
+            let p = publisher.as_mut().filter(|p| p.version == version)?;
+            let now = Instant::now();
+            let idle = now.duration_since(p.used) >= IDLE_CHECK;
+            if !idle {
+                p.used = now;
+            }
+            Some((p.id, p.conn.clone(), idle))
+        };
+        if let Some((id, conn, false)) = cached() {
+            return Ok((id, conn));
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some((id, mut conn, idle)) = cached()
+            && (!idle || self.alive(id, &mut conn).await)
+        {
+            return Ok((id, conn));
+        }
+        let conn = deadpool::managed::Manager::create(pool.manager()).await?;
+        let id = self.made.fetch_add(1, Ordering::Relaxed);
+        *crate::sync::lock(&self.publisher) = Some(Publisher {
+            version,
+            id,
+            used: Instant::now(),
+            conn: conn.clone(),
+        });
+        Ok((id, conn))
+    }
+
+    /// Whether the publishers' connection `id` answers `PING`; if it does, it is marked used.
+    async fn alive(&self, id: u64, conn: &mut MultiplexedConnection) -> bool {
+        let answered = redis::cmd("PING").query_async::<String>(conn).await.is_ok();
+        if answered
+            && let Some(p) = crate::sync::lock(&self.publisher)
+                .as_mut()
+                .filter(|p| p.id == id)
+        {
+            p.used = Instant::now();
+        }
+        answered
+    }
+
+    /// Runs `cmd`, a publish, on the publishers' shared connection (see [`HostPool`]).
+    pub(crate) async fn publish<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        let (id, mut conn) = self.publisher().await?;
+        let mut suspect = Suspect {
+            pool: self,
+            id,
+            armed: true,
+        };
+        let result = cmd.query_async::<T>(&mut conn).await;
+        suspect.armed = result.as_ref().is_err_and(broken);
+        result
     }
 
     async fn checkout(&self) -> redis::RedisResult<Checkout> {
-        let pool = self.current()?;
+        let (_, pool) = self.current()?;
         match pool.get().await {
             Ok(conn) => Ok(Checkout(Some(conn))),
             Err(deadpool::managed::PoolError::Backend(error)) => Err(error),
@@ -416,6 +546,18 @@ impl HostPool {
                 std::io::ErrorKind::NotConnected,
                 error.to_string(),
             ))),
+        }
+    }
+
+    /// Runs `cmd` in `lane`.
+    pub(crate) async fn run<T: redis::FromRedisValue>(
+        &self,
+        lane: Lane,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        match lane {
+            Lane::Publish => self.publish(cmd).await,
+            Lane::Pool => self.query(cmd).await,
         }
     }
 

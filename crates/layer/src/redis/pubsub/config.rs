@@ -26,7 +26,8 @@ pub struct RedisPubSubConfig {
     pub ping_interval: Duration,
     /// Longest wait between reconnection attempts.
     pub reconnect_max_delay: Duration,
-    /// Publisher connections per host.
+    /// Pooled connections per host, for commands other than publishes (presence, history
+    /// reads); publishes share one pipelined connection per host.
     pub pool_size: usize,
 }
 

@@ -35,7 +35,9 @@
 //!
 //! A shard given as `redis+sentinel://` follows its master: when the sentinels name another
 //! one, the subscriber is replaced at once (even mid-ping) and resubscribed there, and the
-//! publisher pool empties itself (`redis/conn.rs`, `redis/sentinel/`). A Redis Cluster
+//! publishers' connection and the pool are made anew (`redis/conn.rs`, `redis/sentinel/`).
+//! Publishes share one pipelined connection per host; other commands (presence, history
+//! reads) take pooled ones. A Redis Cluster
 //! (`redis+cluster://`) is served by [`RedisClusterChannelLayer`] (`cluster/`), on sharded
 //! pub/sub.
 
@@ -265,10 +267,9 @@ impl Inner {
         history::append_args(&mut cmd, limits, payload);
         cmd.arg(&channel).arg(names.side_channel(group));
         let shard = &self.shards[self.shard_of(&channel)];
-        match self
-            .query_on::<redis::Value>(shard, "EVAL history publish", &cmd)
-            .await
-        {
+        let what = "EVAL history publish";
+        let result = shard.pool.publish::<redis::Value>(&cmd);
+        match bounded(&shard.host, self.timeout, what, result).await {
             Ok(_) => Ok(()),
             Err(error) => {
                 self.router
@@ -281,7 +282,7 @@ impl Inner {
         }
     }
 
-    /// One `PUBLISH` on `shard` through its pool, within the timeout.
+    /// One `PUBLISH` on `shard`'s publishers' connection, within the timeout.
     async fn publish_on(
         &self,
         shard: &Shard,
@@ -294,7 +295,7 @@ impl Inner {
             &shard.host,
             self.timeout,
             "PUBLISH",
-            shard.pool.query::<i64>(&cmd),
+            shard.pool.publish::<i64>(&cmd),
         )
         .await
     }

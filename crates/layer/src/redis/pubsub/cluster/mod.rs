@@ -51,6 +51,7 @@ use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
 use crate::presence::{Presence, PresenceMember};
 use crate::redis::Serializer;
+use crate::redis::conn::Lane;
 use crate::redis::presence;
 use crate::registry::Registry;
 use crate::sync::lock;
@@ -341,7 +342,7 @@ impl ChannelLayer for RedisClusterChannelLayer {
         })?;
         for (hash, cmd) in cmds {
             self.inner
-                .query::<redis::Value>(&hash, "EVAL presence add", &cmd)
+                .query::<redis::Value>(&hash, "EVAL presence add", Lane::Pool, &cmd)
                 .await?;
         }
         Ok(())
@@ -356,7 +357,7 @@ impl ChannelLayer for RedisClusterChannelLayer {
         let cmd = presence::remove_cmd(&hash, &expiries, channel.as_str());
         let removed: i64 = self
             .inner
-            .query(&hash, "EVAL presence remove", &cmd)
+            .query(&hash, "EVAL presence remove", Lane::Pool, &cmd)
             .await?;
         Ok(removed > 0)
     }
@@ -366,7 +367,7 @@ impl ChannelLayer for RedisClusterChannelLayer {
         let cmd = presence::read_cmd(&hash, &expiries);
         let reply = self
             .inner
-            .query::<redis::Value>(&hash, "EVAL presence read", &cmd)
+            .query::<redis::Value>(&hash, "EVAL presence read", Lane::Pool, &cmd)
             .await?;
         presence::parse_read(&self.inner.url.display, reply)
     }

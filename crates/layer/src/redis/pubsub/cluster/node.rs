@@ -1,6 +1,6 @@
-//! One master of the cluster: a publisher pool, and (while it owns a channel we need) one
-//! subscriber connection in RESP3, whose pushes go to the [`Router`] tagged with the node and
-//! the connection's generation.
+//! One master of the cluster: its publishers' connection and pool, and (while it owns a
+//! channel we need) one subscriber connection in RESP3, whose pushes go to the [`Router`]
+//! tagged with the node and the connection's generation.
 //!
 //! The subscriber is a plain multiplexed connection, not redis-rs' `ConnectionManager`: its
 //! automatic resubscription would replay every shard channel of the node in one `SSUBSCRIBE`,

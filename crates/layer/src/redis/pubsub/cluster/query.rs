@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use super::{Inner, slots};
 use crate::error::LayerError;
 use crate::name::GroupName;
+use crate::redis::conn::Lane;
 use crate::redis::presence;
 
 impl Inner {
@@ -14,7 +15,10 @@ impl Inner {
     pub(super) async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), LayerError> {
         let mut cmd = redis::cmd("SPUBLISH");
         cmd.arg(channel).arg(payload);
-        let result = self.query::<i64>(channel, "SPUBLISH", &cmd).await.map(drop);
+        let result = self
+            .query::<i64>(channel, "SPUBLISH", Lane::Publish, &cmd)
+            .await
+            .map(drop);
         if let Err(error) = &result {
             self.router
                 .counters
@@ -25,12 +29,13 @@ impl Inner {
         result
     }
 
-    /// One command on the master of `key`'s slot, within the timeout; sent again once to the
-    /// node a `MOVED` names. Errors carry `what` and Redis' own words.
+    /// One command on the master of `key`'s slot, in `lane`, within the timeout; sent again
+    /// once to the node a `MOVED` names. Errors carry `what` and Redis' own words.
     pub(super) async fn query<T: redis::FromRedisValue>(
         &self,
         key: &str,
         what: &str,
+        lane: Lane,
         cmd: &redis::Cmd,
     ) -> Result<T, LayerError> {
         if self.registry.is_closed() {
@@ -51,7 +56,7 @@ impl Inner {
                 break;
             };
             let node = self.node(&addr)?;
-            let attempt = tokio::time::timeout(self.timeout, node.pool.query::<T>(cmd)).await;
+            let attempt = tokio::time::timeout(self.timeout, node.pool.run::<T>(lane, cmd)).await;
             match attempt {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(error)) => {
