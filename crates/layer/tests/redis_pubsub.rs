@@ -375,6 +375,47 @@ async fn the_first_publish_after_a_quiet_restart_is_delivered() {
     assert_eq!(a.stats().publish_errors, 0);
 }
 
+/// A command waits as long as the layer's configured deadline, not redis-rs' default response
+/// timeout (500 ms): a publish held up 700 ms by a busy Redis still goes through (the deadline
+/// is 1 s).
+#[tokio::test]
+async fn a_slow_redis_gets_the_configured_deadline() {
+    let redis = Arc::new(RedisServer::start());
+    let mut c = RedisPubSubConfig::new(vec![redis.url()]);
+    c.prefix = unique_prefix();
+    assert_eq!(c.timeout, Duration::from_secs(1));
+    let a = layer_with(c).await;
+    let g = group("patience");
+    let mut member = a.new_channel().await.unwrap();
+    a.group_add(&g, member.name()).await.unwrap();
+    a.group_send(&g, Message::new("warm")).await.unwrap();
+    assert_eq!(recv(&mut member).await.message_type(), Some("warm"));
+
+    // Redis runs one script at a time: this one keeps it busy for 700 ms.
+    let busy = {
+        let redis = Arc::clone(&redis);
+        tokio::task::spawn_blocking(move || {
+            let script = "local s = redis.call('TIME') \
+                local t0 = tonumber(s[1]) + tonumber(s[2]) / 1e6 \
+                while true do \
+                    local n = redis.call('TIME') \
+                    if tonumber(n[1]) + tonumber(n[2]) / 1e6 - t0 > 0.7 then return 1 end \
+                end";
+            let _: i64 = redis.query(redis::cmd("EVAL").arg(script).arg(0));
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    a.group_send(&g, Message::new("late")).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited > Duration::from_millis(500),
+        "Redis was not busy: {waited:?}"
+    );
+    assert_eq!(recv(&mut member).await.message_type(), Some("late"));
+    busy.await.unwrap();
+}
+
 /// Review defect 4, from Redis: a payload over the receiving replica's limit (here published by
 /// a replica without one) is dropped once for that replica, before any member gets a copy, and
 /// counted; the members stay subscribed and get the next message.

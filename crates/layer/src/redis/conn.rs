@@ -267,7 +267,10 @@ impl HostUrl {
     fn fixed_pool(&self, timeout: Duration, size: usize) -> Result<Pool, LayerError> {
         let client = redis::Client::open(self.url())
             .map_err(|e| LayerError::Config(format!("{}: {e}", self.display)))?;
-        Pool::builder(Manager { client })
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(None);
+        Pool::builder(Manager { client, config })
             .max_size(size)
             .wait_timeout(Some(timeout))
             .create_timeout(Some(timeout))
@@ -312,9 +315,14 @@ const IDLE_CHECK: Duration = Duration::from_secs(2);
 /// which doubled Redis' calls for every publish), it checks only a connection that sat unused
 /// for [`IDLE_CHECK`]; one whose command failed or timed out never goes back
 /// ([`HostPool::query`]). Nothing here uses `WATCH`.
+///
+/// Its connections have no response timeout of their own: every command on them runs within
+/// the layer's configured deadline (`bounded`), which redis-rs' default (500 ms) would
+/// otherwise cut short, and a second timer per command is a cost on every publish.
 #[derive(Debug)]
 pub(crate) struct Manager {
     client: redis::Client,
+    config: redis::AsyncConnectionConfig,
 }
 
 impl deadpool::managed::Manager for Manager {
@@ -322,7 +330,9 @@ impl deadpool::managed::Manager for Manager {
     type Error = redis::RedisError;
 
     async fn create(&self) -> Result<MultiplexedConnection, redis::RedisError> {
-        self.client.get_multiplexed_async_connection().await
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
     }
 
     async fn recycle(
