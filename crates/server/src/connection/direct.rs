@@ -24,7 +24,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use channels_layer::{Bypass, Message, Taken};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::consumer::SharedText;
@@ -132,11 +132,32 @@ impl AsyncRead for SplitIo {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
+        let stream = &self.shared.stream;
         loop {
-            ready!(self.shared.stream.poll_read_ready(cx))?;
-            match self.shared.stream.try_read(buf.initialize_unfilled()) {
+            ready!(stream.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let room = unfilled.len();
+            // A read that fills less than the room it had emptied the socket (epoll is edge
+            // triggered): its readiness is cleared then, as tokio's own `TcpStream::poll_read`
+            // does, so the next poll waits for the next edge instead of a `recv` that can only
+            // answer EAGAIN (one wasted system call per client frame). `try_io` clears it when
+            // its closure says `WouldBlock`; the bytes are kept in `short`.
+            let mut short = 0;
+            let read = stream.try_io(Interest::READABLE, || {
+                let n = io::Read::read(&mut &*socket2::SockRef::from(stream), unfilled)?;
+                if 0 < n && n < room {
+                    short = n;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match read {
                 Ok(n) => {
                     buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock && short > 0 => {
+                    buf.advance(short);
                     return Poll::Ready(Ok(()));
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
@@ -359,6 +380,39 @@ mod tests {
         io.flush().await.expect("flush");
         let tail = reader.await.expect("reader");
         assert_eq!([head, tail].concat(), [&frame[..], &own[..]].concat());
+    }
+
+    /// A read that fills less than its buffer clears the socket's readiness (no `recv` is
+    /// wasted on EAGAIN): the bytes that arrive afterwards still wake the reader, whether the
+    /// previous read was short or filled its buffer.
+    #[tokio::test]
+    async fn reads_after_a_short_read_still_wake() {
+        let (mut io, mut client) = pair().await;
+        let mut buf = [0u8; 30];
+        client.write_all(&[1; 70]).await.expect("write");
+        let mut got = Vec::new();
+        while got.len() < 70 {
+            let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf))
+                .await
+                .expect("the bytes arrive")
+                .expect("read");
+            assert!(n > 0, "end of stream");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, [1; 70]);
+        for round in 2..5u8 {
+            let writer = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                client.write_all(&[round; 7]).await.expect("write");
+                client
+            });
+            let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf))
+                .await
+                .expect("woken for the bytes written after a short read")
+                .expect("read");
+            assert_eq!(&buf[..n], &[round; 7]);
+            client = writer.await.expect("writer");
+        }
     }
 
     /// Our encoding is tungstenite's, at every length class.
