@@ -375,6 +375,36 @@ async fn the_first_publish_after_a_quiet_restart_is_delivered() {
     assert_eq!(a.stats().publish_errors, 0);
 }
 
+/// Redis restarts right after a command went over a pooled connection (well inside the idle
+/// check's two seconds): once the subscriber has found its link dropped, the pool's
+/// connections are made anew, so the next command does not fail on a dead one.
+#[tokio::test]
+async fn after_a_restart_pooled_commands_do_not_fail_on_dead_connections() {
+    let mut redis = RedisServer::start();
+    let mut c = RedisPubSubConfig::new(vec![redis.url()]);
+    c.prefix = unique_prefix();
+    let a = layer_with(c).await;
+    let g = group("room");
+    let member = channels_layer::PresenceMember {
+        user: "u".to_owned(),
+        name: "U".to_owned(),
+        channel: "specific.x!y".to_owned(),
+        replica: "a".to_owned(),
+        joined_at: channels_layer::presence::unix_now(),
+    };
+    let ttl = Duration::from_secs(60);
+    a.presence_add(&g, &member, ttl).await.unwrap();
+    assert_eq!(a.presence(&g).await.unwrap().members.len(), 1);
+
+    redis.restart();
+    eventually("the link loss seen", || a.stats().disconnects >= 1).await;
+    eventually("a ready again", || a.is_ready()).await;
+    // The restarted Redis has no data: the read answers, with nobody.
+    assert_eq!(a.presence(&g).await.unwrap().members.len(), 0);
+    a.presence_add(&g, &member, ttl).await.unwrap();
+    assert_eq!(a.presence(&g).await.unwrap().members.len(), 1);
+}
+
 /// A command waits as long as the layer's configured deadline, not redis-rs' default response
 /// timeout (500 ms): a publish held up 700 ms by a busy Redis still goes through (the deadline
 /// is 1 s).

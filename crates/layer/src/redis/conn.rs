@@ -247,8 +247,8 @@ impl HostUrl {
         }
     }
 
-    /// A pool of publisher connections, bounded in size and in every wait, that follows the
-    /// master.
+    /// A host's connections: a pool bounded in size and in every wait, and the publishers'
+    /// shared connection, following the master.
     pub(crate) fn pool(&self, timeout: Duration, size: usize) -> Result<HostPool, LayerError> {
         let version = self.version();
         let pool = self.fixed_pool(timeout, size)?;
@@ -256,7 +256,12 @@ impl HostUrl {
             host: self.clone(),
             timeout,
             size,
-            current: Mutex::new((version, pool)),
+            current: Mutex::new(Current {
+                version,
+                lost: 0,
+                pool,
+            }),
+            lost: LinkLost::default(),
             publisher: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             made: AtomicU64::new(0),
@@ -398,8 +403,11 @@ pub(crate) struct HostPool {
     host: HostUrl,
     timeout: Duration,
     size: usize,
-    /// The pool and the host version it was made for.
-    current: Mutex<(u64, Pool)>,
+    /// The pool, and what it was made for.
+    current: Mutex<Current>,
+    /// Bumped when another connection to the host (the subscriber) was found dropped: the pool
+    /// and the publishers' connection are made anew at the next command.
+    lost: LinkLost,
     /// The publishers' shared connection, once made, for the host version it was made for.
     publisher: Mutex<Option<Publisher>>,
     /// Held while the publishers' connection is being made, so a burst of publishes after an
@@ -407,6 +415,35 @@ pub(crate) struct HostPool {
     connecting: tokio::sync::Mutex<()>,
     /// Numbers the publishers' connections, so a publish that fails drops only its own.
     made: AtomicU64,
+}
+
+/// A host's pool and what it was made for.
+#[derive(Debug)]
+struct Current {
+    /// The host version (Sentinel master) it connects to.
+    version: u64,
+    /// The [`LinkLost`] count when it was made.
+    lost: u64,
+    pool: Pool,
+}
+
+/// Tells a [`HostPool`] that a connection to its host was found dropped (its subscriber's,
+/// whose pushes say so at once), so the pool's idle connections and the publishers' are
+/// likely dead too (Redis restarted, the network dropped): the pool replaces them all at its
+/// next command instead of letting a command fail on each. Without it, a connection used in
+/// the two seconds before a restart ([`IDLE_CHECK`]) would fail the next command given it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LinkLost(Arc<AtomicU64>);
+
+impl LinkLost {
+    /// A connection to the host was found dropped.
+    pub(crate) fn signal(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// Which of a host's connections a command goes over (see [`HostPool`]).
@@ -458,7 +495,8 @@ fn broken(error: &redis::RedisError) -> bool {
 }
 
 impl HostPool {
-    /// The pool of the current master, and the host version it is for.
+    /// The pool of the current master, and the host version it is for; a new pool (and no
+    /// publishers' connection) after the master moved or a lost link was signalled.
     fn current(&self) -> redis::RedisResult<(u64, Pool)> {
         let unavailable =
             |kind, text: String| redis::RedisError::from(std::io::Error::new(kind, text));
@@ -470,15 +508,28 @@ impl HostPool {
         }
         let mut current = crate::sync::lock(&self.current);
         let version = self.host.version();
-        if current.0 != version {
+        let lost = self.lost.count();
+        if current.version != version || current.lost != lost {
             match self.host.fixed_pool(self.timeout, self.size) {
-                Ok(pool) => *current = (version, pool),
+                Ok(pool) => {
+                    *current = Current {
+                        version,
+                        lost,
+                        pool,
+                    };
+                    *crate::sync::lock(&self.publisher) = None;
+                }
                 Err(error) => {
                     return Err(unavailable(std::io::ErrorKind::Other, error.to_string()));
                 }
             }
         }
-        Ok((version, current.1.clone()))
+        Ok((version, current.pool.clone()))
+    }
+
+    /// The handle that tells this pool its host's link was lost (see [`LinkLost`]).
+    pub(crate) fn link_lost(&self) -> LinkLost {
+        self.lost.clone()
     }
 
     /// The publishers' connection to the current master, made if there is none (or only one

@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use super::config::RedisPubSubConfig;
 use super::router::Router;
 use crate::error::LayerError;
-use crate::redis::conn::{HostPool, HostUrl};
+use crate::redis::conn::{HostPool, HostUrl, LinkLost};
 
 #[derive(Debug)]
 pub(super) struct Shard {
@@ -38,16 +38,18 @@ impl Shard {
     ) -> Result<Self, LayerError> {
         let host = HostUrl::parse(url)?;
         let subscriber_version = AtomicU64::new(host.version());
+        let pool = host.pool(config.timeout, config.pool_size)?;
         let subscriber = Self::connect_subscriber(
             &host,
             index,
             config.timeout,
             config.reconnect_max_delay,
             router,
+            &pool.link_lost(),
         )?;
         Ok(Shard {
             index,
-            pool: host.pool(config.timeout, config.pool_size)?,
+            pool,
             subscriber: Mutex::new(subscriber),
             subscriber_version,
             host,
@@ -59,17 +61,23 @@ impl Shard {
     }
 
     /// A lazily connecting subscriber whose pushes reach the router tagged with the shard's
-    /// current generation.
+    /// current generation. When it finds its connection dropped, `lost` tells the shard's
+    /// pool, whose connections are then likely dead too.
     pub(super) fn connect_subscriber(
         host: &HostUrl,
         index: usize,
         timeout: Duration,
         max_delay: Duration,
         router: &Arc<Router>,
+        lost: &LinkLost,
     ) -> Result<ConnectionManager, LayerError> {
         let generation = router.generation[index].load(Ordering::SeqCst);
         let router = Arc::clone(router);
+        let lost = lost.clone();
         host.subscriber(timeout, max_delay, move |push| {
+            if push.kind == redis::PushKind::Disconnection {
+                lost.signal();
+            }
             router.on_push(index, generation, push);
             Ok(())
         })
@@ -118,6 +126,7 @@ impl Shard {
             self.timeout,
             self.reconnect_max_delay,
             &self.router,
+            &self.pool.link_lost(),
         )?;
         *self.subscriber.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
