@@ -9,20 +9,8 @@ cd "$(dirname "$0")/.."
 rate="${1:-40}"
 seconds="${2:-10}"
 command -v perf >/dev/null || { echo "perf not found: install the Debian package linux-perf" >&2; exit 1; }
-cargo build --release --locked -q -p channels-server -p system-tests --bin channels-server --bin channels-loadgen
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-dir="$(mktemp -d)"
-redis_port="$(free_port)"; a="$(free_port)"; b="$(free_port)"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --loglevel warning >/dev/null &
-pids=($!)
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-sleep 0.3
-# bench/peers.sh execs the server with the benchmark's settings (no per-address limits).
-for port in "$a" "$b"; do
-  bench/peers.sh rust "$port" "redis://127.0.0.1:$redis_port/0" 2>/dev/null &
-  pids+=($!)
-done
-bench/peers.sh wait rust "$a" 20 && bench/peers.sh wait rust "$b" 20
+# shellcheck source=bench/two-replicas.sh
+source bench/two-replicas.sh
 perf record -q -F ${PERF_FREQ:-999} -e cpu-clock ${PERF_CALLGRAPH:--g} -p "${pids[1]}" -o "${PERF_DATA:-$dir/perf.data}" -- sleep "$((seconds + 4))" 2>/dev/null &
 perf_pid=$!
 target/release/channels-loadgen fanout --url "ws://127.0.0.1:$a" --url "ws://127.0.0.1:$b" \

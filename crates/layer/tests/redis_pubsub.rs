@@ -308,6 +308,22 @@ async fn an_outage_fails_fast_and_recovery_restores_every_subscription() {
     assert!(a.stats().disconnects >= 1 && a.stats().publish_errors >= 1);
 }
 
+/// A layer's settings for its own `redis`, under a fresh prefix.
+fn own_config(redis: &RedisServer) -> RedisPubSubConfig {
+    let mut c = RedisPubSubConfig::new(vec![redis.url()]);
+    c.prefix = unique_prefix();
+    c
+}
+
+/// A member of `g` on `a`, after a first message (`first`) reached it.
+async fn joined(a: &RedisPubSubChannelLayer, g: &GroupName, first: &str) -> channels_layer::Inbox {
+    let mut member = a.new_channel().await.unwrap();
+    a.group_add(g, member.name()).await.unwrap();
+    a.group_send(g, Message::new(first)).await.unwrap();
+    assert_eq!(recv(&mut member).await.message_type(), Some(first));
+    member
+}
+
 /// The connections of `redis` that are neither subscribers nor this query's own.
 fn plain_clients(redis: &RedisServer) -> usize {
     let list: String = redis.query(redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal"));
@@ -320,14 +336,10 @@ fn plain_clients(redis: &RedisServer) -> usize {
 #[tokio::test]
 async fn concurrent_publishes_share_one_connection() {
     let redis = RedisServer::start();
-    let mut c = RedisPubSubConfig::new(vec![redis.url()]);
-    c.prefix = unique_prefix();
+    let c = own_config(&redis);
     let a = Arc::new(layer_with(c).await);
     let g = group("burst");
-    let mut member = a.new_channel().await.unwrap();
-    a.group_add(&g, member.name()).await.unwrap();
-    a.group_send(&g, Message::new("first")).await.unwrap();
-    assert_eq!(recv(&mut member).await.message_type(), Some("first"));
+    let mut member = joined(&a, &g, "first").await;
     let before = plain_clients(&redis);
     let mut sends = tokio::task::JoinSet::new();
     for _ in 0..64 {
@@ -355,15 +367,11 @@ async fn concurrent_publishes_share_one_connection() {
 #[tokio::test]
 async fn the_first_publish_after_a_quiet_restart_is_delivered() {
     let mut redis = RedisServer::start();
-    let mut c = RedisPubSubConfig::new(vec![redis.url()]);
-    c.prefix = unique_prefix();
+    let mut c = own_config(&redis);
     c.ping_interval = Duration::from_secs(3600);
     let a = layer_with(c).await;
     let g = group("quiet");
-    let mut member = a.new_channel().await.unwrap();
-    a.group_add(&g, member.name()).await.unwrap();
-    a.group_send(&g, Message::new("before")).await.unwrap();
-    assert_eq!(recv(&mut member).await.message_type(), Some("before"));
+    let mut member = joined(&a, &g, "before").await;
     let sent = Instant::now();
 
     redis.restart();
@@ -381,8 +389,7 @@ async fn the_first_publish_after_a_quiet_restart_is_delivered() {
 #[tokio::test]
 async fn after_a_restart_pooled_commands_do_not_fail_on_dead_connections() {
     let mut redis = RedisServer::start();
-    let mut c = RedisPubSubConfig::new(vec![redis.url()]);
-    c.prefix = unique_prefix();
+    let c = own_config(&redis);
     let a = layer_with(c).await;
     let g = group("room");
     let member = channels_layer::PresenceMember {
@@ -411,15 +418,11 @@ async fn after_a_restart_pooled_commands_do_not_fail_on_dead_connections() {
 #[tokio::test]
 async fn a_slow_redis_gets_the_configured_deadline() {
     let redis = Arc::new(RedisServer::start());
-    let mut c = RedisPubSubConfig::new(vec![redis.url()]);
-    c.prefix = unique_prefix();
+    let c = own_config(&redis);
     assert_eq!(c.timeout, Duration::from_secs(1));
     let a = layer_with(c).await;
     let g = group("patience");
-    let mut member = a.new_channel().await.unwrap();
-    a.group_add(&g, member.name()).await.unwrap();
-    a.group_send(&g, Message::new("warm")).await.unwrap();
-    assert_eq!(recv(&mut member).await.message_type(), Some("warm"));
+    let mut member = joined(&a, &g, "warm").await;
 
     // Redis runs one script at a time: this one keeps it busy for 700 ms.
     let busy = {
