@@ -447,7 +447,7 @@ impl LinkLost {
 }
 
 /// Which of a host's connections a command goes over (see [`HostPool`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Lane {
     /// The publishers' shared connection: publishes, and scripts that publish.
     Publish,
@@ -495,9 +495,15 @@ fn broken(error: &redis::RedisError) -> bool {
 }
 
 impl HostPool {
-    /// The pool of the current master, and the host version it is for; a new pool (and no
-    /// publishers' connection) after the master moved or a lost link was signalled.
+    /// The pool of the current master, and the host version it is for.
     fn current(&self) -> redis::RedisResult<(u64, Pool)> {
+        let current = self.renewed()?;
+        Ok((current.version, current.pool.clone()))
+    }
+
+    /// The pool as it must be now: a new one (and no publishers' connection) after the master
+    /// moved or a lost link was signalled.
+    fn renewed(&self) -> redis::RedisResult<std::sync::MutexGuard<'_, Current>> {
         let unavailable =
             |kind, text: String| redis::RedisError::from(std::io::Error::new(kind, text));
         if let Some(error) = self.host.no_master() {
@@ -524,7 +530,7 @@ impl HostPool {
                 }
             }
         }
-        Ok((version, current.pool.clone()))
+        Ok(current)
     }
 
     /// The handle that tells this pool its host's link was lost (see [`LinkLost`]).
@@ -536,10 +542,9 @@ impl HostPool {
     /// to a master that has since moved). One unused for [`IDLE_CHECK`] is checked (`PING`)
     /// first, as a pooled one is: Redis may have restarted while nothing was published.
     async fn publisher(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
-        let (version, pool) = self.current()?;
-        // The cached connection, and whether it must be checked before use (then it is not
-        // marked used until it has been).
-        let cached = || {
+        // The cached connection for `version`, and whether it must be checked before use (then
+        // it is not marked used until it has been).
+        let cached = |version: u64| {
             let mut publisher = crate::sync::lock(&self.publisher);
             let p = publisher.as_mut().filter(|p| p.version == version)?;
             let now = Instant::now();
@@ -549,11 +554,14 @@ impl HostPool {
             }
             Some((p.id, p.conn.clone(), idle))
         };
-        if let Some((id, conn, false)) = cached() {
+        // The common case takes two locks and clones nothing but the connection's handle.
+        let version = self.renewed()?.version;
+        if let Some((id, conn, false)) = cached(version) {
             return Ok((id, conn));
         }
         let _connecting = self.connecting.lock().await;
-        if let Some((id, mut conn, idle)) = cached()
+        let (version, pool) = self.current()?;
+        if let Some((id, mut conn, idle)) = cached(version)
             && (!idle || self.alive(id, &mut conn).await)
         {
             return Ok((id, conn));
