@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use channels_layer::testing::{LayerFuture, assert_empty, recv};
 use channels_layer::{
@@ -109,4 +110,66 @@ async fn send_reaches_a_channel_of_another_replica_through_its_shard_channel() {
     );
     a.close().await.unwrap();
     b.close().await.unwrap();
+}
+
+/// A master restarts (its clients' connections die) right after a presence command used a
+/// pooled connection to it: the next presence command there answers, on a new connection,
+/// instead of failing on the dead one ("broken pipe"). The subscriber's lost link tells the
+/// node's pool. A cluster of its own: the restart would disturb the other tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_node_restart_pooled_commands_do_not_fail_on_dead_connections() {
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start_with(0));
+    let mut c = RedisPubSubConfig::new(vec![cluster.url()]);
+    c.prefix = unique_prefix();
+    let channel =
+        channels_layer::redis::group_channel(&c.prefix, &GroupName::new("restarted").unwrap());
+    let layer = RedisClusterChannelLayer::connect(c).await.unwrap();
+    let g = GroupName::new("restarted").unwrap();
+    // A member, so the layer holds a subscriber on the node of the group's slot.
+    let inbox = layer.new_channel().await.unwrap();
+    layer.group_add(&g, inbox.name()).await.unwrap();
+    test_support::eventually("ready", || layer.is_ready()).await;
+    let member = channels_layer::PresenceMember {
+        user: "u".to_owned(),
+        name: "U".to_owned(),
+        channel: inbox.name().to_string(),
+        replica: "a".to_owned(),
+        joined_at: channels_layer::presence::unix_now(),
+    };
+    let ttl = Duration::from_secs(60);
+    layer.presence_add(&g, &member, ttl).await.unwrap();
+    // Reads at once: the node's pool holds several connections, so the maintenance loop (which
+    // may take one for its own commands after the link loss) cannot sweep them all.
+    let reads = tokio::join!(
+        layer.presence(&g),
+        layer.presence(&g),
+        layer.presence(&g),
+        layer.presence(&g)
+    );
+    for read in [reads.0, reads.1, reads.2, reads.3] {
+        assert_eq!(read.unwrap().members.len(), 1);
+    }
+
+    let node = cluster.owner(cluster.keyslot(&channel));
+    tokio::task::block_in_place(|| cluster.node_mut(node).restart());
+    test_support::eventually("the link loss seen", || layer.stats().disconnects >= 1).await;
+    // Read at once, within the two seconds in which a pooled connection is trusted without a
+    // PING. Until it has heard from the other masters the node answers CLUSTERDOWN, its own
+    // word, which is fine; failing on the connection that died with the old process is not.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let presence = loop {
+        match layer.presence(&g).await {
+            Ok(presence) => break presence,
+            Err(error) if error.to_string().contains("CLUSTERDOWN") => {
+                assert!(Instant::now() < deadline, "{error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("the read after the restart failed: {error}"),
+        }
+    };
+    // The restarted node has no data: the read answers, with nobody.
+    assert_eq!(presence.members.len(), 0);
+    layer.presence_add(&g, &member, ttl).await.unwrap();
+    assert_eq!(layer.presence(&g).await.unwrap().members.len(), 1);
+    layer.close().await.unwrap();
 }

@@ -18,6 +18,8 @@ pub struct RedisProcess {
     pub port: u16,
     /// The redis-server's own process id (not the watchdog's).
     pub pid: u32,
+    /// What it was started with, to start it again ([`RedisProcess::restart`]).
+    args: Vec<String>,
     process: Option<(Child, ChildStdin)>,
 }
 
@@ -66,6 +68,7 @@ impl RedisProcess {
         let process = Self {
             port,
             pid,
+            args: args.to_vec(),
             process: Some((child, stdin)),
         };
         process.wait_ready();
@@ -117,6 +120,15 @@ impl RedisProcess {
             .expect("cannot run kill");
         assert!(status.success(), "kill -9 {} failed", self.pid);
         self.stop();
+    }
+
+    /// Kills the process (SIGKILL) and starts it again on the same port with the same
+    /// arguments: its clients' connections die; a cluster node keeps its slots (its
+    /// `nodes.conf`) but, without persistence, not its data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let args = std::mem::take(&mut self.args);
+        *self = Self::start(self.port, &args);
     }
 
     /// Stops the process (SIGKILL through the watchdog) and waits for it to exit.

@@ -16,7 +16,7 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind};
 
 use super::super::router::Router;
 use crate::error::LayerError;
-use crate::redis::conn::{HostPool, HostUrl, bounded};
+use crate::redis::conn::{HostPool, HostUrl, LinkLost, bounded};
 use crate::sync::lock;
 
 /// What the push callbacks report to the layer: connections to drop (lost, or told by Redis
@@ -79,11 +79,12 @@ impl Node {
         }
         let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
         let (router, events2, addr) = (Arc::clone(router), Arc::clone(events), self.addr.clone());
+        let lost = self.pool.link_lost();
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_push_sender(move |push: PushInfo| {
-                on_push(&router, &events2, &addr, generation, push);
+                on_push(&router, &events2, &lost, &addr, generation, push);
                 Ok::<(), std::convert::Infallible>(())
             });
         let client = redis::Client::open(self.subscriber_url.as_str())
@@ -120,8 +121,16 @@ impl Node {
     }
 }
 
-/// Runs inside redis-rs' push callback: never blocks.
-fn on_push(router: &Router, events: &Events, addr: &str, generation: u64, push: PushInfo) {
+/// Runs inside redis-rs' push callback: never blocks. A lost link is also signalled to the
+/// node's pool (`lost`), whose connections most likely died with it.
+fn on_push(
+    router: &Router,
+    events: &Events,
+    lost: &LinkLost,
+    addr: &str,
+    generation: u64,
+    push: PushInfo,
+) {
     match push.kind {
         PushKind::SMessage => {
             if let [
@@ -151,6 +160,7 @@ fn on_push(router: &Router, events: &Events, addr: &str, generation: u64, push: 
         }
         PushKind::Disconnection => {
             router.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+            lost.signal();
             lock(&events.lost).push((addr.to_owned(), generation));
             events.wake.notify_one();
         }
