@@ -625,3 +625,44 @@ async fn history_on_several_core_hosts_is_refused() {
         "{text}"
     );
 }
+
+/// Sends made together share one connection (written in one go, answered in one read): a
+/// burst of concurrent group and channel sends opens no connection, where a pool would open
+/// one for each send in flight, up to its size.
+#[tokio::test]
+async fn concurrent_sends_share_one_connection() {
+    let redis = RedisServer::start();
+    let a = Arc::new(layer_with(config(vec![redis.url()], &unique_prefix())).await);
+    let g = group("burst");
+    let mut member = a.new_channel().await.unwrap();
+    a.group_add(&g, member.name()).await.unwrap();
+    a.group_send(&g, Message::new("first")).await.unwrap();
+    a.send(member.name(), Message::new("first")).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(recv(&mut member).await.message_type(), Some("first"));
+    }
+    let before = redis.plain_clients();
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let a = Arc::clone(&a);
+        let (g, to) = (g.clone(), member.name().clone());
+        sends.spawn(async move {
+            if i % 2 == 0 {
+                a.group_send(&g, Message::new("burst")).await
+            } else {
+                a.send(&to, Message::new("burst")).await
+            }
+        });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent.unwrap().unwrap();
+    }
+    for _ in 0..64 {
+        assert_eq!(recv(&mut member).await.message_type(), Some("burst"));
+    }
+    assert_eq!(
+        redis.plain_clients(),
+        before,
+        "the burst opened connections"
+    );
+}

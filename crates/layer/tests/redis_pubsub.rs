@@ -324,12 +324,6 @@ async fn joined(a: &RedisPubSubChannelLayer, g: &GroupName, first: &str) -> chan
     member
 }
 
-/// The connections of `redis` that are neither subscribers nor this query's own.
-fn plain_clients(redis: &RedisServer) -> usize {
-    let list: String = redis.query(redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal"));
-    list.lines().count() - 1
-}
-
 /// Publishes made together share one connection (written in one go, answered in one read):
 /// a burst of concurrent group sends opens no more than that one, where a pool would open a
 /// connection for each send in flight, up to its size.
@@ -340,7 +334,7 @@ async fn concurrent_publishes_share_one_connection() {
     let a = Arc::new(layer_with(c).await);
     let g = group("burst");
     let mut member = joined(&a, &g, "first").await;
-    let before = plain_clients(&redis);
+    let before = redis.plain_clients();
     let mut sends = tokio::task::JoinSet::new();
     for _ in 0..64 {
         let a = Arc::clone(&a);
@@ -354,7 +348,7 @@ async fn concurrent_publishes_share_one_connection() {
         assert_eq!(recv(&mut member).await.message_type(), Some("burst"));
     }
     assert_eq!(
-        plain_clients(&redis),
+        redis.plain_clients(),
         before,
         "the burst opened connections"
     );

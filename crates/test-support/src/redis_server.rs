@@ -142,6 +142,13 @@ impl RedisServer {
         cmd.query(&mut conn).unwrap()
     }
 
+    /// How many of its connections are neither subscribers nor this query's own (`CLIENT
+    /// LIST TYPE normal`).
+    pub fn plain_clients(&self) -> usize {
+        let list: String = self.query(redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal"));
+        list.lines().count() - 1
+    }
+
     /// `PUBSUB NUMSUB` for each channel.
     pub fn numsub(&self, channels: &[&str]) -> Vec<i64> {
         let reply: Vec<redis::Value> = self.query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channels));

@@ -590,10 +590,10 @@ impl HostPool {
         answered
     }
 
-    /// Runs `cmd`, a publish, on the publishers' shared connection (see [`HostPool`]).
-    pub(crate) async fn publish<T: redis::FromRedisValue>(
+    /// Runs `request`, a publish, on the publishers' shared connection (see [`HostPool`]).
+    pub(crate) async fn publish<'a, T: redis::FromRedisValue>(
         &self,
-        cmd: &redis::Cmd,
+        request: impl Into<Request<'a>>,
     ) -> redis::RedisResult<T> {
         let (id, mut conn) = self.publisher().await?;
         let mut suspect = Suspect {
@@ -601,7 +601,7 @@ impl HostPool {
             id,
             armed: true,
         };
-        let result = cmd.query_async::<T>(&mut conn).await;
+        let result = request.into().query::<T>(&mut conn).await;
         suspect.armed = result.as_ref().is_err_and(broken);
         result
     }
@@ -618,22 +618,22 @@ impl HostPool {
         }
     }
 
-    /// Runs `cmd` in `lane`.
-    pub(crate) async fn run<T: redis::FromRedisValue>(
+    /// Runs `request` in `lane`.
+    pub(crate) async fn run<'a, T: redis::FromRedisValue>(
         &self,
         lane: Lane,
-        cmd: &redis::Cmd,
+        request: impl Into<Request<'a>>,
     ) -> redis::RedisResult<T> {
         match lane {
-            Lane::Publish => self.publish(cmd).await,
-            Lane::Pool => self.query(cmd).await,
+            Lane::Publish => self.publish(request).await,
+            Lane::Pool => self.query(request).await,
         }
     }
 
-    /// Runs `cmd` on a connection of the current master's pool.
-    pub(crate) async fn query<T: redis::FromRedisValue>(
+    /// Runs `request` on a connection of the current master's pool.
+    pub(crate) async fn query<'a, T: redis::FromRedisValue>(
         &self,
-        cmd: &redis::Cmd,
+        request: impl Into<Request<'a>>,
     ) -> redis::RedisResult<T> {
         let mut checkout = self.checkout().await?;
         let Some(conn) = checkout.conn() else {
@@ -641,25 +641,46 @@ impl HostPool {
                 "no connection",
             )));
         };
-        let result = cmd.query_async::<T>(conn).await;
+        let result = request.into().query::<T>(conn).await;
         checkout.done(&result);
         result
     }
+}
 
-    /// Runs `pipe` on a connection of the current master's pool.
-    pub(crate) async fn pipeline<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
+/// What a [`HostPool`] runs: one command, or a pipeline (its replies come back together).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Request<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipeline(&'a redis::Pipeline),
+}
+
+impl<'a> From<&'a redis::Cmd> for Request<'a> {
+    fn from(cmd: &'a redis::Cmd) -> Self {
+        Self::Cmd(cmd)
+    }
+}
+
+impl<'a> From<&'a mut redis::Cmd> for Request<'a> {
+    fn from(cmd: &'a mut redis::Cmd) -> Self {
+        Self::Cmd(cmd)
+    }
+}
+
+impl<'a> From<&'a redis::Pipeline> for Request<'a> {
+    fn from(pipe: &'a redis::Pipeline) -> Self {
+        Self::Pipeline(pipe)
+    }
+}
+
+impl Request<'_> {
+    async fn query<T: redis::FromRedisValue>(
+        self,
+        conn: &mut MultiplexedConnection,
     ) -> redis::RedisResult<T> {
-        let mut checkout = self.checkout().await?;
-        let Some(conn) = checkout.conn() else {
-            return Err(redis::RedisError::from(std::io::Error::other(
-                "no connection",
-            )));
-        };
-        let result = pipe.query_async::<T>(conn).await;
-        checkout.done(&result);
-        result
+        match self {
+            Self::Cmd(cmd) => cmd.query_async(conn).await,
+            Self::Pipeline(pipe) => pipe.query_async(conn).await,
+        }
     }
 }
 

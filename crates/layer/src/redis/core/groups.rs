@@ -26,6 +26,7 @@ use super::Inner;
 use super::wire;
 use crate::error::LayerError;
 use crate::name::{ChannelName, GroupName};
+use crate::redis::conn::Lane;
 use crate::redis::shard::consistent_hash;
 use crate::sync::lock;
 
@@ -238,7 +239,7 @@ impl Inner {
                 pipe.cmd("EXPIRE").arg(&key).arg(expire).ignore();
             }
             self.shards[shard]
-                .pipeline::<()>(self.timeout, "ZADD group", &pipe)
+                .query::<()>(self.timeout, "ZADD group", Lane::Pool, &pipe)
                 .await?;
         }
         Ok(())
@@ -264,7 +265,7 @@ impl Inner {
                     .ignore();
             }
             self.shards[shard]
-                .pipeline::<()>(self.timeout, "ZREM group", &pipe)
+                .query::<()>(self.timeout, "ZREM group", Lane::Pool, &pipe)
                 .await?;
         }
         Ok(())

@@ -77,6 +77,7 @@ use self::reader::{Reader, Target};
 use self::shard::Shard;
 use self::wire::Keys;
 use super::Serializer;
+use super::conn::Lane;
 use super::shard::consistent_hash;
 use crate::config::LayerStats;
 use crate::error::LayerError;
@@ -308,6 +309,7 @@ impl Inner {
                     .query(
                         self.timeout,
                         "SCAN",
+                        Lane::Pool,
                         redis::cmd("SCAN")
                             .arg(cursor)
                             .arg("MATCH")
@@ -318,7 +320,7 @@ impl Inner {
                     .await?;
                 if !keys.is_empty() {
                     shard
-                        .query::<()>(self.timeout, "DEL", redis::cmd("DEL").arg(keys))
+                        .query::<()>(self.timeout, "DEL", Lane::Pool, redis::cmd("DEL").arg(keys))
                         .await?;
                 }
                 if next == 0 {
@@ -402,7 +404,7 @@ impl ChannelLayer for RedisChannelLayer {
             super::presence::add_cmds(entries, ttl, |group| self.inner.presence_place(group))?;
         for (shard, cmd) in cmds {
             self.inner.shards[shard]
-                .query::<redis::Value>(self.inner.timeout, "EVAL presence add", &cmd)
+                .query::<redis::Value>(self.inner.timeout, "EVAL presence add", Lane::Pool, &cmd)
                 .await?;
         }
         Ok(())
@@ -416,7 +418,7 @@ impl ChannelLayer for RedisChannelLayer {
         let (shard, hash, expiries) = self.inner.presence_keys(group)?;
         let cmd = super::presence::remove_cmd(&hash, &expiries, channel.as_str());
         let removed: i64 = shard
-            .query(self.inner.timeout, "EVAL presence remove", &cmd)
+            .query(self.inner.timeout, "EVAL presence remove", Lane::Pool, &cmd)
             .await?;
         Ok(removed > 0)
     }
@@ -425,7 +427,7 @@ impl ChannelLayer for RedisChannelLayer {
         let (shard, hash, expiries) = self.inner.presence_keys(group)?;
         let cmd = super::presence::read_cmd(&hash, &expiries);
         let reply = shard
-            .query::<redis::Value>(self.inner.timeout, "EVAL presence read", &cmd)
+            .query::<redis::Value>(self.inner.timeout, "EVAL presence read", Lane::Pool, &cmd)
             .await?;
         super::presence::parse_read(shard.host.display(), reply)
     }

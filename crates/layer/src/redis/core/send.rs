@@ -11,6 +11,7 @@ use crate::error::LayerError;
 use crate::history::{HistoryLimits, HistoryRead, Since};
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
+use crate::redis::conn::Lane;
 use crate::redis::shard::consistent_hash;
 
 /// Message keys per `EVAL`: bounds the size of one script call for very large groups.
@@ -54,7 +55,7 @@ impl Inner {
                 channel.as_str(),
             ));
         match self.shards[shard]
-            .query::<i64>(self.timeout, "EVAL send", &cmd)
+            .query::<i64>(self.timeout, "EVAL send", Lane::Publish, &cmd)
             .await
         {
             Ok(1) => Ok(()),
@@ -101,7 +102,7 @@ impl Inner {
         pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
         let shard = &self.shards[self.group_shard(group)];
         let (members,): (Vec<Vec<u8>>,) = shard
-            .pipeline(self.timeout, "ZRANGE group", &pipe)
+            .query(self.timeout, "ZRANGE group", Lane::Publish, &pipe)
             .await
             .inspect_err(|error| self.group_send_failed(error, group))?;
         // Members written by other processes are not validated: only their key matters here.
@@ -178,7 +179,7 @@ impl Inner {
         }
         cmd.arg(wire::expire_secs(self.registry.config().expiry));
         let full: Vec<usize> = self.shards[0]
-            .query(self.timeout, "EVAL group_send history", &cmd)
+            .query(self.timeout, "EVAL group_send history", Lane::Publish, &cmd)
             .await
             .inspect_err(|error| self.group_send_failed(error, group))?;
         let over = full
@@ -201,7 +202,7 @@ impl Inner {
         let cmd = crate::redis::history::read_cmd(&meta, &stream, &limits, since);
         let shard = &self.shards[0];
         let reply = shard
-            .query::<redis::Value>(self.timeout, "EVAL history read", &cmd)
+            .query::<redis::Value>(self.timeout, "EVAL history read", Lane::Pool, &cmd)
             .await?;
         crate::redis::history::parse_read(shard.host.display(), &self.serializer, reply)
     }
@@ -267,7 +268,7 @@ impl Inner {
             .arg(wire::expire_secs(expiry))
             .arg(wire::trim_bound(now, expiry));
         let full: Vec<usize> = self.shards[shard]
-            .query(self.timeout, "EVAL group_send", &cmd)
+            .query(self.timeout, "EVAL group_send", Lane::Publish, &cmd)
             .await?;
         Ok(full
             .iter()

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use super::Inner;
 use crate::error::LayerError;
-use crate::redis::conn::{HostPool, HostUrl, bounded};
+use crate::redis::conn::{HostPool, HostUrl, Lane, Request, bounded};
 
 #[derive(Debug)]
 pub(super) struct Shard {
@@ -102,26 +102,17 @@ impl Shard {
         self.host.version() == version
     }
 
-    /// Runs one command on a pooled connection within `timeout`.
-    pub(super) async fn query<T: FromRedisValue>(
+    /// Runs `request` (a command or a pipeline) in `lane` within `timeout`: the sends on the
+    /// connection every send to this host shares ([`Lane::Publish`]: the sends a replica makes
+    /// in one turn of its loop go out in one write), everything else on a pooled connection.
+    pub(super) async fn query<'a, T: FromRedisValue>(
         &self,
         timeout: Duration,
         what: &str,
-        cmd: &redis::Cmd,
+        lane: Lane,
+        request: impl Into<Request<'a>>,
     ) -> Result<T, LayerError> {
-        bounded(&self.host, timeout, what, self.pool.query(cmd))
-            .await
-            .inspect_err(|error| self.mark_down(error))
-    }
-
-    /// Runs a pipeline on a pooled connection within `timeout`.
-    pub(super) async fn pipeline<T: FromRedisValue>(
-        &self,
-        timeout: Duration,
-        what: &str,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, LayerError> {
-        bounded(&self.host, timeout, what, self.pool.pipeline(pipe))
+        bounded(&self.host, timeout, what, self.pool.run(lane, request))
             .await
             .inspect_err(|error| self.mark_down(error))
     }
