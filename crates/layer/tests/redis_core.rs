@@ -666,3 +666,38 @@ async fn concurrent_sends_share_one_connection() {
         "the burst opened connections"
     );
 }
+
+/// Redis restarts right after a send: once the layer has seen the link drop and is ready
+/// again, the next sends go out on new connections instead of failing on the dead ones the
+/// sends used ("broken pipe"), though those were used less than the two seconds after which
+/// an idle connection is checked.
+#[tokio::test]
+async fn after_a_restart_sends_do_not_fail_on_dead_connections() {
+    let mut redis = RedisServer::start();
+    let a = Arc::new(layer_with(config(vec![redis.url()], &unique_prefix())).await);
+    let g = group("restarted");
+    let mut member = a.new_channel().await.unwrap();
+    a.group_add(&g, member.name()).await.unwrap();
+    // Sends at once, so that pooled connections are in use too (the group's membership writes).
+    let mut sends = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let a = Arc::clone(&a);
+        let g = g.clone();
+        sends.spawn(async move { a.group_send(&g, Message::new("before")).await });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent.unwrap().unwrap();
+    }
+    for _ in 0..8 {
+        assert_eq!(recv(&mut member).await.message_type(), Some("before"));
+    }
+
+    redis.restart();
+    eventually("the link loss seen", || a.stats().disconnects >= 1).await;
+    eventually("ready again", || a.is_ready()).await;
+    a.group_send(&g, Message::new("after")).await.unwrap();
+    a.send(member.name(), Message::new("after")).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(recv(&mut member).await.message_type(), Some("after"));
+    }
+}

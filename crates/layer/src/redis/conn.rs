@@ -427,8 +427,9 @@ struct Current {
     pool: Pool,
 }
 
-/// Tells a [`HostPool`] that a connection to its host was found dropped (its subscriber's,
-/// whose pushes say so at once), so the pool's idle connections and the publishers' are
+/// Tells a [`HostPool`] that a connection to its host was found dropped (a pub/sub layer's
+/// subscriber, whose pushes say so at once; in the core layer, the first failure of an outage,
+/// usually a blocking reader's), so the pool's idle connections and the publishers' are
 /// likely dead too (Redis restarted, the network dropped): the pool replaces them all at its
 /// next command instead of letting a command fail on each. Without it, a connection used in
 /// the two seconds before a restart ([`IDLE_CHECK`]) would fail the next command given it.

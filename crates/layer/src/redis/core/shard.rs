@@ -60,10 +60,14 @@ impl Shard {
         changed
     }
 
-    /// Records that a call failed; logs once per outage.
+    /// Records that a call failed; logs once per outage. At the start of an outage the pool's
+    /// connections and the senders' are taken for dead too (Redis restarted, the network
+    /// dropped): the next command makes new ones instead of failing on each of them, which a
+    /// connection used in the last two seconds otherwise would.
     pub(super) fn mark_down(&self, error: &LayerError) {
         let _ = self.set_problem(Some(error));
         if self.healthy.swap(false, Ordering::SeqCst) {
+            self.pool.link_lost().signal();
             self.disconnects.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%error, host = self.host.display(), "redis shard unreachable: reconnecting");
             self.wake.notify_one();
