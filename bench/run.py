@@ -15,7 +15,8 @@ Systems, two replicas each on one redis-server started here:
   rust-w2   "rust" as ONE replica with --workers 2 (the fixed scenario only: how the server
             scales with threads, against two single-threaded replicas)
   floor     bench/floor.c, one process: no WebSocket library, no channel layer, one write per
-            delivery (the "fixed" scenario's yardstick, not a system of its own)
+            delivery (the yardstick of the "fixed" scenario and of S-big-group's latency, not a
+            system of its own; S-big-group with every member on it, no other scenario)
 
 Scenarios (issue 5, reference/performance.md):
   fixed        S-fanout's shape at fixed rates of 10,000, 30,000 and 50,000 deliveries/s
@@ -312,6 +313,11 @@ def per_system(kind, redis, args):
     times on a fresh start. Every scenario keeps its runs ("<scenario>_runs") and, under its own
     name, the median run, which the summary shows with the spread of all runs."""
     skip, res = args.skip_set, {}
+    if kind == "floor":
+        # One process with every member and no channel layer: a yardstick for S-big-group's
+        # latency (what the kernel and the load generator leave on this machine); S-fanout's
+        # shape is the fixed scenario's, and it keeps no idle memory worth comparing.
+        skip = skip | {"fanout", "idle", "echo"}
 
     def keep(scenario, runs, key):
         res[f"{scenario}_runs"] = runs
@@ -347,7 +353,7 @@ def per_system(kind, redis, args):
                 f" lost {r['lost']}"))
             return {**brief(r), "connect": r.get("connect")}
 
-        keep("big_group", repeat(kind, redis, args, 2, big_group),
+        keep("big_group", repeat(kind, redis, args, 1 if kind == "floor" else 2, big_group),
              # A run that delivered nothing in time has no latency (the loadgen says 0).
              lambda r: (r.get("latency_ms") or {}).get("p99") if r.get("delivered") else None)
     if "idle" not in skip:
@@ -771,7 +777,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems",
-                   default="rust,rust-cluster,rust-core,socketio,django,django-async")
+                   default="rust,rust-cluster,rust-core,socketio,django,django-async,floor")
     p.add_argument("--groups", type=int, default=100, help="S-fanout groups (10 members each)")
     p.add_argument("--start-rate", type=float, default=0.5,
                    help="S-fanout messages/s per publisher at the first step")
@@ -843,9 +849,6 @@ def main():
             log("== fixed rates")
             results["fixed"] = fixed_rates(redis, args)
         for kind in args.systems.split(","):
-            if kind == "floor":
-                log("== floor: it runs in the fixed scenario only (one process, no layer)")
-                continue
             res = results["systems"].setdefault(kind, {})
             log(f"== {kind}")
             res.update(per_system(kind, redis, args))
