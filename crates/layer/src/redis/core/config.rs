@@ -31,7 +31,9 @@ pub struct RedisCoreConfig {
     pub ping_interval: Duration,
     /// Longest wait between reconnection attempts.
     pub reconnect_max_delay: Duration,
-    /// Pooled connections per host.
+    /// Pooled connections per host, for commands other than sends (membership writes,
+    /// presence, history reads); sends share one pipelined connection per host, and each
+    /// blocking reader has its own.
     pub pool_size: usize,
 }
 
