@@ -119,6 +119,37 @@ pub async fn recv(inbox: &mut Inbox) -> Message {
     }
 }
 
+/// Sends `n` messages of type `kind` from `layer` at once, each from its own task: to `group`,
+/// or every other one straight to `member`'s channel when `direct`; then receives all of them
+/// on `member`. For tests of how a backend spreads concurrent sends over its connections.
+pub async fn burst<L: ChannelLayer + 'static>(
+    layer: &Arc<L>,
+    group: &GroupName,
+    member: &mut Inbox,
+    n: usize,
+    direct: bool,
+    kind: &'static str,
+) {
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let layer = Arc::clone(layer);
+        let (group, to) = (group.clone(), member.name().clone());
+        sends.spawn(async move {
+            if direct && i % 2 == 1 {
+                layer.send(&to, Message::new(kind)).await
+            } else {
+                layer.group_send(&group, Message::new(kind)).await
+            }
+        });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent.expect("a send task panicked").expect("send");
+    }
+    for _ in 0..n {
+        assert_eq!(recv(member).await.message_type(), Some(kind));
+    }
+}
+
 /// Panics if a message arrives within [`ABSENCE_WAIT`].
 pub async fn assert_empty(inbox: &mut Inbox) {
     if let Ok(Some(m)) = tokio::time::timeout(ABSENCE_WAIT, inbox.recv()).await {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use channels_layer::redis::fernet::Fernet;
 use channels_layer::redis::shard::consistent_hash;
-use channels_layer::testing::{LayerFuture, assert_empty, recv};
+use channels_layer::testing::{LayerFuture, assert_empty, burst, recv};
 use channels_layer::{
     ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, Message, RedisChannelLayer,
     RedisCoreConfig, Value,
@@ -642,24 +642,7 @@ async fn concurrent_sends_share_one_connection() {
         assert_eq!(recv(&mut member).await.message_type(), Some("first"));
     }
     let before = redis.plain_clients();
-    let mut sends = tokio::task::JoinSet::new();
-    for i in 0..64 {
-        let a = Arc::clone(&a);
-        let (g, to) = (g.clone(), member.name().clone());
-        sends.spawn(async move {
-            if i % 2 == 0 {
-                a.group_send(&g, Message::new("burst")).await
-            } else {
-                a.send(&to, Message::new("burst")).await
-            }
-        });
-    }
-    while let Some(sent) = sends.join_next().await {
-        sent.unwrap().unwrap();
-    }
-    for _ in 0..64 {
-        assert_eq!(recv(&mut member).await.message_type(), Some("burst"));
-    }
+    burst(&a, &g, &mut member, 64, true, "burst").await;
     assert_eq!(
         redis.plain_clients(),
         before,
@@ -678,19 +661,7 @@ async fn after_a_restart_sends_do_not_fail_on_dead_connections() {
     let g = group("restarted");
     let mut member = a.new_channel().await.unwrap();
     a.group_add(&g, member.name()).await.unwrap();
-    // Sends at once, so that pooled connections are in use too (the group's membership writes).
-    let mut sends = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let a = Arc::clone(&a);
-        let g = g.clone();
-        sends.spawn(async move { a.group_send(&g, Message::new("before")).await });
-    }
-    while let Some(sent) = sends.join_next().await {
-        sent.unwrap().unwrap();
-    }
-    for _ in 0..8 {
-        assert_eq!(recv(&mut member).await.message_type(), Some("before"));
-    }
+    burst(&a, &g, &mut member, 8, false, "before").await;
 
     redis.restart();
     eventually("the link loss seen", || a.stats().disconnects >= 1).await;

@@ -335,18 +335,7 @@ async fn concurrent_publishes_share_one_connection() {
     let g = group("burst");
     let mut member = joined(&a, &g, "first").await;
     let before = redis.plain_clients();
-    let mut sends = tokio::task::JoinSet::new();
-    for _ in 0..64 {
-        let a = Arc::clone(&a);
-        let g = g.clone();
-        sends.spawn(async move { a.group_send(&g, Message::new("burst")).await });
-    }
-    while let Some(sent) = sends.join_next().await {
-        sent.unwrap().unwrap();
-    }
-    for _ in 0..64 {
-        assert_eq!(recv(&mut member).await.message_type(), Some("burst"));
-    }
+    channels_layer::testing::burst(&a, &g, &mut member, 64, false, "burst").await;
     assert_eq!(
         redis.plain_clients(),
         before,
