@@ -539,30 +539,38 @@ impl HostPool {
         self.lost.clone()
     }
 
-    /// The publishers' connection to the current master, made if there is none (or only one
-    /// to a master that has since moved). One unused for [`IDLE_CHECK`] is checked (`PING`)
-    /// first, as a pooled one is: Redis may have restarted while nothing was published.
-    async fn publisher(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
-        // The cached connection for `version`, and whether it must be checked before use (then
-        // it is not marked used until it has been).
-        let cached = |version: u64| {
-            let mut publisher = crate::sync::lock(&self.publisher);
-            let p = publisher.as_mut().filter(|p| p.version == version)?;
-            let now = Instant::now();
-            let idle = now.duration_since(p.used) >= IDLE_CHECK;
-            if !idle {
-                p.used = now;
-            }
-            Some((p.id, p.conn.clone(), idle))
-        };
-        // The common case takes two locks and clones nothing but the connection's handle.
+    /// The publishers' connection to the current master if it is at hand: `None` when it must
+    /// be made (there is none, or only one to a master that has since moved) or checked first
+    /// (unused for [`IDLE_CHECK`]: Redis may have restarted while nothing was published), which
+    /// [`connect_publisher`](Self::connect_publisher) does. The common case takes two locks
+    /// and clones nothing but the connection's handle.
+    fn ready_publisher(&self) -> redis::RedisResult<Option<(u64, MultiplexedConnection)>> {
         let version = self.renewed()?.version;
-        if let Some((id, conn, false)) = cached(version) {
-            return Ok((id, conn));
+        Ok(match self.cached_publisher(version) {
+            Some((id, conn, false)) => Some((id, conn)),
+            _ => None,
+        })
+    }
+
+    /// The cached publishers' connection for `version`, and whether it must be checked before
+    /// use (then it is not marked used until it has been).
+    fn cached_publisher(&self, version: u64) -> Option<(u64, MultiplexedConnection, bool)> {
+        let mut publisher = crate::sync::lock(&self.publisher);
+        let p = publisher.as_mut().filter(|p| p.version == version)?;
+        let now = Instant::now();
+        let idle = now.duration_since(p.used) >= IDLE_CHECK;
+        if !idle {
+            p.used = now;
         }
+        Some((p.id, p.conn.clone(), idle))
+    }
+
+    /// The publishers' connection when [`ready_publisher`](Self::ready_publisher) has none at
+    /// hand: one caller at a time checks the cached connection or makes a new one.
+    async fn connect_publisher(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
         let _connecting = self.connecting.lock().await;
         let (version, pool) = self.current()?;
-        if let Some((id, mut conn, idle)) = cached(version)
+        if let Some((id, mut conn, idle)) = self.cached_publisher(version)
             && (!idle || self.alive(id, &mut conn).await)
         {
             return Ok((id, conn));
@@ -596,7 +604,12 @@ impl HostPool {
         &self,
         request: impl Into<Request<'a>>,
     ) -> redis::RedisResult<T> {
-        let (id, mut conn) = self.publisher().await?;
+        // The slow path boxed: inline, its lock, PING and handshake made every publish's
+        // future several kilobytes (a 9.7 KB allocation per group send).
+        let (id, mut conn) = match self.ready_publisher()? {
+            Some(ready) => ready,
+            None => Box::pin(self.connect_publisher()).await?,
+        };
         let mut suspect = Suspect {
             pool: self,
             id,
@@ -627,7 +640,9 @@ impl HostPool {
     ) -> redis::RedisResult<T> {
         match lane {
             Lane::Publish => self.publish(request).await,
-            Lane::Pool => self.query(request).await,
+            // Boxed: a pool's checkout (with a connection's handshake) is kilobytes, and every
+            // send's future would hold it.
+            Lane::Pool => Box::pin(self.query(request)).await,
         }
     }
 
@@ -712,17 +727,21 @@ async fn first_error(
 }
 
 /// Runs `fut` with a deadline; a timeout or a Redis error becomes `Unavailable` for `host`.
-pub(crate) async fn bounded<T>(
-    host: &HostUrl,
+///
+/// Not an `async fn`: one would hold `fut` twice (as its argument and inside the timeout), and
+/// every command's future goes through here (a publish's was 776 bytes, 400 of them this).
+pub(crate) fn bounded<'a, T>(
+    host: &'a HostUrl,
     timeout: Duration,
-    what: &str,
-    fut: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, LayerError> {
-    match tokio::time::timeout(timeout, fut).await {
+    what: &'a str,
+    fut: impl Future<Output = redis::RedisResult<T>> + 'a,
+) -> impl Future<Output = Result<T, LayerError>> + 'a {
+    use futures_util::FutureExt as _;
+    tokio::time::timeout(timeout, fut).map(move |result| match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(host.unavailable(format!("{what} failed: {}", words(&error)))),
         Err(_) => Err(host.unavailable(format!("{what} timed out after {timeout:?}"))),
-    }
+    })
 }
 
 #[cfg(test)]

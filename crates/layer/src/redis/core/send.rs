@@ -92,24 +92,28 @@ impl Inner {
         self.registry.check_message(msg)?;
         let now = wire::unix_now();
         let config = self.registry.config();
-        let key = self.keys.group(group);
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg(0)
-            .arg(wire::trim_bound(now, config.group_expiry))
-            .ignore();
-        pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
-        let shard = &self.shards[self.group_shard(group)];
-        let (members,): (Vec<Vec<u8>>,) = shard
-            .query(self.timeout, "ZRANGE group", Lane::Publish, &pipe)
-            .await
-            .inspect_err(|error| self.group_send_failed(error, group))?;
-        // Members written by other processes are not validated: only their key matters here.
-        let members: Vec<String> = members
-            .into_iter()
-            .filter_map(|m| String::from_utf8(m).ok())
-            .collect();
+        // In a block: what only the read needs is not kept in the future across the writes
+        // (see `a_group_sends_future_is_small`).
+        let members: Vec<String> = {
+            let key = self.keys.group(group);
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg(0)
+                .arg(wire::trim_bound(now, config.group_expiry))
+                .ignore();
+            pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
+            let shard = &self.shards[self.group_shard(group)];
+            let (members,): (Vec<Vec<u8>>,) = shard
+                .query(self.timeout, "ZRANGE group", Lane::Publish, &pipe)
+                .await
+                .inspect_err(|error| self.group_send_failed(error, group))?;
+            // Members written by other processes are not validated: only their key matters.
+            members
+                .into_iter()
+                .filter_map(|m| String::from_utf8(m).ok())
+                .collect()
+        };
         if let Some(limits) = &self.history {
             return self
                 .group_send_with_history(group, limits, msg, &members)
