@@ -212,7 +212,11 @@ impl Bypass for Shared {
         if writes.partial || !writes.pending.is_empty() {
             return Taken::Declined;
         }
-        match self.stream.try_write(&frame) {
+        // send(2) on the socket itself, not through tokio's readiness (`try_write`): that
+        // costs a cache miss on the socket's readiness state per member (2-2.5 % of a replica
+        // in the fan-out's profile) and is only needed to clear it on EAGAIN, which the
+        // connection's own loop does when it writes what was declined here.
+        match socket2::SockRef::from(&self.stream).send_with_flags(&frame, SEND_FLAGS) {
             Ok(n) if n == frame.len() => {
                 self.metrics.message_out_direct();
                 Taken::Done
@@ -229,6 +233,13 @@ impl Bypass for Shared {
         }
     }
 }
+
+/// A direct write's flags: as std's `TcpStream::write` (which `try_write` ends in), a peer gone
+/// is an `EPIPE` error, never a `SIGPIPE`, whatever the embedding program did with that signal.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: libc::c_int = 0;
 
 /// The last frame rendered on this thread: the members of a group that get one message are
 /// served one after the other, so one entry serves them all.
