@@ -4,8 +4,8 @@
 # RATE messages/s, members and publishers split evenly), so a slower minute of the shared
 # machine hits both alike. Prints each replica's CPU % and NEW / BASE per run; the sides swap
 # every run. Run to run, `bench/run.sh`'s fixed rates move by up to 10 % on this machine type;
-# two replicas of one build here stay within about 2 % of each other, so a change of a few
-# per cent shows.
+# a build against itself here gives medians of 0.993-1.000 (every run within 3 %), so a change
+# of a few per cent shows.
 #
 #   bench/pair.sh BASE_BIN NEW_BIN [RUNS] [RATE ...]   # defaults: 4 runs at 10, 30 and 50 /s
 #   e.g. cp target/release/channels-server /tmp/base; (change, build); bench/pair.sh /tmp/base target/release/channels-server
