@@ -93,7 +93,7 @@ impl Inner {
         let now = wire::unix_now();
         let config = self.registry.config();
         // In a block: what only the read needs is not kept in the future across the writes
-        // (see `a_group_sends_future_is_small`).
+        // (the conformance case `send_futures_are_small`).
         let members: Vec<String> = {
             let key = self.keys.group(group);
             let mut pipe = redis::pipe();
