@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo_fuzz_version=0.13.2
-targets=(redis_payload fernet_payload fernet_roundtrip routing names token hook_answer recovery_query api_message)
+targets=(redis_payload resp_reply fernet_payload fernet_roundtrip routing names token hook_answer recovery_query api_message)
 
 usage() {
   sed -n '/^# Usage:/,/^# Long runs/p' "$0" | sed 's/^# \{0,1\}//' >&2

@@ -17,6 +17,7 @@ use deadpool::managed::{Metrics, Object, RecycleError, RecycleResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 
 use super::sentinel::Sentinel;
+use super::subconn::{self, OnPush, Subscriber, from_push_info};
 pub(crate) use super::text::{redact, words};
 use crate::error::LayerError;
 
@@ -285,21 +286,26 @@ impl HostUrl {
             .map_err(|e| LayerError::Config(format!("{}: cannot build pool: {e}", self.display)))
     }
 
-    /// A subscriber connection that reconnects forever (at most `max_delay` apart) and
-    /// resubscribes by itself; pushes go to `on_push`, which must not block.
+    /// A subscriber connection that reconnects forever (at most `max_delay` apart); pushes go
+    /// to `on_push`, which must not block. Our own connection ([`Subscriber::own`]), except for
+    /// TLS hosts, which keep redis-rs' connection manager (and its rustls setup).
     pub(crate) fn subscriber(
         &self,
         timeout: Duration,
         max_delay: Duration,
-        on_push: impl Fn(redis::PushInfo) -> Result<(), std::convert::Infallible>
-        + Send
-        + Sync
-        + 'static,
-    ) -> Result<ConnectionManager, LayerError> {
-        let client = redis::Client::open(self.resp3())
-            .map_err(|e| LayerError::Config(format!("{}: {e}", self.display)))?;
+        on_push: OnPush,
+    ) -> Result<Subscriber, LayerError> {
+        let config_error =
+            |e: redis::RedisError| LayerError::Config(format!("{}: {e}", self.display));
+        if let Some(target) = subconn::Target::of(&self.url()).map_err(config_error)? {
+            return Ok(Subscriber::own(target, timeout, max_delay, on_push));
+        }
+        let client = redis::Client::open(self.resp3()).map_err(config_error)?;
         let config = ConnectionManagerConfig::new()
-            .set_push_sender(on_push)
+            .set_push_sender(move |push: redis::PushInfo| {
+                from_push_info(&push, &on_push);
+                Ok::<(), std::convert::Infallible>(())
+            })
             .set_automatic_resubscription()
             // The default (6 retries) leaves an idle subscriber dead after a long outage.
             .set_number_of_retries(usize::MAX)
@@ -308,7 +314,8 @@ impl HostUrl {
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
         ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| LayerError::Config(format!("{}: {e}", self.display)))
+            .map(Subscriber::managed)
+            .map_err(config_error)
     }
 }
 

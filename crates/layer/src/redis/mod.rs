@@ -7,8 +7,10 @@ pub mod fernet;
 mod history;
 mod presence;
 mod pubsub;
+pub mod resp;
 mod sentinel;
 pub mod shard;
+mod subconn;
 pub(crate) mod text;
 
 use std::time::Duration;

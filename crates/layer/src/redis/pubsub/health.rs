@@ -21,10 +21,16 @@ pub(super) async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) 
     };
     loop {
         // A Sentinel shard's new master is followed at once, not at the next tick.
+        // So is a subscriber connection that is up again.
+        let Some(reconnected) = inner.upgrade() else {
+            return;
+        };
         tokio::select! {
             _ = ticker.tick() => {}
             () = master_changes.changed() => {}
+            () = reconnected.router.reconnected[i].notified() => {}
         }
+        drop(reconnected);
         let Some(inner) = inner.upgrade() else { return };
         let shard = &inner.shards[i];
         let router = &inner.router;
@@ -50,12 +56,8 @@ pub(super) async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) 
         let (generation, ping) = loop {
             let generation = router.generation[i].load(Ordering::SeqCst);
             let mut sub = shard.subscriber();
-            let cmd = redis::cmd("PING");
             tokio::select! {
-                ping = tokio::time::timeout(
-                    inner.timeout,
-                    cmd.query_async::<redis::Value>(&mut sub),
-                ) => break (generation, ping),
+                ping = tokio::time::timeout(inner.timeout, sub.ping()) => break (generation, ping),
                 () = master_changes.changed() => {
                     if shard.follow_master() {
                         probe = Probe::default();

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use redis::{PushInfo, PushKind};
+use crate::redis::subconn::Push;
 
 use super::names::Names;
 use super::probe::ProbeKey;
@@ -36,6 +36,9 @@ pub(super) struct Router {
     /// Per shard: the generation of the current subscriber connection; pushes from older
     /// (replaced) connections are ignored.
     pub(super) generation: Vec<AtomicU64>,
+    /// Per shard: woken when a subscriber connection is up (again), so that the ping loop
+    /// resubscribes at once.
+    pub(super) reconnected: Vec<tokio::sync::Notify>,
     /// Signs this process's liveness probes.
     pub(super) probe_key: ProbeKey,
     /// Per shard: the number of the latest liveness probe published (or being published).
@@ -72,6 +75,7 @@ impl Router {
             connected: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             resync: (0..shards).map(|_| AtomicBool::new(true)).collect(),
             generation: zeros(),
+            reconnected: (0..shards).map(|_| tokio::sync::Notify::new()).collect(),
             probe_key: ProbeKey::random(),
             probe_sent: zeros(),
             probe_seen: zeros(),
@@ -105,50 +109,42 @@ impl Router {
         *crate::sync::lock(&self.pending[shard]) = Some((channel, position));
     }
 
-    pub(super) fn on_push(&self, shard: usize, generation: u64, push: PushInfo) {
+    pub(super) fn on_push(&self, shard: usize, generation: u64, push: Push<'_>) {
         if self.generation[shard].load(Ordering::SeqCst) != generation {
             return;
         }
-        match push.kind {
-            PushKind::Message => {
-                if let [
-                    redis::Value::BulkString(ch),
-                    redis::Value::BulkString(payload),
-                ] = &push.data[..]
+        match push {
+            Push::Message { channel, payload } => {
+                if self.history
+                    && let Ok(side) = std::str::from_utf8(channel)
+                    && side.starts_with(&self.names.side)
                 {
-                    if self.history
-                        && let Ok(side) = std::str::from_utf8(ch)
-                        && side.starts_with(&self.names.side)
-                    {
-                        return self.position_arrived(shard, side, payload);
-                    }
-                    let position = self.take_pending(shard, ch);
-                    self.route(ch, payload, position);
+                    return self.position_arrived(shard, side, payload);
+                }
+                let position = self.take_pending(shard, channel);
+                self.route(channel, payload, position);
+            }
+            Push::PMessage { channel, payload } => {
+                let _ = self.take_pending(shard, channel);
+                if channel == self.names.probe.as_bytes() {
+                    self.probe_returned(shard, payload);
+                } else {
+                    self.route(channel, payload, None);
                 }
             }
-            PushKind::PMessage => {
-                if let [
-                    _,
-                    redis::Value::BulkString(ch),
-                    redis::Value::BulkString(payload),
-                ] = &push.data[..]
-                {
-                    let _ = self.take_pending(shard, ch);
-                    if *ch == self.names.probe.as_bytes() {
-                        self.probe_returned(shard, payload);
-                    } else {
-                        self.route(ch, payload, None);
-                    }
-                }
-            }
-            PushKind::Disconnection => {
+            Push::Disconnected => {
                 self.resync[shard].store(true, Ordering::SeqCst);
                 if self.connected[shard].swap(false, Ordering::SeqCst) {
                     self.counters.disconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(shard, "redis subscriber disconnected: reconnecting");
                 }
             }
-            _ => {}
+            // The shard's ping loop subscribes at once rather than at its next tick (as
+            // redis-rs' connection manager resubscribed at once).
+            Push::Reconnected => {
+                self.resync[shard].store(true, Ordering::SeqCst);
+                self.reconnected[shard].notify_one();
+            }
         }
     }
 

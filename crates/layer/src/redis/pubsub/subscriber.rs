@@ -5,12 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
 use super::config::RedisPubSubConfig;
 use super::router::Router;
 use crate::error::LayerError;
 use crate::redis::conn::{HostPool, HostUrl, LinkLost};
+use crate::redis::subconn::{Push, Subscriber};
 
 #[derive(Debug)]
 pub(super) struct Shard {
@@ -18,7 +17,7 @@ pub(super) struct Shard {
     pub(super) host: HostUrl,
     pub(super) pool: HostPool,
     /// The current subscriber connection (cloned out for each use: clones share it).
-    pub(super) subscriber: Mutex<ConnectionManager>,
+    pub(super) subscriber: Mutex<Subscriber>,
     /// The [host version](HostUrl::version) the subscriber was made for: a Sentinel shard
     /// whose master moved replaces it.
     subscriber_version: AtomicU64,
@@ -70,17 +69,17 @@ impl Shard {
         max_delay: Duration,
         router: &Arc<Router>,
         lost: &LinkLost,
-    ) -> Result<ConnectionManager, LayerError> {
+    ) -> Result<Subscriber, LayerError> {
         let generation = router.generation[index].load(Ordering::SeqCst);
         let router = Arc::clone(router);
         let lost = lost.clone();
-        host.subscriber(timeout, max_delay, move |push| {
-            if push.kind == redis::PushKind::Disconnection {
+        let on_push = move |push: Push<'_>| {
+            if push == Push::Disconnected {
                 lost.signal();
             }
             router.on_push(index, generation, push);
-            Ok(())
-        })
+        };
+        host.subscriber(timeout, max_delay, Arc::new(on_push))
     }
 
     /// `error` from a subscriber call, or Redis' own words when Redis refuses a fresh
@@ -106,7 +105,7 @@ impl Shard {
             .clone()
     }
 
-    pub(super) fn subscriber(&self) -> ConnectionManager {
+    pub(super) fn subscriber(&self) -> Subscriber {
         self.subscriber
             .lock()
             .unwrap_or_else(|e| e.into_inner())
