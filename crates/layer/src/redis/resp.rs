@@ -1,4 +1,4 @@
-//! A RESP3 reader for the pub/sub subscriber's own connection ([`super::subscriber`]): it
+//! A RESP3 reader for the pub/sub layer's subscriber, which reads on a connection of its own: it
 //! finds where each value a Redis server sent ends and hands out the parts a subscriber needs
 //! (a push's kind and its first string elements, an error's text) as slices of the read
 //! buffer, without building a value tree or copying a payload.

@@ -460,10 +460,12 @@ fn take_items(
             Ok(None) => break Ok(()),
             Err(error) => {
                 let offset = start + error.offset;
-                break Err(format!(
+                let why = format!(
                     "Redis sent what is not RESP3: {}",
                     resp::Error { offset, ..error }
-                ));
+                );
+                tracing::warn!(%why, "redis subscriber connection dropped for a fresh one");
+                break Err(why);
             }
         };
         start += used;
