@@ -16,6 +16,7 @@ use deadpool::Runtime;
 use deadpool::managed::{Metrics, Object, RecycleError, RecycleResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 
+use super::pubconn::PublishConn;
 use super::sentinel::Sentinel;
 use super::subconn::{self, OnPush, Subscriber, from_push_info};
 pub(crate) use super::text::{redact, words};
@@ -470,7 +471,7 @@ struct Publisher {
     id: u64,
     /// When it was last handed to a publish.
     used: Instant,
-    conn: MultiplexedConnection,
+    conn: PublishConn,
 }
 
 /// Drops the publishers' connection `id` unless disarmed: a publish that failed in a way that
@@ -551,7 +552,7 @@ impl HostPool {
     /// (unused for [`IDLE_CHECK`]: Redis may have restarted while nothing was published), which
     /// [`connect_publisher`](Self::connect_publisher) does. The common case takes two locks
     /// and clones nothing but the connection's handle.
-    fn ready_publisher(&self) -> redis::RedisResult<Option<(u64, MultiplexedConnection)>> {
+    fn ready_publisher(&self) -> redis::RedisResult<Option<(u64, PublishConn)>> {
         let version = self.renewed()?.version;
         Ok(match self.cached_publisher(version) {
             Some((id, conn, false)) => Some((id, conn)),
@@ -561,7 +562,7 @@ impl HostPool {
 
     /// The cached publishers' connection for `version`, and whether it must be checked before
     /// use (then it is not marked used until it has been).
-    fn cached_publisher(&self, version: u64) -> Option<(u64, MultiplexedConnection, bool)> {
+    fn cached_publisher(&self, version: u64) -> Option<(u64, PublishConn, bool)> {
         let mut publisher = crate::sync::lock(&self.publisher);
         let p = publisher.as_mut().filter(|p| p.version == version)?;
         let now = Instant::now();
@@ -574,7 +575,7 @@ impl HostPool {
 
     /// The publishers' connection when [`ready_publisher`](Self::ready_publisher) has none at
     /// hand: one caller at a time checks the cached connection or makes a new one.
-    async fn connect_publisher(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
+    async fn connect_publisher(&self) -> redis::RedisResult<(u64, PublishConn)> {
         let _connecting = self.connecting.lock().await;
         let (version, pool) = self.current()?;
         if let Some((id, mut conn, idle)) = self.cached_publisher(version)
@@ -582,7 +583,9 @@ impl HostPool {
         {
             return Ok((id, conn));
         }
-        let conn = deadpool::managed::Manager::create(pool.manager()).await?;
+        // Our own connection, or redis-rs' for a TLS host (made as the pool makes its own).
+        let managed = deadpool::managed::Manager::create(pool.manager());
+        let conn = PublishConn::connect(&self.host.url(), self.timeout, managed).await?;
         let id = self.made.fetch_add(1, Ordering::Relaxed);
         *crate::sync::lock(&self.publisher) = Some(Publisher {
             version,
@@ -594,7 +597,7 @@ impl HostPool {
     }
 
     /// Whether the publishers' connection `id` answers `PING`; if it does, it is marked used.
-    async fn alive(&self, id: u64, conn: &mut MultiplexedConnection) -> bool {
+    async fn alive(&self, id: u64, conn: &mut PublishConn) -> bool {
         let answered = redis::cmd("PING").query_async::<String>(conn).await.is_ok();
         if answered
             && let Some(p) = crate::sync::lock(&self.publisher)
@@ -698,7 +701,7 @@ impl<'a> From<&'a redis::Pipeline> for Request<'a> {
 impl Request<'_> {
     async fn query<T: redis::FromRedisValue>(
         self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut impl redis::aio::ConnectionLike,
     ) -> redis::RedisResult<T> {
         match self {
             Self::Cmd(cmd) => cmd.query_async(conn).await,

@@ -3,9 +3,12 @@
 
 mod conn;
 mod core;
+#[cfg(test)]
+mod fake;
 pub mod fernet;
 mod history;
 mod presence;
+mod pubconn;
 mod pubsub;
 pub mod resp;
 mod sentinel;
