@@ -672,3 +672,22 @@ async fn after_a_restart_sends_do_not_fail_on_dead_connections() {
         assert_eq!(recv(&mut member).await.message_type(), Some("after"));
     }
 }
+
+/// A group of thousands: its members' names (a `ZRANGE` reply of 3,000 elements, over 100 KB,
+/// read in pieces) come back on the senders' shared connection, and the message reaches every
+/// member.
+#[tokio::test]
+async fn a_group_of_thousands_is_read_whole_and_reached() {
+    let layer = layer_with(config(vec![server().url()], &unique_prefix())).await;
+    let g = group("crowd");
+    let mut inboxes = Vec::new();
+    for _ in 0..3_000 {
+        let inbox = layer.new_channel().await.unwrap();
+        layer.group_add(&g, inbox.name()).await.unwrap();
+        inboxes.push(inbox);
+    }
+    layer.group_send(&g, Message::new("hello")).await.unwrap();
+    for inbox in &mut inboxes {
+        assert_eq!(recv(inbox).await.message_type(), Some("hello"));
+    }
+}

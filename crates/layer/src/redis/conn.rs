@@ -399,11 +399,12 @@ impl Drop for Checkout {
 /// command drops the old pool (and its connections) for one to the new address. For a fixed
 /// URL it is one plain pool.
 ///
-/// Publishes do not take a pooled connection each: they share one multiplexed connection
-/// ([`publish`](Self::publish)), so the publishes a replica makes together (the frames of
-/// several clients read in one turn of its loop) reach Redis in one write and their replies
-/// come back in one read, instead of one write, one read and one wake-up of Redis each on as
-/// many pooled connections. Everything else (the core layer's blocking reads, scripts, presence
+/// Publishes do not take a pooled connection each: they share one pipelined connection
+/// ([`publish`](Self::publish), [`PublishConn`]): each is written by the task that sends it,
+/// without a hop through a writer task, and the replies to the publishes a replica makes
+/// together (the frames of several clients read in one turn of its loop) come back in one
+/// read, instead of a read and a wake-up of Redis each on as many pooled connections.
+/// Everything else (the core layer's blocking reads, scripts, presence
 /// reads that may answer with thousands of members) keeps the pool, so a large reply never
 /// holds up a publish.
 #[derive(Debug)]

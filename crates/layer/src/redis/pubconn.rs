@@ -27,7 +27,7 @@ use redis::{RedisFuture, Value};
 use tokio::sync::{Notify, oneshot};
 
 use super::resp::{self, Item};
-use super::subconn::{Stream, Target, handshake};
+use super::subconn::{READ_CHUNK, Stream, Target, handshake, make_room};
 
 /// A connection every publish to a host shares; clones share it. It closes when the last
 /// clone is dropped.
@@ -87,9 +87,6 @@ struct Waiter {
     values: Vec<Value>,
     reply: oneshot::Sender<redis::RedisResult<Vec<Value>>>,
 }
-
-/// The read buffer's size, and the room each read gets at least.
-const READ_CHUNK: usize = 16 * 1024;
 
 impl PublishConn {
     /// A connection to `url`: our own for TCP and Unix sockets (within `timeout`), redis-rs'
@@ -246,9 +243,7 @@ async fn flush(shared: Arc<Shared>) {
 async fn read_replies(shared: Arc<Shared>) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let why = loop {
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
+        make_room(&mut buf);
         match shared.stream.read_some(&mut buf).await {
             Ok(0) => break "Redis closed the connection".to_owned(),
             Ok(_) => {}
@@ -545,6 +540,32 @@ mod tests {
         fake.send(b":1\r\n:2\r\n").await;
         assert_eq!(first.await.unwrap().unwrap(), 1);
         assert_eq!(second.await.unwrap().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_reply_of_a_million_bytes_cut_in_pieces_is_read_whole() {
+        let redis = FakeRedis::start().await;
+        let (mut conn, mut fake) = connected(&redis, "", 0).await;
+        let reading = tokio::spawn(async move {
+            redis::cmd("ZRANGE")
+                .arg("g")
+                .arg(0)
+                .arg(-1)
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+        });
+        assert_eq!(fake.command().await, "ZRANGE g 0 -1");
+        let members = 200_000;
+        let mut reply = format!("*{members}\r\n").into_bytes();
+        for i in 0..members {
+            reply.extend_from_slice(format!("$7\r\nm{i:06}\r\n").as_bytes());
+        }
+        for piece in reply.chunks(7_000) {
+            fake.send(piece).await;
+        }
+        let read = reading.await.unwrap().unwrap();
+        assert_eq!(read.len(), members);
+        assert_eq!((&*read[0], &*read[members - 1]), ("m000000", "m199999"));
     }
 
     #[tokio::test]

@@ -18,8 +18,9 @@ pub const MAX_BULK: usize = 512 * 1024 * 1024;
 /// The longest line (a simple string, error or number) taken.
 pub const MAX_LINE: usize = 64 * 1024;
 /// The most elements one aggregate may declare: a subscriber's replies and pushes have a
-/// handful; a server that declares more is not answering what we asked.
-pub const MAX_ELEMENTS: usize = 1024;
+/// handful, the publishers' connection reads a core layer group's members (thousands); Redis
+/// takes no longer request from a client either.
+pub const MAX_ELEMENTS: usize = 1024 * 1024;
 /// The deepest nesting of aggregates taken (pushes and the `HELLO` reply have two levels).
 pub const MAX_DEPTH: usize = 8;
 
@@ -318,7 +319,7 @@ mod tests {
             (b"$-5\r\n", "is negative"),
             (b"$3\r\nabcde\r\n", "not followed by CRLF"),
             (b"$999999999999\r\n", "over the limit"),
-            (b"*100000\r\n", "over the limit"),
+            (b"*2000000\r\n", "over the limit"),
             (b">2\r\n+a\r\n@\r\n", "type byte 0x40"),
         ] {
             let error = next(buf).unwrap_err().to_string();

@@ -55,8 +55,22 @@ const MIN_DELAY: Duration = Duration::from_millis(50);
 /// Commands waiting for the connection's task: callers wait (within their deadlines) when
 /// this many are queued.
 const COMMAND_QUEUE: usize = 64;
-/// The read buffer's size when it is (re)made, and how much room each read gets at least.
-const READ_CHUNK: usize = 16 * 1024;
+/// The read buffer's size when it is (re)made.
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
+
+/// Room for the next read: at least a quarter of [`READ_CHUNK`], and as much again as the
+/// buffer holds when it holds the start of a large value, so that a value of n bytes takes
+/// O(log n) reads (each read looks at the value from its start again). A buffer left empty
+/// and large is made small again.
+pub(crate) fn make_room(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+        *buf = Vec::with_capacity(READ_CHUNK);
+    }
+    let want = READ_CHUNK.max(buf.len());
+    if buf.capacity() - buf.len() < want / 4 {
+        buf.reserve(want);
+    }
+}
 
 /// A handle to a subscriber connection; clones share it. The connection (and its task) ends
 /// when the last handle is dropped.
@@ -490,9 +504,7 @@ async fn serve(
         return Served::Lost(why);
     }
     let served = loop {
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
+        make_room(&mut buf);
         let event = tokio::select! {
             biased;
             read = stream.read_some(&mut buf) => Ok(read),
