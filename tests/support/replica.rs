@@ -37,12 +37,35 @@ pub struct Replica {
 
 impl Replica {
     /// Starts a replica with `args` (e.g. `--redis-url ...`) and waits until `/readyz` is 200.
+    ///
+    /// A port found free can be taken before the replica binds it (by an outgoing connection
+    /// of another test, whose ephemeral port comes from the same range): the replica then
+    /// exits at once ("Address already in use"), and it is started again on another port.
     pub async fn start(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Replica {
+        for _ in 0..3 {
+            match Self::try_start_on(name, free_port(), args, envs).await {
+                Ok(replica) => return replica,
+                Err(status) => eprintln!("replica {name} exited at start ({status}): another port"),
+            }
+        }
         Self::start_on(name, free_port(), args, envs).await
     }
 
     /// Like [`Replica::start`], on a given port (e.g. the port of a replica that was stopped).
     pub async fn start_on(name: &str, port: u16, args: &[&str], envs: &[(&str, &str)]) -> Replica {
+        match Self::try_start_on(name, port, args, envs).await {
+            Ok(replica) => replica,
+            Err(status) => panic!("replica {name} exited before it was ready: {status}"),
+        }
+    }
+
+    /// Starts a replica on `port` and waits until `/readyz` is 200; `Err` if it exits first.
+    async fn try_start_on(
+        name: &str,
+        port: u16,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Replica, std::process::ExitStatus> {
         let child = Command::new(server_binary())
             .args(["--bind", &format!("127.0.0.1:{port}"), "--replica-id", name])
             .args(["--log-level", "warn"])
@@ -53,18 +76,23 @@ impl Replica {
             .kill_on_drop(true)
             .spawn()
             .expect("cannot start channels-server");
-        let replica = Replica {
+        let mut replica = Replica {
             port,
             name: name.to_owned(),
             child: Some(child),
         };
-        replica.wait_ready().await;
-        replica
+        replica.wait_ready().await?;
+        Ok(replica)
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until `/readyz` is 200 (at most 15 s); `Err` if the process exits first.
+    async fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while http_status(self.port, "/readyz").await != Some(200) {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                self.child = None;
+                return Err(status);
+            }
             assert!(
                 Instant::now() < deadline,
                 "replica {} never became ready",
@@ -72,6 +100,7 @@ impl Replica {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Ok(())
     }
 
     pub fn ws_url(&self, path: &str) -> String {

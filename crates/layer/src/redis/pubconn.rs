@@ -396,14 +396,18 @@ mod tests {
         assert_eq!(words(&error), "NOSCRIPT No matching script");
     }
 
+    /// Connecting to `url` (plain TCP: redis-rs' connection is never made).
+    fn connecting(url: String) -> tokio::task::JoinHandle<redis::RedisResult<PublishConn>> {
+        let managed = std::future::pending::<redis::RedisResult<MultiplexedConnection>>();
+        tokio::spawn(
+            async move { PublishConn::connect(&url, Duration::from_secs(5), managed).await },
+        )
+    }
+
     /// A connection to `redis` with `auth` (`:pw@` or nothing) and database `db`, once the
     /// fake took its handshake; and the fake's end.
     async fn connected(redis: &FakeRedis, auth: &str, db: i64) -> (PublishConn, FakeConn) {
-        let url = format!("redis://{auth}127.0.0.1:{}/{db}", redis.port());
-        let managed = std::future::pending::<redis::RedisResult<MultiplexedConnection>>();
-        let connecting = tokio::spawn(async move {
-            PublishConn::connect(&url, Duration::from_secs(5), managed).await
-        });
+        let connecting = connecting(format!("redis://{auth}127.0.0.1:{}/{db}", redis.port()));
         let mut conn = redis.accept().await;
         if !auth.is_empty() {
             assert_eq!(conn.command().await, "AUTH pw");
@@ -476,11 +480,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_auth_fails_the_connection_in_redis_words() {
         let redis = FakeRedis::start().await;
-        let url = format!("redis://u:bad@127.0.0.1:{}/0", redis.port());
-        let managed = std::future::pending::<redis::RedisResult<MultiplexedConnection>>();
-        let connecting = tokio::spawn(async move {
-            PublishConn::connect(&url, Duration::from_secs(5), managed).await
-        });
+        let connecting = connecting(format!("redis://u:bad@127.0.0.1:{}/0", redis.port()));
         let mut fake = redis.accept().await;
         assert_eq!(fake.command().await, "AUTH u bad");
         fake.send(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")

@@ -675,6 +675,17 @@ mod tests {
         (conn, hello)
     }
 
+    /// A ping the fake answers succeeds.
+    async fn answered_ping(sub: &Subscriber, redis: &mut FakeConn) {
+        let pinging = tokio::spawn({
+            let mut sub = sub.clone();
+            async move { sub.ping().await }
+        });
+        assert_eq!(redis.command().await, "PING");
+        redis.send(b"+PONG\r\n").await;
+        pinging.await.unwrap().unwrap();
+    }
+
     const HELLO_REPLY: &[u8] = b"%1\r\n$5\r\nproto\r\n:3\r\n";
 
     async fn eventually_seen(seen: &Mutex<Vec<String>>, want: &[&str]) {
@@ -730,13 +741,7 @@ mod tests {
             .await;
         subscribing.await.unwrap().unwrap();
 
-        let pinging = tokio::spawn({
-            let mut sub = sub.clone();
-            async move { sub.ping().await }
-        });
-        assert_eq!(redis.command().await, "PING");
-        redis.send(b"+PONG\r\n").await;
-        pinging.await.unwrap().unwrap();
+        answered_ping(&sub, &mut redis).await;
         eventually_seen(&seen, &["message a hi"]).await;
     }
 
@@ -757,13 +762,7 @@ mod tests {
             words(&error),
             "NOPERM User layer has no permissions to access the 'secret' channel"
         );
-        let pinging = tokio::spawn({
-            let mut sub = sub.clone();
-            async move { sub.ping().await }
-        });
-        assert_eq!(redis.command().await, "PING");
-        redis.send(b"+PONG\r\n").await;
-        pinging.await.unwrap().unwrap();
+        answered_ping(&sub, &mut redis).await;
     }
 
     #[tokio::test]
