@@ -2,10 +2,10 @@
 # Runs every check CI runs: formatting, clippy, the API docs, the whole test suite, and the
 # compose stack brought up for real (scripts/compose-test.sh).
 #
-# Some tests start their own redis-server, nginx and Chromium (with chromedriver), and fail if
-# those programs are missing. So this script first installs the Debian packages that provide
-# them with apt-get (through sudo when not root). If it cannot, it names the missing packages
-# and exits non-zero.
+# Some tests start their own redis-server (one with TLS, its certificate made by openssl), nginx
+# and Chromium (with chromedriver), and fail if those programs are missing. So this script first
+# installs the Debian packages that provide them with apt-get (through sudo when not root). If it
+# cannot, it names the missing packages and exits non-zero.
 #
 # Usage: scripts/test.sh   (README and .ci/run call it; it takes no arguments)
 set -euo pipefail
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Each Debian package the tests need, as package:program-the-tests-run.
-needs=(redis-server:redis-server redis-tools:redis-cli nginx:nginx chromium:chromium chromium-driver:chromedriver)
+needs=(redis-server:redis-server redis-tools:redis-cli openssl:openssl nginx:nginx chromium:chromium chromium-driver:chromedriver)
 
 # shellcheck source=scripts/lib/apt.sh
 source scripts/lib/apt.sh

@@ -691,3 +691,20 @@ async fn a_group_of_thousands_is_read_whole_and_reached() {
         assert_eq!(recv(inbox).await.message_type(), Some("hello"));
     }
 }
+
+/// A TLS host (`rediss://`): the core layer's sends (redis-rs' multiplexed connection there)
+/// and blocking reads reach the other replica's members.
+#[tokio::test]
+async fn group_messages_cross_replicas_through_a_tls_redis() {
+    let redis = RedisServer::start_tls();
+    let (a, b, _) = two_replicas(&redis).await;
+    let g = group("secure");
+    let mut on_a = a.new_channel().await.unwrap();
+    let mut on_b = b.new_channel().await.unwrap();
+    a.group_add(&g, on_a.name()).await.unwrap();
+    b.group_add(&g, on_b.name()).await.unwrap();
+    b.group_send(&g, Message::new("sealed")).await.unwrap();
+    for inbox in [&mut on_a, &mut on_b] {
+        assert_eq!(recv(inbox).await.message_type(), Some("sealed"));
+    }
+}

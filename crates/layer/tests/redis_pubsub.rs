@@ -712,3 +712,24 @@ async fn side_channel_garbage_never_positions_a_message() {
     assert_eq!(real.position().map(|p| p.offset), Some(1));
     assert_empty(&mut inbox).await;
 }
+
+/// A TLS host (`rediss://`) keeps redis-rs' connections (the subscriber's connection manager,
+/// the publishers' multiplexed connection): group messages and channel sends cross replicas
+/// through it, and the replicas report ready.
+#[tokio::test]
+async fn messages_cross_replicas_through_a_tls_redis() {
+    let redis = RedisServer::start_tls();
+    let (a, b) = two_replicas(&redis).await;
+    eventually("both ready", || a.is_ready() && b.is_ready()).await;
+    let g = group("secure");
+    let mut on_a = a.new_channel().await.unwrap();
+    let mut on_b = b.new_channel().await.unwrap();
+    a.group_add(&g, on_a.name()).await.unwrap();
+    b.group_add(&g, on_b.name()).await.unwrap();
+    a.group_send(&g, Message::new("sealed")).await.unwrap();
+    for inbox in [&mut on_a, &mut on_b] {
+        assert_eq!(recv(inbox).await.message_type(), Some("sealed"));
+    }
+    a.send(on_b.name(), Message::new("direct")).await.unwrap();
+    assert_eq!(recv(&mut on_b).await.message_type(), Some("direct"));
+}

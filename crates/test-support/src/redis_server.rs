@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     process: Option<(Child, ChildStdin)>,
+    /// For a TLS server ([`RedisServer::start_tls`]): the directory of its certificate and key.
+    tls: Option<std::path::PathBuf>,
 }
 
 pub use crate::free_port;
@@ -45,6 +47,47 @@ impl RedisServer {
         let mut server = Self {
             port,
             process: None,
+            tls: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server that speaks only TLS, on a free port, with a self-signed certificate
+    /// made for it by the `openssl` program (clients are not asked for one). Its
+    /// [`url`](Self::url) is `rediss://...#insecure`: the certificate is not verified.
+    pub fn start_tls() -> Self {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "redis-tls-{}-{}",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("cannot make a directory for the certificate");
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            made.is_ok_and(|s| s.success()),
+            "cannot make a certificate with openssl: install the Debian package openssl"
+        );
+        let mut server = Self {
+            port: free_port(),
+            process: None,
+            tls: Some(dir),
         };
         server.spawn();
         server
@@ -53,22 +96,28 @@ impl RedisServer {
     fn spawn(&mut self) {
         let program = program();
         let port = self.port.to_string();
+        let mut listen = vec!["--port".to_owned(), port];
+        if let Some(dir) = &self.tls {
+            let file = |name: &str| dir.join(name).display().to_string();
+            listen = vec!["--port".to_owned(), "0".to_owned(), "--tls-port".to_owned()];
+            listen.push(self.port.to_string());
+            for (flag, name) in [
+                ("--tls-cert-file", "cert.pem"),
+                ("--tls-key-file", "key.pem"),
+                ("--tls-ca-cert-file", "cert.pem"),
+            ] {
+                listen.extend([flag.to_owned(), file(name)]);
+            }
+            listen.extend(["--tls-auth-clients".to_owned(), "no".to_owned()]);
+        }
         // The shell runs redis in the background and kills it when its stdin reaches EOF,
         // which happens when we drop the pipe or when the test process dies, however it dies.
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(r#""$0" "$@" & pid=$!; read -r _ || true; kill "$pid" 2>/dev/null; wait "$pid""#)
             .arg(program)
-            .args([
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args([
                 "--protected-mode",
                 "no",
@@ -113,9 +162,12 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>/0`
+    /// `redis://127.0.0.1:<port>/0`, or for a TLS server `rediss://127.0.0.1:<port>/0#insecure`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match self.tls {
+            Some(_) => format!("rediss://127.0.0.1:{}/0#insecure", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     /// Stops the server (SIGTERM) and waits for it to exit.
@@ -188,6 +240,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
