@@ -18,7 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 
 use super::pubconn::PublishConn;
 use super::sentinel::Sentinel;
-use super::subconn::{self, OnPush, Subscriber, from_push_info};
+use super::subconn::{self, OnPush, Stream, Subscriber, from_push_info};
 pub(crate) use super::text::{redact, words};
 use crate::error::LayerError;
 
@@ -202,31 +202,16 @@ impl HostUrl {
     /// unreachable, too slow). Spoken in plain RESP, not through redis-rs, whose handshake
     /// turns these replies into errors of its own. TLS hosts are asked through redis-rs.
     pub(crate) async fn refusal(&self, timeout: Duration) -> Option<String> {
-        let info = redis::IntoConnectionInfo::into_connection_info(self.url().as_str()).ok()?;
-        let settings = info.redis_settings();
-        let mut request = Vec::new();
-        let mut replies = 1;
-        if let Some(password) = settings.password() {
-            replies += 1;
-            let mut auth = redis::cmd("AUTH");
-            if let Some(user) = settings.username() {
-                auth.arg(user);
-            }
-            request.extend(auth.arg(password).get_packed_command());
-        }
-        request.extend(redis::cmd("PING").get_packed_command());
         let exchange = async {
-            match info.addr() {
-                redis::ConnectionAddr::Tcp(host, port) => {
-                    let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await;
-                    first_error(stream.ok()?, &request, replies).await
-                }
-                redis::ConnectionAddr::Unix(path) => {
-                    let stream = tokio::net::UnixStream::connect(path).await;
-                    first_error(stream.ok()?, &request, replies).await
-                }
-                _ => self.refusal_tls(timeout).await,
-            }
+            let Some(target) = subconn::Target::of(&self.url()).ok()? else {
+                return self.refusal_tls(timeout).await;
+            };
+            let auth = target.auth();
+            let replies = 1 + usize::from(auth.is_some());
+            let mut request = auth.unwrap_or_default();
+            request.extend(redis::cmd("PING").get_packed_command());
+            let stream = Stream::open(target.addr()).await.ok()?;
+            first_error(&stream, &request, replies).await
         };
         tokio::time::timeout(timeout, exchange).await.ok().flatten()
     }
@@ -714,21 +699,15 @@ impl Request<'_> {
 /// Sends `request` (commands answered by one-line replies) and reads up to its `expected`
 /// replies or the connection's end; returns the first error reply without its `-`. Redis
 /// sends `DENIED` unasked on accept, then closes.
-async fn first_error(
-    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    request: &[u8],
-    expected: usize,
-) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+async fn first_error(stream: &Stream, request: &[u8], expected: usize) -> Option<String> {
     // A refusal may close the connection before the request is written: read anyway.
     let _ = stream.write_all(request).await;
     let mut replies = Vec::new();
-    let mut chunk = [0u8; 1024];
     let complete = |replies: &[u8]| replies.windows(2).filter(|w| w == b"\r\n").count();
     while complete(&replies) < expected && replies.len() < 64 * 1024 {
-        match stream.read(&mut chunk).await {
+        match stream.read_some(&mut replies).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => replies.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
     String::from_utf8_lossy(&replies)

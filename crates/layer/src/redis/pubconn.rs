@@ -27,7 +27,7 @@ use redis::{RedisFuture, Value};
 use tokio::sync::{Notify, oneshot};
 
 use super::resp::{self, Item};
-use super::subconn::{READ_CHUNK, Stream, Target, handshake, make_room};
+use super::subconn::{READ_CHUNK, Stream, Target, dropped, handshake, make_room};
 
 /// A connection every publish to a host shares; clones share it. It closes when the last
 /// clone is dropped.
@@ -99,8 +99,7 @@ impl PublishConn {
         let Some(target) = Target::of(url)? else {
             return managed.await.map(Self::Managed);
         };
-        let info = redis::IntoConnectionInfo::into_connection_info(url)?;
-        let db = info.redis_settings().db();
+        let db = target.db();
         let connecting = async {
             let stream = Stream::open(target.addr()).await?;
             let mut buf = Vec::new();
@@ -133,10 +132,6 @@ impl PublishConn {
         tokio::spawn(flush(Arc::clone(&shared)));
         Ok(Self::Own(Arc::new(Handle { shared })))
     }
-}
-
-fn dropped(words: &str) -> redis::RedisError {
-    io::Error::new(io::ErrorKind::ConnectionAborted, words.to_owned()).into()
 }
 
 impl Shared {
@@ -210,9 +205,8 @@ async fn flush(shared: Arc<Shared>) {
     loop {
         shared.flush.notified().await;
         loop {
-            if shared.lock().dead.is_some() {
-                return;
-            }
+            // A dead connection's socket is shut: it is writable at once, and the check below
+            // ends this task.
             if let Err(e) = shared.stream.writable().await {
                 shared.fail(&format!("writing to Redis failed: {e}"));
                 return;
@@ -260,7 +254,8 @@ async fn read_replies(shared: Arc<Shared>) {
 /// Hands every complete reply in `buf` to its waiter; keeps the start of an incomplete one.
 fn take_replies(shared: &Shared, buf: &mut Vec<u8>) -> Result<(), String> {
     let mut start = 0;
-    let mut done = Vec::new();
+    // Taken at the first complete reply, once for all of them.
+    let mut state = None;
     let result = loop {
         let used = match resp::next(&buf[start..]) {
             Ok(Some((Item::Push { .. }, used))) => {
@@ -277,7 +272,7 @@ fn take_replies(shared: &Shared, buf: &mut Vec<u8>) -> Result<(), String> {
             Err(error) => break Err(format!("Redis sent a reply redis-rs cannot read: {error}")),
         };
         start += used;
-        let mut state = shared.lock();
+        let state = state.get_or_insert_with(|| shared.lock());
         let Some(waiter) = state.pending.front_mut() else {
             break Err("Redis sent a reply nothing asked for".to_owned());
         };
@@ -290,13 +285,11 @@ fn take_replies(shared: &Shared, buf: &mut Vec<u8>) -> Result<(), String> {
         if waiter.left == 0
             && let Some(waiter) = state.pending.pop_front()
         {
-            done.push(waiter);
+            let _ = waiter.reply.send(Ok(waiter.values));
         }
     };
+    drop(state);
     buf.drain(..start);
-    for waiter in done {
-        let _ = waiter.reply.send(Ok(waiter.values));
-    }
     result
 }
 
@@ -304,7 +297,7 @@ fn take_replies(shared: &Shared, buf: &mut Vec<u8>) -> Result<(), String> {
 fn value(reply: &[u8]) -> redis::RedisResult<Value> {
     let line = reply.strip_suffix(b"\r\n").unwrap_or(reply);
     match line.split_first() {
-        Some((b':', digits)) if !digits.contains(&b'\r') => {
+        Some((b':', digits)) => {
             if let Some(n) = std::str::from_utf8(digits)
                 .ok()
                 .and_then(|d| d.parse().ok())

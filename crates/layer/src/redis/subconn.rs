@@ -115,6 +115,8 @@ pub(crate) struct Target {
     addr: Addr,
     username: Option<String>,
     password: Option<String>,
+    /// The database the URL names (the publishers' connection `SELECT`s it).
+    db: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -137,11 +139,16 @@ impl Target {
             addr,
             username: settings.username().map(str::to_owned),
             password: settings.password().map(str::to_owned),
+            db: settings.db(),
         }))
     }
 
     pub(crate) fn addr(&self) -> &Addr {
         &self.addr
+    }
+
+    pub(crate) fn db(&self) -> i64 {
+        self.db
     }
 
     /// `AUTH [user] password` when the URL has a password.
@@ -202,17 +209,8 @@ impl Subscriber {
     }
 
     pub(crate) async fn psubscribe(&mut self, pattern: &str) -> redis::RedisResult<()> {
-        match &mut self.0 {
-            Kind::Own(commands) => {
-                let bytes = redis::cmd("PSUBSCRIBE").arg(pattern).get_packed_command();
-                let expect = Expect::Confirmations {
-                    kind: b"psubscribe",
-                    left: 1,
-                };
-                call(commands, bytes, expect).await
-            }
-            Kind::Managed(manager) => manager.psubscribe(pattern).await,
-        }
+        self.confirmed("PSUBSCRIBE", b"psubscribe", &[pattern.to_owned()])
+            .await
     }
 
     pub(crate) async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
@@ -243,8 +241,11 @@ impl Subscriber {
                 };
                 call(commands, bytes, expect).await
             }
-            Kind::Managed(manager) if kind == b"subscribe" => manager.subscribe(channels).await,
-            Kind::Managed(manager) => manager.unsubscribe(channels).await,
+            Kind::Managed(manager) => match kind {
+                b"subscribe" => manager.subscribe(channels).await,
+                b"psubscribe" => manager.psubscribe(channels).await,
+                _ => manager.unsubscribe(channels).await,
+            },
         }
     }
 }
@@ -285,7 +286,7 @@ async fn call(
 }
 
 /// An error that says the connection is gone, in `words`.
-fn dropped(words: &str) -> redis::RedisError {
+pub(crate) fn dropped(words: &str) -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(
         std::io::ErrorKind::ConnectionAborted,
         words.to_owned(),
@@ -656,6 +657,7 @@ mod tests {
             addr: Addr::Tcp("127.0.0.1".to_owned(), redis.port()),
             username: None,
             password: password.map(str::to_owned),
+            db: 0,
         };
         let (seen, on_push) = recorder();
         let sub = Subscriber::own(

@@ -15,25 +15,23 @@ pub(super) async fn ping_loop(inner: Weak<Inner>, i: usize, interval: Duration) 
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe = Probe::default();
-    let mut master_changes = match inner.upgrade() {
-        Some(inner) => inner.shards[i].host.master_changes(),
+    let (mut master_changes, router) = match inner.upgrade() {
+        Some(inner) => (
+            inner.shards[i].host.master_changes(),
+            std::sync::Arc::clone(&inner.router),
+        ),
         None => return,
     };
     loop {
         // A Sentinel shard's new master is followed at once, not at the next tick.
         // So is a subscriber connection that is up again.
-        let Some(reconnected) = inner.upgrade() else {
-            return;
-        };
         tokio::select! {
             _ = ticker.tick() => {}
             () = master_changes.changed() => {}
-            () = reconnected.router.reconnected[i].notified() => {}
+            () = router.reconnected[i].notified() => {}
         }
-        drop(reconnected);
         let Some(inner) = inner.upgrade() else { return };
         let shard = &inner.shards[i];
-        let router = &inner.router;
         if shard.follow_master() {
             probe = Probe::default();
         }
