@@ -265,7 +265,7 @@ fn take_replies(shared: &Shared, buf: &mut Vec<u8>) -> Result<(), String> {
             }
             Ok(Some((_, used))) => used,
             Ok(None) => break Ok(()),
-            Err(error) => break Err(format!("Redis sent what is not RESP: {error}")),
+            Err(error) => break Err(format!("{}: {error}", error.lead())),
         };
         let value = match value(&buf[start..start + used]) {
             Ok(value) => value,

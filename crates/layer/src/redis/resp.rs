@@ -66,6 +66,19 @@ pub struct Error {
     pub offset: usize,
     /// What is wrong there.
     pub what: String,
+    /// The value may be RESP3 but is longer, larger or deeper than the limits above.
+    pub over_limit: bool,
+}
+
+impl Error {
+    /// How a connection leads its report of this error: garbage, or a value it does not read.
+    pub fn lead(&self) -> &'static str {
+        if self.over_limit {
+            "Redis sent a value beyond what this connection reads"
+        } else {
+            "Redis sent what is not RESP3"
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -137,6 +150,7 @@ fn line(buf: &[u8], at: usize) -> Result<Option<(usize, usize)>, Error> {
         None if rest.len() > MAX_LINE => Err(Error {
             offset: at,
             what: format!("a line longer than {MAX_LINE} bytes"),
+            over_limit: true,
         }),
         None => Ok(None),
     }
@@ -148,22 +162,23 @@ fn number(buf: &[u8], at: usize, limit: usize, what: &str) -> Result<Option<(i64
         return Ok(None);
     };
     let text = &buf[at + 1..end];
-    let bad = |why: &str| Error {
+    let bad = |why: &str, over_limit: bool| Error {
         offset: at,
         what: format!(
             "{what} {:?} {why}",
             String::from_utf8_lossy(&text[..text.len().min(32)])
         ),
+        over_limit,
     };
     let n: i64 = std::str::from_utf8(text)
         .ok()
         .and_then(|t| t.parse().ok())
-        .ok_or_else(|| bad("is not a number"))?;
+        .ok_or_else(|| bad("is not a number", false))?;
     if n < -1 {
-        return Err(bad("is negative"));
+        return Err(bad("is negative", false));
     }
     if n > 0 && n as u64 > limit as u64 {
-        return Err(bad(&format!("is over the limit of {limit}")));
+        return Err(bad(&format!("is over the limit of {limit}"), true));
     }
     Ok(Some((n, next)))
 }
@@ -209,6 +224,7 @@ fn skip(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Error> {
                 return Err(Error {
                     offset: at,
                     what: format!("a string of {n} bytes not followed by CRLF"),
+                    over_limit: false,
                 });
             }
             Ok(Some(end + 2))
@@ -218,6 +234,7 @@ fn skip(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Error> {
                 return Err(Error {
                     offset: at,
                     what: format!("aggregates nested deeper than {MAX_DEPTH}"),
+                    over_limit: true,
                 });
             }
             let Some((count, mut next)) = header(buf, at)? else {
@@ -239,6 +256,7 @@ fn skip(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Error> {
         other => Err(Error {
             offset: at,
             what: format!("unknown RESP3 type byte 0x{other:02x}"),
+            over_limit: false,
         }),
     }
 }
@@ -313,23 +331,31 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_that_says_what_and_where() {
-        for (buf, says) in [
-            (&b"hello\r\n"[..], "unknown RESP3 type byte 0x68"),
-            (b"$abc\r\n", "is not a number"),
-            (b"$-5\r\n", "is negative"),
-            (b"$3\r\nabcde\r\n", "not followed by CRLF"),
-            (b"$999999999999\r\n", "over the limit"),
-            (b"*2000000\r\n", "over the limit"),
-            (b">2\r\n+a\r\n@\r\n", "type byte 0x40"),
+        for (buf, says, over_limit) in [
+            (&b"hello\r\n"[..], "unknown RESP3 type byte 0x68", false),
+            (b"$abc\r\n", "is not a number", false),
+            (b"$-5\r\n", "is negative", false),
+            (b"$3\r\nabcde\r\n", "not followed by CRLF", false),
+            (b"$999999999999\r\n", "over the limit", true),
+            (b"*2000000\r\n", "over the limit", true),
+            (b">2\r\n+a\r\n@\r\n", "type byte 0x40", false),
         ] {
-            let error = next(buf).unwrap_err().to_string();
-            assert!(error.contains(says), "{buf:?}: {error}");
+            let error = next(buf).unwrap_err();
+            assert!(error.to_string().contains(says), "{buf:?}: {error}");
+            assert_eq!(error.over_limit, over_limit, "{buf:?}: {error}");
         }
         let deep = b"*1\r\n".repeat(MAX_DEPTH + 1);
-        let error = next(&deep).unwrap_err().to_string();
-        assert!(error.contains("nested deeper"), "{error}");
+        let error = next(&deep).unwrap_err();
+        assert!(error.to_string().contains("nested deeper"), "{error}");
+        assert!(error.lead().contains("beyond what this connection reads"));
         let long = [&b"+"[..], &vec![b'x'; MAX_LINE + 10]].concat();
-        assert!(next(&long).unwrap_err().to_string().contains("longer than"));
+        let error = next(&long).unwrap_err();
+        assert!(error.to_string().contains("longer than"), "{error}");
+        assert!(error.over_limit);
+        assert_eq!(
+            next(b"hello\r\n").unwrap_err().lead(),
+            "Redis sent what is not RESP3"
+        );
     }
 
     #[test]

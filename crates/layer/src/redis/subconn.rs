@@ -552,10 +552,7 @@ fn take_items(
             Ok(None) => break Ok(()),
             Err(error) => {
                 let offset = start + error.offset;
-                let why = format!(
-                    "Redis sent what is not RESP3: {}",
-                    resp::Error { offset, ..error }
-                );
+                let why = format!("{}: {}", error.lead(), resp::Error { offset, ..error });
                 tracing::warn!(%why, "redis subscriber connection dropped for a fresh one");
                 break Err(why);
             }
