@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# The benchmark command: builds release binaries, installs the peers' dependencies (the pinned
-# Python venv and the Socket.IO server's npm packages), raises the open-file limit, and runs
-# bench/run.py, which starts redis-server and every system and prints a Markdown summary (the
-# JSON goes to bench/results/). Arguments are passed to bench/run.py (--help lists them).
+# The benchmark command: installs the Debian packages it needs when missing (apt-get), builds
+# release binaries, installs the peers' dependencies (the pinned Python venv and the Socket.IO
+# server's npm packages), raises the open-file limit, and runs bench/run.py, which starts
+# redis-server and every system and prints a Markdown summary (the JSON goes to bench/results/).
+# Arguments are passed to bench/run.py (--help lists them).
 #
 #   bench/run.sh                       # everything (about 45 minutes on 2 cores)
 #   bench/run.sh --systems rust --skip idle,echo
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for program in redis-server redis-cli node npm python3 cc wrk; do
-  command -v "$program" >/dev/null || {
-    echo "bench/run.sh: $program not found: install the Debian packages redis-server redis-tools nodejs npm python3 gcc wrk" >&2
-    exit 1
-  }
-done
+# Each Debian package the bench needs, as package:program; missing ones are installed with
+# apt-get (through sudo when not root), as scripts/test.sh does.
+needs=(redis-server:redis-server redis-tools:redis-cli nodejs:node npm:npm python3:python3 gcc:cc wrk:wrk)
+# shellcheck source=scripts/lib/apt.sh
+source scripts/lib/apt.sh
+# shellcheck disable=SC2046
+if ! ensure_packages "bench/run.sh: " "${needs[@]}"; then
+  echo "bench/run.sh: missing Debian packages:" $(missing_packages "${needs[@]}") >&2
+  echo "install them as root: apt-get install" $(missing_packages "${needs[@]}") >&2
+  exit 1
+fi
 cargo build --release --locked -p channels-server -p system-tests \
   --bin channels-server --bin channels-loadgen
 # The floor (bench/floor.c): the yardstick of the "fixed" scenario; bench/peers.sh floor runs it.
