@@ -25,6 +25,15 @@ if ! ensure_packages "" "${needs[@]}"; then
   exit 1
 fi
 
+# From a clean clone the whole command takes about 10 GB of disk (target/ 4.5 GB, the fuzz
+# targets 1.7 GB, the private Docker engine's images and containers the rest). Say so up front
+# when less is free, so that a build that runs out of space is not a riddle.
+free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+if ((free_gb < 10)); then
+  echo "scripts/test.sh: warning: $free_gb GB free on $(df -P . | awk 'NR == 2 { print $6 }');" \
+    "a run from a clean clone needs about 10 GB (less when target/ is already built)" >&2
+fi
+
 scripts/python-venv.sh
 scripts/check-deploy.sh
 cargo fmt --all --check
