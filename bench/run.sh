@@ -15,12 +15,7 @@ cd "$(dirname "$0")/.."
 needs=(redis-server:redis-server redis-tools:redis-cli nodejs:node npm:npm python3:python3 gcc:cc wrk:wrk)
 # shellcheck source=scripts/lib/apt.sh
 source scripts/lib/apt.sh
-# shellcheck disable=SC2046
-if ! ensure_packages "bench/run.sh: " "${needs[@]}"; then
-  echo "bench/run.sh: missing Debian packages:" $(missing_packages "${needs[@]}") >&2
-  echo "install them as root: apt-get install" $(missing_packages "${needs[@]}") >&2
-  exit 1
-fi
+require_packages "bench/run.sh: " "${needs[@]}"
 cargo build --release --locked -p channels-server -p system-tests \
   --bin channels-server --bin channels-loadgen
 # The floor (bench/floor.c): the yardstick of the "fixed" scenario; bench/peers.sh floor runs it.

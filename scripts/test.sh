@@ -17,13 +17,7 @@ needs=(redis-server:redis-server redis-tools:redis-cli openssl:openssl nginx:ngi
 
 # shellcheck source=scripts/lib/apt.sh
 source scripts/lib/apt.sh
-# The $(missing_packages) below are unquoted on purpose: one package name per word, one line.
-# shellcheck disable=SC2046
-if ! ensure_packages "" "${needs[@]}"; then
-  echo "missing Debian packages:" $(missing_packages "${needs[@]}") >&2
-  echo "install them as root: apt-get install" $(missing_packages "${needs[@]}") >&2
-  exit 1
-fi
+require_packages "" "${needs[@]}"
 
 # From a clean clone the whole command takes about 10 GB of disk (target/ 4.5 GB, the fuzz
 # targets 1.7 GB, the private Docker engine's images and containers the rest). Say so up front

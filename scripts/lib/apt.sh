@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Debian packages for the scripts that need programs: sourced by scripts/test.sh and
-# scripts/check-deploy.sh, which describe each package as package:program-it-provides.
+# Debian packages for the scripts that need programs: sourced by scripts/test.sh,
+# scripts/check-deploy.sh, scripts/compose-test.sh and bench/run.sh, which describe each package
+# as package:program-it-provides.
 
 # missing_packages NEED...: prints (one a line) the package of each NEED whose program is
 # neither on PATH nor in /usr/sbin (where nginx lives, often not on a non-root PATH).
@@ -38,4 +39,18 @@ ensure_packages() {
   ((${#missing[@]})) || return 0
   echo "${label}installing missing Debian packages: ${missing[*]}"
   install_packages "${missing[@]}" && [[ -z $(missing_packages "$@") ]]
+}
+
+# require_packages LABEL NEED...: ensure_packages, or else names the missing packages on stderr
+# after LABEL, says how to install them, and exits 1.
+require_packages() {
+  local label=$1
+  ensure_packages "$@" && return 0
+  shift
+  # Unquoted on purpose: one package name per word, one line.
+  # shellcheck disable=SC2046
+  echo "${label}missing Debian packages:" $(missing_packages "$@" | awk '!seen[$0]++') >&2
+  # shellcheck disable=SC2046
+  echo "install them as root: apt-get install" $(missing_packages "$@" | awk '!seen[$0]++') >&2
+  exit 1
 }
