@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 
 use super::resp::{self, Item};
@@ -414,17 +415,35 @@ impl Stream {
 
     /// Waits for bytes and appends them to `buf` (0: the peer closed). Cancel-safe: nothing
     /// is read until it returns.
+    ///
+    /// A read that fills less than the room `buf` had emptied the socket (epoll is edge
+    /// triggered): its readiness is cleared then, as tokio's own `TcpStream::poll_read` does,
+    /// so the next call waits for the next edge instead of a `recv` that can only answer
+    /// EAGAIN (one wasted system call per wake-up of each Redis connection). `try_io` clears
+    /// it when its closure says `WouldBlock`; the bytes read are kept in `short`.
     pub(crate) async fn read_some(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
         loop {
             match self {
                 Self::Tcp(s) => s.readable().await?,
                 Self::Unix(s) => s.readable().await?,
             }
+            let room = buf.capacity() - buf.len();
+            let mut short = 0;
+            let mut read_clearing = |read: io::Result<usize>| match read {
+                Ok(n) if 0 < n && n < room => {
+                    short = n;
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                read => read,
+            };
             let read = match self {
-                Self::Tcp(s) => s.try_read_buf(buf),
-                Self::Unix(s) => s.try_read_buf(buf),
+                Self::Tcp(s) => s.try_io(Interest::READABLE, || read_clearing(s.try_read_buf(buf))),
+                Self::Unix(s) => {
+                    s.try_io(Interest::READABLE, || read_clearing(s.try_read_buf(buf)))
+                }
             };
             match read {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => return Ok(short),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 read => return read,
             }
@@ -831,5 +850,29 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(clone);
         assert!(redis.closed().await, "the connection outlived its handles");
+    }
+
+    /// A read that empties the socket clears its readiness (no `recv` answering EAGAIN); the
+    /// bytes that come after it are still read, however they are cut.
+    #[tokio::test]
+    async fn a_short_read_waits_for_the_next_bytes_and_loses_none() {
+        let redis = FakeRedis::start().await;
+        let addr = Addr::Tcp("127.0.0.1".to_owned(), redis.port());
+        let (stream, mut conn) = tokio::join!(Stream::open(&addr), redis.accept());
+        let stream = stream.unwrap();
+        let mut buf = Vec::with_capacity(READ_CHUNK);
+        for piece in [&b"+O"[..], b"K\r\n", b":1\r\n:2\r\n"] {
+            conn.send(piece).await;
+            let before = buf.len();
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read_some(&mut buf))
+                .await
+                .expect("bytes Redis sent after a short read were never read")
+                .unwrap();
+            assert_eq!(&buf[before..before + n], piece);
+        }
+        assert_eq!(buf, b"+OK\r\n:1\r\n:2\r\n");
+        // Nothing more was sent: the next read waits.
+        let more = tokio::time::timeout(Duration::from_millis(100), stream.read_some(&mut buf));
+        assert!(more.await.is_err(), "a read returned with nothing sent");
     }
 }
