@@ -420,7 +420,8 @@ impl Stream {
     /// triggered): its readiness is cleared then, as tokio's own `TcpStream::poll_read` does,
     /// so the next call waits for the next edge instead of a `recv` that can only answer
     /// EAGAIN (one wasted system call per wake-up of each Redis connection). `try_io` clears
-    /// it when its closure says `WouldBlock`; the bytes read are kept in `short`.
+    /// it when its closure says `WouldBlock`; the bytes read are kept in `short`. The client
+    /// sockets do the same in the server crate (`connection::direct`, `SplitIo::poll_read`).
     pub(crate) async fn read_some(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
         loop {
             match self {

@@ -141,7 +141,8 @@ impl AsyncRead for SplitIo {
             // triggered): its readiness is cleared then, as tokio's own `TcpStream::poll_read`
             // does, so the next poll waits for the next edge instead of a `recv` that can only
             // answer EAGAIN (one wasted system call per client frame). `try_io` clears it when
-            // its closure says `WouldBlock`; the bytes are kept in `short`.
+            // its closure says `WouldBlock`; the bytes are kept in `short`. The layer's Redis
+            // connections do the same (`channels_layer`'s `redis::subconn::Stream::read_some`).
             let mut short = 0;
             let read = stream.try_io(Interest::READABLE, || {
                 let n = io::Read::read(&mut &*socket2::SockRef::from(stream), unfilled)?;
